@@ -1,0 +1,753 @@
+"""``TCPInterface``: one robust TCP link to a device.
+
+A drop-in replacement for ``socs.tcp.TCPInterface`` (same constructor,
+attributes, ``send``/``recv`` and private hooks) that adds framing, the
+``cmd_tcp`` bus operations, deadlines, reconnect policy, statistics and
+distinct exceptions.  All methods are blocking and thread-safe: OCS operations
+run in threads, and a write-and-read holds the link's lock from the first byte
+written to the last byte read.
+"""
+
+import functools
+import logging
+import re
+import socket
+import threading
+import time
+
+from .buffer import ReceiveBuffer
+from .codec import (bytes_to_hex, decode_escapes, format_traffic, hex_to_bytes,
+                    parse_address, parse_conf_string, parse_terminators)
+from .errors import (ConnectFailedError, LinkError, LinkTimeoutError,
+                     PeerClosedError, ReadOverflowError)
+from .policy import ReconnectPolicy
+from .stats import LinkStats
+
+__all__ = ["TCPInterface"]
+
+log = logging.getLogger(__name__)
+
+_UNSET = object()
+_FAMILIES = {
+    None: socket.AF_UNSPEC, "AUTO": socket.AF_UNSPEC, "UNSPEC": socket.AF_UNSPEC,
+    "INET": socket.AF_INET, "IPV4": socket.AF_INET, "AF_INET": socket.AF_INET,
+    "INET6": socket.AF_INET6, "IPV6": socket.AF_INET6, "AF_INET6": socket.AF_INET6,
+}
+# errno values that mean "this connection is dead", as opposed to a timeout.
+_DEAD_LINK = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _check_seconds(value, what, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{what} must be a finite number of seconds >= 0{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _terminators_cached(eot, encoding):
+    return parse_terminators(eot, encoding)
+
+
+class TCPInterface:
+    """A TCP link to a device.
+
+    Positional arguments are those of ``socs.tcp.TCPInterface``; everything
+    else is keyword-only.
+
+    Args:
+        ip_address (str): host name or IP address (IPv4 or IPv6) of the device.
+        port (int): TCP port of the device.
+        timeout (float or None): default deadline, in seconds, of each read
+            and write operation (``None`` waits forever).  Also the default
+            ``connect_timeout``.
+        encoding (str or None): text encoding of ``str`` data and of the
+            results of the text reads.  ``None`` makes text reads return
+            ``bytes`` and makes ``str`` data an error.
+        encoding_errors (str): how decode/encode errors are handled
+            (``'strict'``, ``'replace'``, ``'ignore'``, ...).
+        read_termination: terminator(s) used by :meth:`query` and by
+            :meth:`read_until`/:meth:`wrnrd_until` when no ``eot`` is given.
+            Same forms as ``eot`` (``"\\n"``, ``"\\r\\n,\\n"``, bytes, list).
+            Default ``None``.
+        write_termination (str or bytes or None): appended by :meth:`write`,
+            :meth:`wrnrd`, :meth:`wrnrd_until` and :meth:`query` to text data
+            (escapes allowed).  Default ``None``: data is sent exactly as given.
+        termination: shortcut setting both terminations to the same value.
+        rstrip (bool): strip trailing whitespace from the results of the
+            message reads (:meth:`read_until`, :meth:`wrnrd_until`,
+            :meth:`query`).
+        max_read_size (int): the most bytes buffered while waiting for a
+            read to complete (default 1 MiB).  Exceeding it raises
+            :class:`~socs_tcp.errors.ReadOverflowError`.
+        buffer_size (int): the most bytes taken from the socket per ``recv``.
+        family: ``None``/``'auto'`` (any, in resolver order), ``'INET'`` /
+            ``'IPv4'``, ``'INET6'``/``'IPv6'``, or a ``socket.AF_*`` value.
+        connect_timeout (float or None): deadline of one connection attempt;
+            defaults to ``timeout``.
+        keepalive (bool): enable TCP keepalive (idle 10 s, probes every 5 s,
+            3 probes), so a vanished device is noticed on an idle link.
+        nodelay (bool): set ``TCP_NODELAY`` (no Nagle delay on small writes).
+        reconnect_policy (ReconnectPolicy or dict): backoff, jitter, cap,
+            attempts and cool-down between connection attempts.
+        drain_before_query (bool): before each write-and-read, discard (and
+            log) any bytes already received, so a late reply to an earlier,
+            timed-out query is never taken as this query's answer.
+        connect (bool): connect in the constructor, as SOCS does (default).
+            A failure is logged, not raised, and leaves ``comm`` as ``None``.
+        name (str): label used in log messages (default ``host:port``).
+
+    Attributes:
+        ip_address, port, timeout: as given.
+        comm (socket.socket or None): the connected socket, ``None`` while
+            disconnected.
+        lock (threading.RLock): held by every operation; hold it yourself to
+            make several operations one atomic transaction.
+    """
+
+    def __init__(self, ip_address, port, timeout=10.0, *, encoding="utf-8", encoding_errors="strict",
+                 read_termination=None, write_termination=None, termination=_UNSET, rstrip=False,
+                 max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
+                 keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
+                 connect=True, name=None):
+        self.comm = None  # first, so __del__ works whatever fails below
+        if not isinstance(ip_address, str) or not ip_address.strip():
+            raise ValueError(f"ip_address must be a non-empty host name or IP address str, got {ip_address!r}")
+        try:
+            port_number = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"port must be an integer in 1..65535, got {port!r}") from None
+        if isinstance(port, bool) or port_number != port and not isinstance(port, str) or not 0 < port_number < 65536:
+            raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
+        self.ip_address = ip_address.strip()
+        if self.ip_address.startswith("[") and self.ip_address.endswith("]"):
+            self.ip_address = self.ip_address[1:-1]
+        self.port = port_number
+        self.timeout = _check_seconds(timeout, "timeout")
+        self.connect_timeout = (self.timeout if connect_timeout is _UNSET
+                                else _check_seconds(connect_timeout, "connect_timeout"))
+        if encoding is not None:
+            "".encode(encoding)  # LookupError names an unknown codec
+        self.encoding = encoding
+        self.encoding_errors = encoding_errors
+        if termination is not _UNSET:
+            read_termination = write_termination = termination
+        self._text_encoding = encoding or "latin-1"
+        self.read_termination = (None if read_termination is None
+                                 else parse_terminators(read_termination, self._text_encoding))
+        self.write_termination = (b"" if write_termination is None
+                                  else decode_escapes(write_termination, self._text_encoding))
+        self.rstrip = bool(rstrip)
+        if isinstance(max_read_size, bool) or not isinstance(max_read_size, int) or max_read_size < 1:
+            raise ValueError(f"max_read_size must be a positive int, got {max_read_size!r}")
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive int, got {buffer_size!r}")
+        self.max_read_size = max_read_size
+        self.buffer_size = buffer_size
+        key = family.upper() if isinstance(family, str) else family
+        if key in _FAMILIES:
+            self.family = _FAMILIES[key]
+        elif family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNSPEC):
+            self.family = family
+        else:
+            raise ValueError(f"family must be 'INET', 'INET6', 'auto' or a socket.AF_* value, got {family!r}")
+        self.keepalive = bool(keepalive)
+        self.nodelay = bool(nodelay)
+        self.reconnect_policy = ReconnectPolicy.coerce(reconnect_policy)
+        self.drain_before_query = bool(drain_before_query)
+        self.name = name or f"{self.ip_address}:{self.port}"
+
+        self.lock = threading.RLock()
+        self._buffer = ReceiveBuffer(max_read_size)
+        self._stats = LinkStats()
+        self._failures = 0            # consecutive failed connection attempts
+        self._next_attempt = 0.0      # monotonic time before which no attempt is made
+        self._last_connect_error = None
+        self._warned = False          # a failure streak has been logged at WARNING
+        if connect:
+            self._attempt_connect()
+
+    # ------------------------------------------------------------------
+    # construction from strings
+    @staticmethod
+    def parse_address(address):
+        """Host and port of ``address``, as ``{'host': str, 'port': int}``, or ``None``.
+
+        See :func:`socs_tcp.codec.parse_address` for the accepted forms.
+        """
+        return parse_address(address)
+
+    @classmethod
+    def from_address(cls, address, timeout=_UNSET, **kwargs):
+        """Create a link from an address string.
+
+        ``address`` is any form :meth:`parse_address` accepts, or a
+        ``cmd_tcp`` conf string ``host=...,port=...[,timeout=...]`` (whose
+        timeout is used unless ``timeout`` is passed).
+
+        Raises:
+            ValueError: ``address`` is neither; the message names it.
+        """
+        if isinstance(address, str) and "=" in address:
+            conf = parse_conf_string(address)
+            if timeout is _UNSET:
+                timeout = conf["timeout"] if conf["timeout"] is not None else 10.0
+            return cls(conf["host"], conf["port"], timeout, **kwargs)
+        parsed = parse_address(address)
+        if parsed is None:
+            raise ValueError(
+                f"address {address!r} is not a TCP address; use host:port, [v6addr]:port, tcp://host:port, "
+                "TCP::host::port, TCPIP0::host::port::SOCKET or host=...,port=...")
+        return cls(parsed["host"], parsed["port"], 10.0 if timeout is _UNSET else timeout, **kwargs)
+
+    def __repr__(self):
+        state = "connected" if self.comm is not None else "disconnected"
+        return f"<{type(self).__name__} {self.name} {state}>"
+
+    # ------------------------------------------------------------------
+    # connection management (the SOCS hooks are _connect and _reset)
+    def _connect(self, address):
+        """Open a socket to ``address`` (``(host, port)``).
+
+        Returns the connected socket, or ``None`` after logging why not.
+        """
+        host, port = address[0], address[1]
+        try:
+            infos = socket.getaddrinfo(host, port, self.family, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            self._connect_failed(f"cannot resolve {host!r}: {e}")
+            return None
+        error = None
+        for af, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(af, kind, proto)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(sockaddr)
+                self._configure(sock)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            return sock
+        if isinstance(error, (socket.timeout, TimeoutError)):
+            reason = f"no answer within connect_timeout={self.connect_timeout} s"
+        else:
+            reason = getattr(error, "strerror", None) or str(error)
+        self._connect_failed(f"cannot connect to {host}:{port}: {reason}")
+        return None
+
+    def _connect_failed(self, reason):
+        self._last_connect_error = reason
+        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: %s", self.name, reason)
+        self._warned = True
+
+    def _configure(self, sock):
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, opt):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+
+    def _attempt_connect(self):
+        """One connection attempt, with bookkeeping.  Returns the socket or None."""
+        sock = self._connect((self.ip_address, self.port))
+        if sock is None:
+            self._failures += 1
+            self._stats.connect_failures += 1
+            self._next_attempt = time.monotonic() + self.reconnect_policy.delay(self._failures)
+            return None
+        self.comm = sock
+        stale = self._buffer.drain()
+        if stale:
+            log.warning("%s: discarded %d bytes left from the previous connection: %s",
+                        self.name, len(stale), format_traffic(stale))
+        if self._failures:
+            log.info("%s: connected after %d failed attempt(s)", self.name, self._failures)
+        elif self._stats.connects:
+            log.info("%s: reconnected", self.name)
+        else:
+            log.info("%s: connected", self.name)
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._warned = False
+        self._stats.connects += 1
+        return sock
+
+    def _close(self, reason=None):
+        sock, self.comm = self.comm, None
+        if sock is None:
+            return
+        if reason:
+            log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: closing connection: %s",
+                    self.name, reason)
+            self._warned = True
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if self.reconnect_policy.cooldown:
+            self._next_attempt = max(self._next_attempt, time.monotonic() + self.reconnect_policy.cooldown)
+
+    def _reset(self):
+        """Close the connection and make one new attempt at once (SOCS hook).
+
+        Honours the policy's cool-down by waiting for it.
+        """
+        self._close()
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0 and self._failures == 0:
+            time.sleep(wait)
+        self._attempt_connect()
+
+    def _ensure_connected(self):
+        sock = self.comm
+        if sock is not None:
+            return sock
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            reason = self._last_connect_error or "cool-down after the last connection"
+            raise ConnectFailedError(
+                f"{self.name}: not connected ({reason}); next attempt allowed in {wait:.2f} s "
+                f"after {self._failures} failed attempt(s)")
+        sock = self._attempt_connect()
+        if sock is None:
+            raise ConnectFailedError(f"{self.name}: {self._last_connect_error}")
+        return sock
+
+    @property
+    def is_connected(self):
+        """True while a socket is open (the device may still have gone away
+        unnoticed; the next operation finds out)."""
+        return self.comm is not None
+
+    def connect(self):
+        """Connect now if not connected (respecting the backoff).
+
+        Raises:
+            ConnectFailedError: the attempt failed or is held back by backoff.
+        """
+        with self.lock:
+            self._ensure_connected()
+
+    def disconnect(self):
+        """Close the socket.  The next operation reconnects."""
+        with self.lock:
+            if self.comm is not None:
+                log.info("%s: disconnected", self.name)
+            self._close()
+
+    close = disconnect
+
+    def reconnect(self, max_attempts=1):
+        """Close and connect again, retrying with the policy's backoff.
+
+        Args:
+            max_attempts (int or None): attempts before giving up; ``< 1`` or
+                ``None`` keeps trying until a connection is made.
+
+        Raises:
+            ConnectFailedError: ``max_attempts`` attempts failed.
+        """
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)):
+            raise ValueError(f"max_attempts must be an int or None, got {max_attempts!r}")
+        forever = max_attempts is None or max_attempts < 1
+        with self.lock:
+            self._close()
+            self._failures = 0
+            attempt = 0
+            while True:
+                wait = self._next_attempt - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                attempt += 1
+                if self._attempt_connect() is not None:
+                    return
+                if not forever and attempt >= max_attempts:
+                    raise ConnectFailedError(
+                        f"{self.name}: reconnect gave up after {attempt} attempt(s): {self._last_connect_error}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.disconnect()
+        return False
+
+    def __del__(self):
+        sock = getattr(self, "comm", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------
+    # statistics
+    def stats(self):
+        """Counters and timings of this link, as a JSON-safe dict.
+
+        Keys: ``connected``, ``bytes_in``, ``bytes_out``, ``transactions``,
+        ``timeouts``, ``errors``, ``connects``, ``reconnects``,
+        ``connect_failures``, ``consecutive_failures``, ``last_success``
+        (UNIX time or ``None``), ``latency_last``, ``latency_mean``,
+        ``latency_p50``, ``latency_p95``, ``latency_p99`` (seconds or
+        ``None``), plus ``buffered`` (bytes waiting to be read).
+        """
+        with self.lock:
+            snap = self._stats.snapshot(self.comm is not None)
+            snap["buffered"] = len(self._buffer)
+            return snap
+
+    # ------------------------------------------------------------------
+    # low level I/O (callers hold the lock)
+    def _deadline(self, timeout):
+        if timeout is None:
+            timeout = self.timeout
+        else:
+            timeout = _check_seconds(timeout, "timeout")
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _link_failed(self, error):
+        """Count a failed operation and log the start of a failure streak."""
+        self._stats.failure(timeout=isinstance(error, LinkTimeoutError))
+        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
+        self._warned = True
+
+    def _fill(self, deadline, waiting_for):
+        """Receive more bytes into the buffer, waiting until ``deadline``."""
+        sock = self._ensure_connected()
+        room = self._buffer.room
+        if room <= 0:
+            self._overflow()
+        if deadline is None:
+            remaining = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout(waiting_for)
+        try:
+            sock.settimeout(remaining)
+            data = sock.recv(min(self.buffer_size, room))
+        except (socket.timeout, TimeoutError):
+            raise self._timeout(waiting_for) from None
+        except OSError as e:
+            self._close(f"receive failed: {e}")
+            raise LinkError(f"{self.name}: connection lost while waiting for {waiting_for}: {e}") from e
+        if not data:
+            partial = self._buffer.peek()
+            self._close("device closed the connection")
+            raise PeerClosedError(
+                f"{self.name}: device closed the connection while waiting for {waiting_for}"
+                + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
+                   if partial else ""), partial)
+        self._stats.bytes_in += len(data)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s < %s", self.name, format_traffic(data))
+        self._buffer.feed(data)
+
+    def _timeout(self, waiting_for):
+        buffered = len(self._buffer)
+        return LinkTimeoutError(
+            f"{self.name}: timed out waiting for {waiting_for}"
+            + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
+
+    def _overflow(self):
+        dropped = self._buffer.drain()
+        log.error("%s: discarded %d buffered bytes: over max_read_size=%d: %s", self.name, len(dropped),
+                  self.max_read_size, format_traffic(dropped, 64))
+        raise ReadOverflowError(
+            f"{self.name}: more than max_read_size={self.max_read_size} bytes arrived without completing "
+            f"the read; the {len(dropped)} buffered bytes were discarded")
+
+    def _pull_pending(self):
+        """Move bytes already waiting on the socket into the buffer, without
+        blocking.  Notices a connection the device has closed meanwhile."""
+        sock = self.comm
+        if sock is not None:
+            sock.settimeout(0.0)
+        while sock is not None:
+            room = self._buffer.room
+            if room <= 0:
+                return
+            try:
+                data = sock.recv(min(self.buffer_size, room))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._close(f"connection broken: {e}")
+                return
+            if not data:
+                self._close("device closed the connection")
+                return
+            self._stats.bytes_in += len(data)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s < %s", self.name, format_traffic(data))
+            self._buffer.feed(data)
+
+    def _send_bytes(self, data):
+        """Send all of ``data``; on a dead connection reconnect once and resend."""
+        self._pull_pending()
+        sock = self._ensure_connected()
+        try:
+            self._sendall(sock, data)
+            return
+        except (socket.timeout, TimeoutError):
+            self._close("send timed out")
+            raise LinkTimeoutError(
+                f"{self.name}: sending {len(data)} bytes timed out after {self.timeout} s; "
+                "the connection was closed because part of the data may have been sent") from None
+        except OSError as e:
+            self._close(f"send failed: {e}")
+            first = e
+        self._reset()
+        if self.comm is None:
+            raise ConnectFailedError(
+                f"{self.name}: send failed ({first}) and reconnecting failed: {self._last_connect_error}") from first
+        try:
+            self._sendall(self.comm, data)
+        except OSError as e:
+            self._close(f"send failed again: {e}")
+            raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
+
+    def _sendall(self, sock, data):
+        sock.settimeout(self.timeout)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s > %s", self.name, format_traffic(data))
+        sock.sendall(data)
+        self._stats.bytes_out += len(data)
+
+    # ------------------------------------------------------------------
+    # input checking (before anything touches the socket)
+    def _encode(self, data, terminate=True):
+        if isinstance(data, str):
+            if self.encoding is None:
+                raise TypeError(f"{self.name}: this link has encoding=None, so data must be bytes, got str {data!r}")
+            raw = data.encode(self.encoding, self.encoding_errors)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        else:
+            raise TypeError(f"data must be str or bytes, got {type(data).__name__}: {data!r}")
+        return raw + self.write_termination if terminate else raw
+
+    def _decode(self, frame, strip=False):
+        if strip:
+            frame = frame.rstrip()
+        if self.encoding is None:
+            return frame
+        return frame.decode(self.encoding, self.encoding_errors)
+
+    def _terminators(self, eot):
+        if eot is None:
+            if self.read_termination is None:
+                raise ValueError(f"{self.name}: no eot given and the link has no read_termination")
+            return self.read_termination
+        if isinstance(eot, (str, bytes)):
+            return _terminators_cached(eot, self._text_encoding)
+        return parse_terminators(eot, self._text_encoding)
+
+    def _count(self, bytes_to_read):
+        if isinstance(bytes_to_read, bool) or not isinstance(bytes_to_read, int):
+            raise TypeError(f"bytes_to_read must be an int, got {type(bytes_to_read).__name__}: {bytes_to_read!r}")
+        if bytes_to_read < 0:
+            raise ValueError(f"bytes_to_read must be >= 0, got {bytes_to_read}")
+        if bytes_to_read > self.max_read_size:
+            raise ValueError(f"bytes_to_read={bytes_to_read} exceeds max_read_size={self.max_read_size}")
+        return bytes_to_read
+
+    def _pattern(self, pattern):
+        if isinstance(pattern, re.Pattern):
+            pattern = pattern.pattern
+        if isinstance(pattern, str):
+            pattern = pattern.encode(self._text_encoding)
+        if not isinstance(pattern, (bytes, bytearray)):
+            raise TypeError(f"pattern must be a str, bytes or compiled regex, got {type(pattern).__name__}: {pattern!r}")
+        try:
+            return re.compile(bytes(pattern))
+        except re.error as e:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+
+    # ------------------------------------------------------------------
+    # the operation skeleton: lock, deadline, stats
+    def _run(self, send, extract, waiting_for, timeout):
+        """Optionally send ``send`` then read until ``extract()`` returns a frame."""
+        with self.lock:
+            deadline = self._deadline(timeout)
+            started = time.perf_counter()
+            try:
+                if send is not None:
+                    if self.drain_before_query and extract is not None:
+                        self._discard_stale()
+                    self._send_bytes(send)
+                frame = None
+                if extract is not None:
+                    frame = extract()
+                    while frame is None:
+                        self._fill(deadline, waiting_for)
+                        frame = extract()
+            except LinkError as e:
+                self._link_failed(e)
+                raise
+            self._stats.success(time.perf_counter() - started)
+            self._warned = False
+            return frame
+
+    def _discard_stale(self):
+        self._pull_pending()
+        stale = self._buffer.drain()
+        if stale:
+            log.warning("%s: discarded %d stale bytes before a query: %s", self.name, len(stale),
+                        format_traffic(stale, 64))
+
+    def _until(self, eot):
+        terms = self._terminators(eot)
+        buffer = self._buffer
+
+        def extract():
+            found = buffer.maybe_extract_until(terms)
+            return None if found is None else found[0]
+        return extract, f"a terminator in {list(terms)}"
+
+    def _exact(self, n):
+        n = self._count(n)
+        buffer = self._buffer
+        return (lambda: buffer.maybe_extract_exact(n)), f"{n} bytes"
+
+    # ------------------------------------------------------------------
+    # SOCS-compatible primitives
+    def send(self, msg):
+        """Send all of ``msg`` (bytes).
+
+        If the connection is down or broken it is reset and the send is tried
+        once more, as in SOCS.
+
+        Raises:
+            TypeError: ``msg`` is not bytes-like (nothing is sent, no reconnect).
+            ConnectionError: a :class:`~socs_tcp.errors.LinkError` subclass if
+                the data could not be sent.
+        """
+        if not isinstance(msg, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send() needs bytes, got {type(msg).__name__}: {msg!r}; encode text first, "
+                            "e.g. msg.encode()")
+        self._run(bytes(msg), None, None, None)
+
+    def recv(self, bufsize=4096, reset_on_error=False):
+        """Return the bytes available now (at most ``bufsize``), waiting up to
+        ``timeout`` for the first one.
+
+        Raises:
+            LinkTimeoutError: nothing arrived in time.
+            PeerClosedError: the device closed the connection.
+            ConnectFailedError: not connected and connecting failed.
+
+        With ``reset_on_error=True`` the connection is reset before raising.
+        """
+        if isinstance(bufsize, bool) or not isinstance(bufsize, int) or bufsize < 1:
+            raise ValueError(f"bufsize must be a positive int, got {bufsize!r}")
+        buffer = self._buffer
+        try:
+            return self._run(None, lambda: buffer.extract_some(bufsize) if buffer else None, "data", None)
+        except LinkError:
+            if reset_on_error:
+                with self.lock:
+                    self._reset()
+            raise
+
+    # ------------------------------------------------------------------
+    # bus operations
+    def write(self, data):
+        """Write ``data`` (str or bytes) plus ``write_termination``.  Returns the byte count."""
+        raw = self._encode(data)
+        self._run(raw, None, None, None)
+        return len(raw)
+
+    def write_bin(self, data):
+        """Write hex ``data`` (``"0a0d"`` sends ``b"\\n\\r"``).  Returns the byte count."""
+        raw = hex_to_bytes(data)
+        self._run(raw, None, None, None)
+        return len(raw)
+
+    def read(self, bytes_to_read, timeout=None):
+        """Read exactly ``bytes_to_read`` bytes (decoded with ``encoding``).
+
+        On timeout the bytes received so far stay buffered.
+        """
+        extract, what = self._exact(bytes_to_read)
+        return self._decode(self._run(None, extract, what, timeout))
+
+    def read_bin(self, bytes_to_read, timeout=None):
+        """Like :meth:`read`, returning lowercase hex."""
+        extract, what = self._exact(bytes_to_read)
+        return bytes_to_hex(self._run(None, extract, what, timeout))
+
+    def read_until(self, eot=None, timeout=None):
+        """Read up to the first terminator of ``eot`` (default ``read_termination``).
+
+        The terminator is consumed but not returned; later bytes stay buffered.
+        """
+        extract, what = self._until(eot)
+        return self._decode(self._run(None, extract, what, timeout), self.rstrip)
+
+    def read_bin_until(self, eot, timeout=None):
+        """Like :meth:`read_until`, returning lowercase hex."""
+        extract, what = self._until(eot)
+        return bytes_to_hex(self._run(None, extract, what, timeout))
+
+    def wrnrd(self, data, bytes_to_read, timeout=None):
+        """Write ``data`` then read exactly ``bytes_to_read`` bytes, atomically."""
+        raw = self._encode(data)
+        extract, what = self._exact(bytes_to_read)
+        return self._decode(self._run(raw, extract, what, timeout))
+
+    def wrnrd_bin(self, data, bytes_to_read, timeout=None):
+        """Write hex ``data`` then read ``bytes_to_read`` bytes as hex, atomically."""
+        raw = hex_to_bytes(data)
+        extract, what = self._exact(bytes_to_read)
+        return bytes_to_hex(self._run(raw, extract, what, timeout))
+
+    def wrnrd_until(self, data, eot=None, timeout=None):
+        """Write ``data`` then read up to a terminator of ``eot``, atomically."""
+        raw = self._encode(data)
+        extract, what = self._until(eot)
+        return self._decode(self._run(raw, extract, what, timeout), self.rstrip)
+
+    def wrnrd_bin_until(self, data, eot, timeout=None):
+        """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
+        raw = hex_to_bytes(data)
+        extract, what = self._until(eot)
+        return bytes_to_hex(self._run(raw, extract, what, timeout))
+
+    def expect(self, pattern, timeout=None):
+        """Read until the regular expression ``pattern`` matches.
+
+        The match may span any number of received chunks.  Returns everything
+        consumed, from the start of the buffer to the end of the match; later
+        bytes stay buffered.
+        """
+        regex = self._pattern(pattern)
+        buffer = self._buffer
+
+        def extract():
+            found = buffer.maybe_extract_match(regex)
+            return None if found is None else found[0]
+        return self._decode(self._run(None, extract, f"a match of {regex.pattern!r}", timeout))
+
+    def query(self, message, timeout=None):
+        """Write ``message`` (plus ``write_termination``) and read one reply up
+        to ``read_termination``, atomically."""
+        raw = self._encode(message)
+        extract, what = self._until(None)
+        return self._decode(self._run(raw, extract, what, timeout), self.rstrip)
+
+    def drain(self):
+        """Discard every byte already received (buffered or waiting on the
+        socket).  Returns what was discarded; logs it if anything."""
+        with self.lock:
+            self._pull_pending()
+            dropped = self._buffer.drain()
+            if dropped:
+                log.info("%s: drained %d bytes: %s", self.name, len(dropped), format_traffic(dropped, 64))
+            return dropped
