@@ -5,8 +5,7 @@ The main entry point is :class:`TCPInterface`, a drop-in replacement for
 """
 
 from .buffer import ReceiveBuffer
-from .errors import (ConnectFailedError, LinkError, LinkTimeoutError,
-                     PeerClosedError, ReadOverflowError)
+from .errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
 from .interface import TCPInterface
 from .policy import ReconnectPolicy
 

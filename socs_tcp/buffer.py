@@ -128,7 +128,9 @@ class ReceiveBuffer:
             ``(consumed, match)`` where ``consumed`` runs from the start of the
             buffer to the end of the match; or ``None``.
         """
-        match = regex.search(self._data)
+        # search a snapshot: a match object over the bytearray would change
+        # when the consumed bytes are deleted
+        match = regex.search(bytes(self._data))
         if match is None:
             return None
         return self._take(match.end()), match

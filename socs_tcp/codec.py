@@ -101,14 +101,18 @@ def decode_escapes(text, encoding="utf-8"):
     return bytes(out)
 
 
-def encode_escapes(data):
-    """Inverse of :func:`decode_escapes` for display: bytes -> escaped ASCII str."""
+def encode_escapes(data, commas=True):
+    """Inverse of :func:`decode_escapes`: bytes -> escaped ASCII str.
+
+    With ``commas=False`` commas are left as they are (for display rather
+    than for building an ``eot`` list).
+    """
     out = []
     for b in bytes(data):
         ch = chr(b)
         if ch == "\\":
             out.append("\\\\")
-        elif ch == ",":
+        elif ch == "," and commas:
             out.append("\\,")
         elif ch == "\n":
             out.append("\\n")
@@ -302,4 +306,4 @@ def format_traffic(data, limit=256):
     data = bytes(data)
     shown = data[:limit]
     more = f" (+{len(data) - limit} bytes)" if len(data) > limit else ""
-    return f"{shown.hex(' ')} |{encode_escapes(shown)}|{more}"
+    return f"{shown.hex(' ')} |{encode_escapes(shown, commas=False)}|{more}"

@@ -16,10 +16,16 @@ import threading
 import time
 
 from .buffer import ReceiveBuffer
-from .codec import (bytes_to_hex, decode_escapes, format_traffic, hex_to_bytes,
-                    parse_address, parse_conf_string, parse_terminators)
-from .errors import (ConnectFailedError, LinkError, LinkTimeoutError,
-                     PeerClosedError, ReadOverflowError)
+from .codec import (
+    bytes_to_hex,
+    decode_escapes,
+    format_traffic,
+    hex_to_bytes,
+    parse_address,
+    parse_conf_string,
+    parse_terminators,
+)
+from .errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
 from .policy import ReconnectPolicy
 from .stats import LinkStats
 
@@ -75,7 +81,8 @@ class TCPInterface:
         write_termination (str or bytes or None): appended by :meth:`write`,
             :meth:`wrnrd`, :meth:`wrnrd_until` and :meth:`query` to text data
             (escapes allowed).  Default ``None``: data is sent exactly as given.
-        termination: shortcut setting both terminations to the same value.
+        termination: shortcut for both terminations; an explicit
+            ``read_termination`` or ``write_termination`` takes precedence.
         rstrip (bool): strip trailing whitespace from the results of the
             message reads (:meth:`read_until`, :meth:`wrnrd_until`,
             :meth:`query`).
@@ -108,7 +115,7 @@ class TCPInterface:
     """
 
     def __init__(self, ip_address, port, timeout=10.0, *, encoding="utf-8", encoding_errors="strict",
-                 read_termination=None, write_termination=None, termination=_UNSET, rstrip=False,
+                 read_termination=_UNSET, write_termination=_UNSET, termination=None, rstrip=False,
                  max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
                  keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
                  connect=True, name=None):
@@ -132,8 +139,10 @@ class TCPInterface:
             "".encode(encoding)  # LookupError names an unknown codec
         self.encoding = encoding
         self.encoding_errors = encoding_errors
-        if termination is not _UNSET:
-            read_termination = write_termination = termination
+        if read_termination is _UNSET:
+            read_termination = termination
+        if write_termination is _UNSET:
+            write_termination = termination
         self._text_encoding = encoding or "latin-1"
         self.read_termination = (None if read_termination is None
                                  else parse_terminators(read_termination, self._text_encoding))
@@ -432,7 +441,7 @@ class TCPInterface:
         try:
             sock.settimeout(remaining)
             data = sock.recv(min(self.buffer_size, room))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise self._timeout(waiting_for) from None
         except OSError as e:
             self._close(f"receive failed: {e}")
@@ -495,7 +504,7 @@ class TCPInterface:
         try:
             self._sendall(sock, data)
             return
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             self._close("send timed out")
             raise LinkTimeoutError(
                 f"{self.name}: sending {len(data)} bytes timed out after {self.timeout} s; "
