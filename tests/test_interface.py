@@ -233,6 +233,7 @@ def test_multiple_terminators_and_escapes(make_emulator):
 
 def test_oversize_reply_is_a_clear_error_and_memory_stays_bounded(emulator):
     dev = link(emulator, max_read_size=4096)
+    assert emulator.wait_for_clients(1)
     emulator.flood(total=200_000)
     with pytest.raises(ReadOverflowError, match="max_read_size=4096") as info:
         dev.read_until("\\n", timeout=5)
