@@ -1,7 +1,8 @@
-"""OCS plugin entry point: maps agent class names to their modules.
-
-``ocs-agent-cli --agent-class NAME`` looks the class up here.
-"""
+"""OCS plugin entry point: tells ``ocs-agent-cli --agent-class NAME`` where
+each agent of this package lives."""
 
 package_name = "socs_tcp"
-agents = {}
+agents = {
+    "TCPBusAgent": {"module": "socs_tcp_agents.tcp_bus.agent", "entry_point": "main"},
+    "ScpiInstrumentAgent": {"module": "socs_tcp_agents.scpi_instrument.agent", "entry_point": "main"},
+}

@@ -1,0 +1,207 @@
+"""Pieces shared by the socs_tcp agents: device arguments, log routing, and
+the polling loop that turns a lost device into ``session.degraded``."""
+
+import logging
+import threading
+import time
+
+import txaio
+
+from socs_tcp import TCPInterface
+from socs_tcp.codec import parse_address
+
+#: Feed fields of the link health block, taken from :meth:`TCPInterface.stats`.
+HEALTH_FIELDS = ("connected", "latency_last", "latency_p50", "latency_p99", "reconnects", "timeouts",
+                 "errors", "consecutive_failures", "bytes_in", "bytes_out", "transactions")
+
+
+def add_device_arguments(parser, default_port=None):
+    """Add ``--address``, ``--host``, ``--port`` and ``--timeout`` to an argparse group."""
+    parser.add_argument("--address", help="Device address: host:port, [v6]:port, tcp://host:port, "
+                        "TCPIP0::host::port::SOCKET or host=...,port=...")
+    parser.add_argument("--host", help="Device host name or IP address (instead of --address).")
+    parser.add_argument("--port", type=int, default=default_port, help="Device TCP port (with --host).")
+    parser.add_argument("--timeout", type=float, default=5.0, help="Deadline of each device operation, seconds.")
+    return parser
+
+
+def device_address(args):
+    """``(host, port)`` from parsed arguments; ``ValueError`` naming the bad value."""
+    if args.address:
+        if "=" in args.address:
+            from socs_tcp.codec import parse_conf_string
+            conf = parse_conf_string(args.address)
+            return conf["host"], conf["port"]
+        parsed = parse_address(args.address)
+        if parsed is None:
+            raise ValueError(f"--address {args.address!r} is not a TCP address (e.g. 10.0.0.5:5025)")
+        return parsed["host"], parsed["port"]
+    if args.host and args.port:
+        return args.host, args.port
+    raise ValueError("give the device as --address HOST:PORT, or --host and --port")
+
+
+def parse_assignments(items, option):
+    """``['NAME=VALUE', ...]`` -> ordered list of (name, value); names must be feed-safe."""
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"{option} {item!r} is not NAME=COMMAND")
+        if not (name[0].isalpha() and all(c.isalnum() or c == "_" for c in name)):
+            raise ValueError(f"{option} name {name!r} must start with a letter and use only letters, digits and _")
+        if name in dict(out):
+            raise ValueError(f"{option} name {name!r} is given twice")
+        out.append((name, value))
+    return out
+
+
+def as_feed_value(text):
+    """A reply as a feed value: float where it parses as one, else the stripped string."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return str(text).strip()
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(text).strip()
+    return value
+
+
+def health_fields(stats):
+    """The health feed block from a stats dict: plain numbers, no None."""
+    out = {}
+    for key in HEALTH_FIELDS:
+        value = stats.get(key)
+        if key == "connected":
+            out[key] = int(bool(value))
+        elif value is None:
+            out[key] = 0.0
+        else:
+            out[key] = float(value) if isinstance(value, float) else int(value)
+    return out
+
+
+class _TxaioHandler(logging.Handler):
+    """Forwards the library's ``logging`` records into the agent's txaio log."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self._log = logger
+
+    def emit(self, record):
+        try:
+            text = f"[{record.name}] {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self._log.error("{text}", text=text)
+            elif record.levelno >= logging.WARNING:
+                self._log.warn("{text}", text=text)
+            elif record.levelno >= logging.INFO:
+                self._log.info("{text}", text=text)
+            else:
+                self._log.debug("{text}", text=text)
+        except Exception:  # a log handler must never raise into the caller
+            self.handleError(record)
+
+
+def route_library_logs(txaio_logger, level):
+    """Send records of the ``socs_tcp`` loggers to the agent log, once."""
+    lib = logging.getLogger("socs_tcp")
+    for handler in list(lib.handlers):
+        if isinstance(handler, _TxaioHandler):
+            lib.removeHandler(handler)
+    lib.addHandler(_TxaioHandler(txaio_logger))
+    lib.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    lib.propagate = False
+
+
+def start_logging():
+    """Start txaio logging at ``$LOGLEVEL`` (as OCS agents do) and return the level."""
+    import os
+    level = os.environ.get("LOGLEVEL", "info")
+    txaio.use_twisted()
+    txaio.start_logging(level=level)
+    return level
+
+
+def make_link(args, **kwargs):
+    """A lazily connecting :class:`TCPInterface` for the device in ``args``."""
+    host, port = device_address(args)
+    kwargs.setdefault("encoding_errors", "backslashreplace")
+    return TCPInterface(host, port, args.timeout, connect=False, **kwargs)
+
+
+class Poller:
+    """The body of an ``acq`` process: call ``poll()`` at a fixed rate until
+    stopped, turning ``ConnectionError`` into ``session.degraded``.
+
+    ``poll()`` returns a dict of feed fields, or raises ``ConnectionError``.
+    The first failure of an outage is logged at error level, the recovery at
+    info level; the cycles in between stay quiet.  The link's own backoff
+    decides when a reconnect is attempted, so a dead device costs nothing
+    per cycle but a fast-failing call.
+    """
+
+    def __init__(self, agent_obj, link, poll, data_feed, data_block, health_feed="link_health"):
+        self.a = agent_obj
+        self.link = link
+        self.poll = poll
+        self.data_feed = data_feed
+        self.data_block = data_block
+        self.health_feed = health_feed
+        self._stop = threading.Event()
+        self.cycles = 0
+        self.missed = 0
+
+    def stop(self):
+        self._stop.set()
+
+    def run(self, session, rate):
+        self._stop.clear()
+        period = 1.0 / rate
+        log = self.a.log
+        down_since = None
+        last_error = None
+        next_cycle = time.monotonic()
+        while not self._stop.is_set():
+            now = time.time()
+            try:
+                values = self.poll()
+            except ConnectionError as e:
+                values = None
+                last_error = str(e)
+                if down_since is None:
+                    down_since = now
+                    log.error("device unreachable, acq degraded: {err}", err=last_error)
+                session.degraded = True
+            else:
+                if down_since is not None:
+                    log.info("device answering again after {t:.1f} s; acq no longer degraded",
+                             t=now - down_since)
+                    down_since = None
+                    last_error = None
+                session.degraded = False
+                self.a.agent.publish_to_feed(self.data_feed, {
+                    "block_name": self.data_block, "timestamp": now, "data": values})
+            stats = self.link.stats()
+            self.a.agent.publish_to_feed(self.health_feed, {
+                "block_name": "health", "timestamp": now, "data": health_fields(stats)})
+            self.cycles += 1
+            data = dict(session.data or {})
+            if values is not None:
+                data["values"] = values
+                data["timestamp"] = now
+            data.update({"connected": bool(stats["connected"]), "degraded": down_since is not None,
+                         "last_error": last_error, "cycles": self.cycles, "missed_cycles": self.missed,
+                         "stats": stats})
+            session.data = data
+            next_cycle += period
+            wait = next_cycle - time.monotonic()
+            if wait < 0:
+                # behind schedule: count the missed cycles and start afresh,
+                # still yielding a moment so waiting tasks get the link
+                self.missed += int(-wait // period) + 1
+                next_cycle = time.monotonic() + period
+                wait = 0.001
+            self._stop.wait(wait)
+        return True, "acq stopped"

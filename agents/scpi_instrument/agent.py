@@ -1,0 +1,186 @@
+"""ScpiInstrumentAgent: a SCPI power supply or multimeter over TCP, in OCS."""
+
+import argparse
+import time
+
+from ocs import ocs_agent, site_config
+from ocs.ocs_twisted import TimeoutLock
+
+from ..common import (
+    Poller,
+    add_device_arguments,
+    as_feed_value,
+    device_address,
+    parse_assignments,
+    route_library_logs,
+    start_logging,
+)
+from .drivers import ScpiError, ScpiInstrument
+
+DEFAULT_MEASUREMENTS = ["voltage=MEAS:VOLT?", "current=MEAS:CURR?", "temperature=MEAS:TEMP?"]
+
+
+class ScpiInstrumentAgent:
+    """OCS agent for a SCPI instrument.
+
+    Args:
+        agent (OCSAgent): from :func:`ocs.ocs_agent.init_site_agent`.
+        instrument (ScpiInstrument): the driver (connects lazily).
+        measurements (list): ``(field_name, query)`` pairs polled by ``acq``.
+        sample_rate (float): ``acq`` cycles per second.
+    """
+
+    def __init__(self, agent, instrument, measurements, sample_rate=1.0):
+        self.agent = agent
+        self.log = agent.log
+        self.lock = TimeoutLock()
+        self.instrument = instrument
+        self.measurements = list(measurements)
+        self.sample_rate = sample_rate
+        self.identity = None
+        self.poller = Poller(self, instrument, self._poll, "scpi", "measurements")
+        agg_params = {"frame_length": 60}
+        self.agent.register_feed("scpi", record=True, agg_params=agg_params, buffer_time=1.0)
+        self.agent.register_feed("link_health", record=True, agg_params=agg_params, buffer_time=1.0)
+
+    def _poll(self):
+        try:
+            replies = self.instrument.measure(self.measurements)
+        except ScpiError as e:
+            # a rejected measurement query leaves acq without data, like an
+            # outage: the Poller reports it once and marks acq degraded
+            raise ConnectionError(str(e)) from e
+        return {name: as_feed_value(reply) for name, reply in replies.items()}
+
+    def _run(self, session, what, call):
+        started = time.time()
+        try:
+            result = call()
+        except ScpiError as e:
+            return False, f"{what}: {e}"
+        except (ValueError, TypeError) as e:
+            return False, f"{what}: bad parameter: {e}"
+        except ConnectionError as e:
+            return False, f"{what}: device error ({type(e).__name__}): {e}"
+        session.data = {"response": result, "timestamp": started, "elapsed": time.time() - started}
+        return True, f"{what} done"
+
+    def init(self, session, params):
+        """init()
+
+        **Task** - Identify the instrument (``*IDN?``) and clear its error queue.
+
+        Notes:
+            >>> response.session['data']
+            {'response': {'idn': 'SOCS-TCP,SIM-PSU1,SN0001,1.0', 'manufacturer': 'SOCS-TCP',
+                          'model': 'SIM-PSU1', 'serial': 'SN0001', 'firmware': '1.0'},
+             'timestamp': 1700000000.0, 'elapsed': 0.001}
+        """
+        def identify():
+            self.instrument.clear()
+            self.identity = self.instrument.identify()
+            self.log.info("instrument: {idn}", idn=self.identity["idn"])
+            return self.identity
+        return self._run(session, "init", identify)
+
+    @ocs_agent.param("command", type=str, check=lambda c: bool(c.strip()) and "\n" not in c)
+    def command(self, session, params):
+        """command(command)
+
+        **Task** - Send a SCPI command (no reply expected) and check the
+        error queue; the task fails with the instrument's error if it was
+        rejected.
+
+        Parameters:
+            command (str): e.g. ``"VOLT 2.5"`` or ``"OUTP ON"``.
+
+        Notes:
+            >>> response.session['data']
+            {'response': None, 'timestamp': 1700000000.0, 'elapsed': 0.001}
+        """
+        return self._run(session, "command", lambda: self.instrument.command(params["command"]))
+
+    @ocs_agent.param("query", type=str, check=lambda c: bool(c.strip()) and "\n" not in c)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def query(self, session, params):
+        """query(query, timeout=None)
+
+        **Task** - Send a SCPI query and return its reply.
+
+        Parameters:
+            query (str): e.g. ``"MEAS:VOLT?"``.
+            timeout (float): deadline in seconds (default: the link's).
+
+        Notes:
+            >>> response.session['data']
+            {'response': '+2.500012E+00', 'timestamp': 1700000000.0, 'elapsed': 0.001}
+        """
+        return self._run(session, "query", lambda: self.instrument.ask(params["query"], params["timeout"]))
+
+    @ocs_agent.param("test_mode", default=False, type=bool)
+    def acq(self, session, params):
+        """acq(test_mode=False)
+
+        **Process** - Poll the ``--measure`` queries each cycle and publish
+        them to the ``scpi`` feed (block ``measurements``), and the link
+        health to the ``link_health`` feed.  A lost instrument sets
+        ``session.degraded``; the first good reading clears it.
+
+        Notes:
+            >>> response.session['data']
+            {'values': {'voltage': 2.5, 'current': 0.05, 'temperature': 25.1},
+             'timestamp': 1700000000.0, 'connected': True, 'degraded': False,
+             'last_error': None, 'cycles': 12, 'missed_cycles': 0,
+             'stats': {'connected': True, 'latency_last': 0.0005, ...}}
+        """
+        with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
+            if not acquired:
+                return False, f"acq is already running (lock held by {self.lock.job})"
+            if params["test_mode"]:
+                self.poller._stop.set()
+            return self.poller.run(session, self.sample_rate)
+
+    def _stop_acq(self, session, params):
+        self.poller.stop()
+        return True, "stopping acq"
+
+
+def make_parser(parser=None):
+    """Build the argument parser (OCS passes its own to extend)."""
+    if parser is None:
+        parser = argparse.ArgumentParser()
+    pgroup = parser.add_argument_group("Agent Options")
+    add_device_arguments(pgroup, default_port=5025)
+    pgroup.add_argument("--measure", action="append", default=None, metavar="NAME=QUERY",
+                        help="A query polled by acq; its reply becomes feed field NAME. Repeatable. "
+                        f"Default: {' '.join(DEFAULT_MEASUREMENTS)}")
+    pgroup.add_argument("--sample-rate", type=float, default=1.0, help="acq cycles per second.")
+    pgroup.add_argument("--mode", choices=["idle", "init", "acq"], default="acq",
+                        help="'init' identifies the instrument at startup, 'acq' also starts acq.")
+    return parser
+
+
+def main(args=None):
+    level = start_logging()
+    parser = make_parser()
+    args = site_config.parse_args(agent_class="ScpiInstrumentAgent", parser=parser, args=args)
+    try:
+        measurements = parse_assignments(args.measure or DEFAULT_MEASUREMENTS, "--measure")
+        if not args.sample_rate > 0:
+            raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
+        host, port = device_address(args)
+        instrument = ScpiInstrument(host, port, args.timeout, connect=False)
+    except ValueError as e:
+        parser.error(str(e))
+    agent, runner = ocs_agent.init_site_agent(args)
+    route_library_logs(agent.log, level)
+    scpi = ScpiInstrumentAgent(agent, instrument, measurements, args.sample_rate)
+    agent.register_task("init", scpi.init, startup=args.mode in ("init", "acq"))
+    agent.register_task("command", scpi.command)
+    agent.register_task("query", scpi.query)
+    agent.register_process("acq", scpi.acq, scpi._stop_acq, startup=args.mode == "acq")
+    runner.run(agent, auto_reconnect=True)
+
+
+if __name__ == "__main__":
+    main()

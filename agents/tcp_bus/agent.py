@@ -1,0 +1,357 @@
+"""TCPBusAgent: any TCP device, driven with the cmd_tcp bus operations over OCS.
+
+No device code is needed: the agent's tasks are the bus operations
+(``write``, ``wrnrd_until``, ``expect``, ...), and its ``acq`` process sends
+a fixed list of queries each cycle and publishes the replies.
+"""
+
+import argparse
+import time
+
+from ocs import ocs_agent, site_config
+from ocs.ocs_twisted import TimeoutLock
+
+from socs_tcp.codec import decode_escapes
+
+from ..common import Poller, add_device_arguments, as_feed_value, make_link, parse_assignments, route_library_logs, start_logging
+
+
+class TCPBusAgent:
+    """OCS agent exposing a TCP link's bus operations as tasks.
+
+    Args:
+        agent (OCSAgent): from :func:`ocs.ocs_agent.init_site_agent`.
+        link (socs_tcp.TCPInterface): the device link (raw: no terminations).
+        read_termination (bytes): terminator of the replies to ``acq`` queries.
+        write_termination (bytes): appended to each ``acq`` query.
+        acq_queries (list): ``(field_name, command)`` pairs polled by ``acq``.
+        sample_rate (float): ``acq`` cycles per second.
+
+    Attributes:
+        agent, log, lock: as in every OCS agent.  ``lock`` only guards the
+            start of ``acq``; the link serialises device traffic itself, one
+            whole write-and-read at a time, so a task can never read a reply
+            meant for ``acq``.
+    """
+
+    def __init__(self, agent, link, read_termination=b"\n", write_termination=b"\n", acq_queries=(),
+                 sample_rate=1.0):
+        self.agent = agent
+        self.log = agent.log
+        self.lock = TimeoutLock()
+        self.link = link
+        self.read_termination = read_termination
+        self.write_termination = write_termination
+        self.acq_queries = list(acq_queries)
+        self.sample_rate = sample_rate
+        self.poller = Poller(self, link, self._poll, "tcp_bus", "queries")
+        agg_params = {"frame_length": 60}
+        self.agent.register_feed("tcp_bus", record=True, agg_params=agg_params, buffer_time=1.0)
+        self.agent.register_feed("link_health", record=True, agg_params=agg_params, buffer_time=1.0)
+
+    # ------------------------------------------------------------------ acq
+    def _poll(self):
+        values = {}
+        for name, command in self.acq_queries:
+            reply = self.link.wrnrd_until(command.encode() + self.write_termination, [self.read_termination])
+            values[name] = as_feed_value(reply)
+        return values
+
+    @ocs_agent.param("test_mode", default=False, type=bool)
+    def acq(self, session, params):
+        """acq(test_mode=False)
+
+        **Process** - Send each ``--acq-query`` command every cycle and
+        publish the replies to the ``tcp_bus`` feed (block ``queries``, one
+        field per query: a float where the reply parses as one, else the
+        text) and the link's health to the ``link_health`` feed.
+
+        While the device is unreachable the process keeps running with
+        ``session.degraded = True``, reconnecting with the link's backoff; the
+        first answer clears it.
+
+        Parameters:
+            test_mode (bool): run one cycle and stop (for testing).
+
+        Notes:
+            The latest values and the connection state are in session.data::
+
+                >>> response.session['data']
+                {'values': {'volt': 1.25, 'idn': 'ACME,PSU,1'},
+                 'timestamp': 1700000000.0,
+                 'connected': True,
+                 'degraded': False,
+                 'last_error': None,
+                 'cycles': 42,
+                 'missed_cycles': 0,
+                 'stats': {'connected': True, 'latency_last': 0.0004, ...}}
+        """
+        with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
+            if not acquired:
+                return False, f"acq is already running (lock held by {self.lock.job})"
+            if params["test_mode"]:
+                self.poller._stop.set()
+            return self.poller.run(session, self.sample_rate)
+
+    def _stop_acq(self, session, params):
+        self.poller.stop()
+        return True, "stopping acq"
+
+    # ------------------------------------------------------------------ tasks
+    def _bus(self, session, op, call):
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            response = call()
+        except (ValueError, TypeError) as e:
+            return False, f"{op}: bad parameter: {e}"
+        except ConnectionError as e:
+            return False, f"{op}: device error ({type(e).__name__}): {e}"
+        elapsed = time.perf_counter() - t0
+        session.data = {"response": response, "elapsed": elapsed, "timestamp": started}
+        return True, f"{op} done in {elapsed * 1000:.1f} ms"
+
+    @ocs_agent.param("data", type=str)
+    def write(self, session, params):
+        """write(data)
+
+        **Task** - Write ``data`` to the device exactly as given (escape
+        sequences are not interpreted: send a real newline character).
+
+        Parameters:
+            data (str): text to send.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 6, 'elapsed': 0.0001, 'timestamp': 1700000000.0}
+
+            ``response`` is the number of bytes written.
+        """
+        return self._bus(session, "write", lambda: self.link.write(params["data"]))
+
+    @ocs_agent.param("data", type=str)
+    def write_bin(self, session, params):
+        """write_bin(data)
+
+        **Task** - Write binary data given as hex, two digits per byte in
+        transmission order (``"0a0d"`` sends LF then CR).
+
+        Parameters:
+            data (str): hex digits, even length.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 2, 'elapsed': 0.0001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "write_bin", lambda: self.link.write_bin(params["data"]))
+
+    @ocs_agent.param("bytes_to_read", type=int, check=lambda n: n >= 0)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def read(self, session, params):
+        """read(bytes_to_read, timeout=None)
+
+        **Task** - Read exactly ``bytes_to_read`` bytes as text.
+
+        Parameters:
+            bytes_to_read (int): how many bytes.
+            timeout (float): deadline in seconds (default: the link's).
+
+        Notes:
+            >>> response.session['data']
+            {'response': '+1.0E+00', 'elapsed': 0.002, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "read", lambda: self.link.read(params["bytes_to_read"], params["timeout"]))
+
+    @ocs_agent.param("bytes_to_read", type=int, check=lambda n: n >= 0)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def read_bin(self, session, params):
+        """read_bin(bytes_to_read, timeout=None)
+
+        **Task** - Read exactly ``bytes_to_read`` bytes, returned as lowercase hex.
+
+        Notes:
+            >>> response.session['data']
+            {'response': '0a0d', 'elapsed': 0.002, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "read_bin",
+                         lambda: self.link.read_bin(params["bytes_to_read"], params["timeout"]))
+
+    @ocs_agent.param("eot", type=str)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def read_until(self, session, params):
+        """read_until(eot, timeout=None)
+
+        **Task** - Read until a terminator of ``eot``, a comma-separated list
+        with escapes (``"\\n"``, ``"\\r\\n,\\x03"``).  The terminator is not
+        returned.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 'READY', 'elapsed': 0.01, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "read_until", lambda: self.link.read_until(params["eot"], params["timeout"]))
+
+    @ocs_agent.param("eot", type=str)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def read_bin_until(self, session, params):
+        """read_bin_until(eot, timeout=None)
+
+        **Task** - Like ``read_until``, returning lowercase hex.
+
+        Notes:
+            >>> response.session['data']
+            {'response': '0102ff', 'elapsed': 0.01, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "read_bin_until",
+                         lambda: self.link.read_bin_until(params["eot"], params["timeout"]))
+
+    @ocs_agent.param("data", type=str)
+    @ocs_agent.param("bytes_to_read", type=int, check=lambda n: n >= 0)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def wrnrd(self, session, params):
+        """wrnrd(data, bytes_to_read, timeout=None)
+
+        **Task** - Write ``data`` then read exactly ``bytes_to_read`` bytes,
+        as one transaction.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 'ACME', 'elapsed': 0.001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "wrnrd", lambda: self.link.wrnrd(
+            params["data"], params["bytes_to_read"], params["timeout"]))
+
+    @ocs_agent.param("data", type=str)
+    @ocs_agent.param("bytes_to_read", type=int, check=lambda n: n >= 0)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def wrnrd_bin(self, session, params):
+        """wrnrd_bin(data, bytes_to_read, timeout=None)
+
+        **Task** - Write hex ``data`` then read ``bytes_to_read`` bytes as hex.
+
+        Notes:
+            >>> response.session['data']
+            {'response': '0600', 'elapsed': 0.001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "wrnrd_bin", lambda: self.link.wrnrd_bin(
+            params["data"], params["bytes_to_read"], params["timeout"]))
+
+    @ocs_agent.param("data", type=str)
+    @ocs_agent.param("eot", type=str)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def wrnrd_until(self, session, params):
+        """wrnrd_until(data, eot, timeout=None)
+
+        **Task** - Write ``data`` then read until a terminator of ``eot``, as
+        one transaction.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 'SOCS-TCP,SIM-PSU1,SN0001,1.0', 'elapsed': 0.0006,
+             'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "wrnrd_until", lambda: self.link.wrnrd_until(
+            params["data"], params["eot"], params["timeout"]))
+
+    @ocs_agent.param("data", type=str)
+    @ocs_agent.param("eot", type=str)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def wrnrd_bin_until(self, session, params):
+        """wrnrd_bin_until(data, eot, timeout=None)
+
+        **Task** - Write hex ``data`` then read until a terminator of ``eot``,
+        returned as hex.
+
+        Notes:
+            >>> response.session['data']
+            {'response': '1020', 'elapsed': 0.001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "wrnrd_bin_until", lambda: self.link.wrnrd_bin_until(
+            params["data"], params["eot"], params["timeout"]))
+
+    @ocs_agent.param("pattern", type=str)
+    @ocs_agent.param("timeout", default=None, type=float, check=lambda t: t >= 0)
+    def expect(self, session, params):
+        """expect(pattern, timeout=None)
+
+        **Task** - Read until the regular expression ``pattern`` matches;
+        ``response`` is everything consumed up to the end of the match.
+
+        Notes:
+            >>> response.session['data']
+            {'response': 'boot ok\\nREADY>', 'elapsed': 0.2, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "expect", lambda: self.link.expect(params["pattern"], params["timeout"]))
+
+    def connect(self, session, params):
+        """connect()
+
+        **Task** - Connect to the device now (cmd_tcp ``config``).
+
+        Notes:
+            >>> response.session['data']
+            {'response': True, 'elapsed': 0.001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "connect", lambda: self.link.connect() or self.link.is_connected)
+
+    def disconnect(self, session, params):
+        """disconnect()
+
+        **Task** - Close the connection (cmd_tcp ``inval``); the next
+        operation reconnects.
+
+        Notes:
+            >>> response.session['data']
+            {'response': False, 'elapsed': 0.0001, 'timestamp': 1700000000.0}
+        """
+        return self._bus(session, "disconnect", lambda: self.link.disconnect() or self.link.is_connected)
+
+
+BUS_TASKS = ("write", "write_bin", "read", "read_bin", "read_until", "read_bin_until", "wrnrd", "wrnrd_bin",
+             "wrnrd_until", "wrnrd_bin_until", "expect", "connect", "disconnect")
+
+
+def make_parser(parser=None):
+    """Build the argument parser (OCS passes its own to extend)."""
+    if parser is None:
+        parser = argparse.ArgumentParser()
+    pgroup = parser.add_argument_group("Agent Options")
+    add_device_arguments(pgroup)
+    pgroup.add_argument("--read-termination", default="\\n",
+                        help="Terminator of replies to acq queries (escapes such as \\n allowed).")
+    pgroup.add_argument("--write-termination", default="\\n",
+                        help="Appended to each acq query (escapes allowed).")
+    pgroup.add_argument("--acq-query", action="append", default=[], metavar="NAME=COMMAND",
+                        help="A query sent by acq each cycle; its reply becomes feed field NAME. Repeatable.")
+    pgroup.add_argument("--sample-rate", type=float, default=1.0, help="acq cycles per second.")
+    pgroup.add_argument("--mode", choices=["idle", "acq"], default="idle",
+                        help="'acq' starts the acq process at startup.")
+    return parser
+
+
+def main(args=None):
+    level = start_logging()
+    parser = make_parser()
+    args = site_config.parse_args(agent_class="TCPBusAgent", parser=parser, args=args)
+    try:
+        queries = parse_assignments(args.acq_query, "--acq-query")
+        read_term = decode_escapes(args.read_termination)
+        write_term = decode_escapes(args.write_termination)
+        if not read_term:
+            raise ValueError("--read-termination must not be empty")
+        if not args.sample_rate > 0:
+            raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
+        link = make_link(args)
+    except ValueError as e:
+        parser.error(str(e))
+    agent, runner = ocs_agent.init_site_agent(args)
+    route_library_logs(agent.log, level)
+    bus = TCPBusAgent(agent, link, read_term, write_term, queries, args.sample_rate)
+    agent.register_process("acq", bus.acq, bus._stop_acq, startup=args.mode == "acq")
+    for name in BUS_TASKS:
+        agent.register_task(name, getattr(bus, name))
+    runner.run(agent, auto_reconnect=True)
+
+
+if __name__ == "__main__":
+    main()
