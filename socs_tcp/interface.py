@@ -33,7 +33,12 @@ __all__ = ["TCPInterface"]
 
 log = logging.getLogger(__name__)
 
-_UNSET = object()
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
 _FAMILIES = {
     None: socket.AF_UNSPEC, "AUTO": socket.AF_UNSPEC, "UNSPEC": socket.AF_UNSPEC,
     "INET": socket.AF_INET, "IPV4": socket.AF_INET, "AF_INET": socket.AF_INET,
@@ -79,8 +84,8 @@ class TCPInterface:
             Same forms as ``eot`` (``"\\n"``, ``"\\r\\n,\\n"``, bytes, list).
             Default ``None``.
         write_termination (str or bytes or None): appended by :meth:`write`,
-            :meth:`wrnrd`, :meth:`wrnrd_until` and :meth:`query` to text data
-            (escapes allowed).  Default ``None``: data is sent exactly as given.
+            :meth:`wrnrd`, :meth:`wrnrd_until` and :meth:`query` to the data,
+            str or bytes (escapes allowed).  Default ``None``: data is sent exactly as given.
         termination: shortcut for both terminations; an explicit
             ``read_termination`` or ``write_termination`` takes precedence.
         rstrip (bool): strip trailing whitespace from the results of the
@@ -316,6 +321,11 @@ class TCPInterface:
         sock = self.comm
         if sock is not None:
             return sock
+        limit = self.reconnect_policy.max_attempts
+        if limit is not None and 0 < limit <= self._failures:
+            raise ConnectFailedError(
+                f"{self.name}: not connected; gave up after {self._failures} failed attempt(s) "
+                f"(reconnect_policy.max_attempts={limit}): {self._last_connect_error}; call reconnect() to try again")
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
             reason = self._last_connect_error or "cool-down after the last connection"
@@ -437,6 +447,12 @@ class TCPInterface:
         else:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # past the deadline (or timeout=0): take what is already
+                # waiting on the socket, but do not wait for more
+                before = len(self._buffer)
+                self._pull_pending()
+                if len(self._buffer) > before:
+                    return
                 raise self._timeout(waiting_for)
         try:
             sock.settimeout(remaining)
@@ -568,14 +584,18 @@ class TCPInterface:
         return bytes_to_read
 
     def _pattern(self, pattern):
+        flags = 0
         if isinstance(pattern, re.Pattern):
+            if isinstance(pattern.pattern, bytes):
+                return pattern
+            flags = pattern.flags & ~re.UNICODE
             pattern = pattern.pattern
         if isinstance(pattern, str):
             pattern = pattern.encode(self._text_encoding)
         if not isinstance(pattern, (bytes, bytearray)):
             raise TypeError(f"pattern must be a str, bytes or compiled regex, got {type(pattern).__name__}: {pattern!r}")
         try:
-            return re.compile(bytes(pattern))
+            return re.compile(bytes(pattern), flags)
         except re.error as e:
             raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
 

@@ -26,8 +26,10 @@ class ReconnectPolicy:
         factor: growth per further failure.
         cap: the longest delay, seconds.
         jitter: fraction of the delay that is randomised, 0..1.
-        max_attempts: attempts made by :meth:`~socs_tcp.TCPInterface.reconnect`
-            when it is called without an explicit count (``None`` = forever).
+        max_attempts: consecutive failed attempts after which operations stop
+            reconnecting by themselves and raise at once until
+            :meth:`~socs_tcp.TCPInterface.reconnect` is called (``None`` =
+            never give up).
         cooldown: the least time between closing a connection and opening the
             next one, seconds.
     """

@@ -10,10 +10,12 @@ A superset of ``socs.testing.device_emulator`` for TCP devices:
 * Commands are framed by ``read_termination`` (default ``\\n``), not by
   ``recv`` chunk, so split and merged writes from the client are handled.
   ``read_termination=None`` restores chunk framing.
-* Faults on demand: :meth:`set_delay`, :meth:`split_replies`,
-  :meth:`merge_replies`, :meth:`drop_connections`, :meth:`refuse_connections`,
-  :meth:`go_silent`, :meth:`send_garbage`, :meth:`slow_drip`, :meth:`flood`,
-  :meth:`restart`.
+* Faults on demand: :meth:`DeviceEmulator.set_delay`,
+  :meth:`DeviceEmulator.split_replies`, :meth:`DeviceEmulator.merge_replies`,
+  :meth:`DeviceEmulator.drop_after`, :meth:`DeviceEmulator.drop_connections`,
+  :meth:`DeviceEmulator.refuse_connections`, :meth:`DeviceEmulator.go_silent`,
+  :meth:`DeviceEmulator.send_garbage`, :meth:`DeviceEmulator.slow_drip`,
+  :meth:`DeviceEmulator.flood`, :meth:`DeviceEmulator.restart`.
 
 Use :func:`create_device_emulator` to make a pytest fixture.
 """

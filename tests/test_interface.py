@@ -507,3 +507,40 @@ def test_no_file_descriptors_leak(emulator):
     for _ in range(10):
         TCPInterface("127.0.0.1", emulator.port, 1.0).disconnect()
     assert open_fds() <= before + 1
+
+
+def test_policy_max_attempts_stops_implicit_reconnects_until_reconnect(make_emulator):
+    port = closed_port()
+    dev = TCPInterface("127.0.0.1", port, 1.0, termination="\n",
+                       reconnect_policy={"initial": 0, "jitter": 0, "max_attempts": 2})
+    with pytest.raises(ConnectFailedError):
+        dev.query("x")  # second failed attempt
+    with pytest.raises(ConnectFailedError, match="gave up after 2 failed attempt"):
+        dev.query("x")
+    make_emulator({"x": "y"}, write_termination="\n", port=port)
+    with pytest.raises(ConnectFailedError, match="call reconnect"):
+        dev.query("x")
+    dev.reconnect()
+    assert dev.query("x") == "y"
+
+
+def test_timeout_zero_takes_what_already_arrived(emulator):
+    dev = link(emulator)
+    dev.write("now")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            assert dev.read_until(timeout=0) == "echo:now"
+            break
+        except LinkTimeoutError:
+            time.sleep(0.01)
+    else:
+        pytest.fail("the reply never became readable with timeout=0")
+
+
+def test_expect_keeps_compiled_flags(make_emulator):
+    import re
+    device = make_emulator({"q": "Login: "}, write_termination="")
+    dev = link(device)
+    dev.write("q")
+    assert dev.expect(re.compile("login:", re.IGNORECASE)) == "Login:"
