@@ -82,7 +82,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def out(text):
-        print(text, flush=True)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())

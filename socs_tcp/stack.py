@@ -265,7 +265,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
-def crossbar_config(port: int, realm: str = "test_realm", address_root: str = "observatory",
+def make_crossbar_config(port: int, realm: str = "test_realm", address_root: str = "observatory",
                     host: str = LOOPBACK) -> dict:
     """The crossbar node configuration (as a dict) for one OCS realm.
 
@@ -339,21 +339,21 @@ def crossbar_config(port: int, realm: str = "test_realm", address_root: str = "o
 
 def write_crossbar_config(directory: str | os.PathLike, port: int, realm: str = "test_realm",
                           address_root: str = "observatory", host: str = LOOPBACK) -> Path:
-    """Write ``<directory>/.crossbar/config.json`` (see :func:`crossbar_config`).
+    """Write ``<directory>/.crossbar/config.json`` (see :func:`make_crossbar_config`).
 
     Returns the node directory ``<directory>/.crossbar``, the value for
     ``crossbar start --cbdir``; crossbar also keeps its node key and pid file there.
     """
     cbdir = Path(directory) / ".crossbar"
     cbdir.mkdir(parents=True, exist_ok=True)
-    config = crossbar_config(port, realm=realm, address_root=address_root, host=host)
+    config = make_crossbar_config(port, realm=realm, address_root=address_root, host=host)
     path = cbdir / "config.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
     log.debug("wrote crossbar config %s (port %d, realm %s)", path, port, realm)
     return cbdir
 
 
-def site_config(hub_port: int, realm: str, address_root: str,
+def make_site_config(hub_port: int, realm: str, address_root: str,
                 hosts: Mapping[str, Any], crossbar_timeout: int = DEFAULT_CROSSBAR_TIMEOUT,
                 log_dir: str | os.PathLike | None = None, host: str = LOOPBACK) -> dict:
     """The OCS site configuration (as a dict); see :func:`write_site_config`."""
@@ -420,7 +420,7 @@ def write_site_config(path: str | os.PathLike, hub_port: int, realm: str, addres
       block are kept as they are (a host block may also override
       ``wamp_server``/``wamp_http``/``wamp_realm``).
     """
-    config = site_config(hub_port, realm, address_root, hosts, crossbar_timeout=crossbar_timeout,
+    config = make_site_config(hub_port, realm, address_root, hosts, crossbar_timeout=crossbar_timeout,
                          log_dir=log_dir, host=host)
     import yaml  # PyYAML comes with ocs; only needed here
 
@@ -438,7 +438,7 @@ def write_site_config(path: str | os.PathLike, hub_port: int, realm: str, addres
 class Crossbar:
     """A crossbar router for one OCS realm, run as ``crossbar start --cbdir <workdir>/.crossbar``.
 
-    The config is written at construction (see :func:`crossbar_config`); the
+    The config is written at construction (see :func:`make_crossbar_config`); the
     port is chosen with :func:`free_port` unless given and stays the same over
     :meth:`restart`, so agents find the router again at the URL they know.
     Output goes to ``<workdir>/crossbar.log`` (appended over restarts).
@@ -544,7 +544,10 @@ class Crossbar:
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the crossbar process group, SIGKILL it after *timeout*; wait for every member.
 
-        Returns the exit code of the node process (``None`` if it was never started).
+        Returns the exit code of the node process (``None`` if it was never
+        started); crossbar exits with 1 after a SIGTERM, which is normal.
+        Connected agents see ``wamp.close.transport_lost`` (not a normal
+        close), so their running processes keep going while they reconnect.
         """
         proc = self._proc
         if proc is None:
@@ -749,8 +752,9 @@ class AgentProcess:
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGINT the agent's process group (OCS stops its sessions, then the reactor), SIGKILL after *timeout*.
 
-        OCS waits about 3 s after stopping its sessions before it exits, so a
-        clean stop takes a little over that.  Returns the exit code.
+        OCS waits 3 s after stopping its sessions, and when it still has a
+        router session it leaves it and waits another 3 s, so a clean stop
+        takes about 3-6 s; exit code 0.  Returns the exit code.
         """
         proc = self._proc
         if proc is None:
@@ -861,7 +865,11 @@ class Stack:
         self.agents[instance_id] = agent
         agent.start()
         if wait:
-            agent.wait_ready(timeout=timeout)
+            try:
+                agent.wait_ready(timeout=timeout)
+            except BaseException:
+                agent.stop()
+                raise
         return agent
 
     def client(self, instance_id: str, **kwargs: Any) -> Any:
