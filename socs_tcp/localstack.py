@@ -28,7 +28,7 @@ def build_stack(workdir=None, sample_rate=2.0):
             "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate)])
         stack.add_instance("TCPBusAgent", "tcp-bus", [
             "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate),
-            "--acq-query", "output_voltage=MEAS:VOLT?", "--acq-query", "idn=*IDN?"])
+            "--acq-query", "output_voltage=MEAS:VOLT?", "idn=*IDN?"])
         stack.start()
         stack.start_agent("scpi-psu")
         stack.start_agent("tcp-bus")

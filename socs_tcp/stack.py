@@ -442,6 +442,10 @@ class Crossbar:
     port is chosen with :func:`free_port` unless given and stays the same over
     :meth:`restart`, so agents find the router again at the URL they know.
     Output goes to ``<workdir>/crossbar.log`` (appended over restarts).
+    Crossbar needs about 4 s to boot (controller, then a router worker
+    process, in the same process group); :meth:`start` returns as soon as
+    ``/info`` answers.  A port taken by someone else between construction and
+    :meth:`start` is reported as ``RuntimeError``.
     """
 
     def __init__(self, workdir: str | os.PathLike, port: int | None = None, realm: str = "test_realm",

@@ -151,8 +151,10 @@ def make_parser(parser=None):
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
     add_device_arguments(pgroup, default_port=5025)
-    pgroup.add_argument("--measure", action="append", default=None, metavar="NAME=QUERY",
-                        help="A query polled by acq; its reply becomes feed field NAME. Repeatable. "
+    # nargs='+' rather than a repeated option: OCS merges site-file arguments by option name
+    pgroup.add_argument("--measure", action="extend", nargs="+", default=None, metavar="NAME=QUERY",
+                        help="Queries polled by acq; the reply of each becomes feed field NAME. "
+                        "Give several after one --measure. "
                         f"Default: {' '.join(DEFAULT_MEASUREMENTS)}")
     pgroup.add_argument("--sample-rate", type=float, default=1.0, help="acq cycles per second.")
     pgroup.add_argument("--mode", choices=["idle", "init", "acq"], default="acq",

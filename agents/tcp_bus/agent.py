@@ -321,8 +321,11 @@ def make_parser(parser=None):
                         help="Terminator of replies to acq queries (escapes such as \\n allowed).")
     pgroup.add_argument("--write-termination", default="\\n",
                         help="Appended to each acq query (escapes allowed).")
-    pgroup.add_argument("--acq-query", action="append", default=[], metavar="NAME=COMMAND",
-                        help="A query sent by acq each cycle; its reply becomes feed field NAME. Repeatable.")
+    # nargs='+' rather than a repeated option: OCS merges site-file arguments
+    # by option name, so a repeated option would keep only its last value
+    pgroup.add_argument("--acq-query", action="extend", nargs="+", default=[], metavar="NAME=COMMAND",
+                        help="Queries sent by acq each cycle; the reply of each becomes feed field NAME. "
+                        "Give several after one --acq-query.")
     pgroup.add_argument("--sample-rate", type=float, default=1.0, help="acq cycles per second.")
     pgroup.add_argument("--mode", choices=["idle", "acq"], default="idle",
                         help="'acq' starts the acq process at startup.")
