@@ -49,7 +49,8 @@ def demo_tasks(stack, out):
         reply = scpi.command(command=command)
         out(f"scpi-psu command {command!r:12} -> {reply.session['success'] and 'ok' or reply.session['messages']}")
     reply = scpi.command(command="VOLT 99")
-    out(f"scpi-psu command 'VOLT 99'    -> refused: {reply.session['messages'][-1][1]}")
+    reason = [text for _, text in reply.session["messages"] if "rejected" in text]
+    out(f"scpi-psu command 'VOLT 99'    -> refused: {reason[0] if reason else reply.session['messages']}")
     reply = bus.wrnrd_until(data="MEAS:CURR?\n", eot="\\n")
     out(f"tcp-bus wrnrd_until MEAS:CURR? -> {reply.session['data']['response']}")
     return scpi, bus
