@@ -10,7 +10,7 @@ import txaio
 from socs_tcp import TCPInterface
 from socs_tcp.codec import parse_address
 
-#: Feed fields of the link health block, taken from :meth:`TCPInterface.stats`.
+#: Feed fields of the link health block, taken from :meth:`socs_tcp.TCPInterface.stats`.
 HEALTH_FIELDS = ("connected", "latency_last", "latency_p50", "latency_p99", "reconnects", "timeouts",
                  "errors", "consecutive_failures", "bytes_in", "bytes_out", "transactions")
 
@@ -125,7 +125,7 @@ def start_logging():
 
 
 def make_link(args, **kwargs):
-    """A lazily connecting :class:`TCPInterface` for the device in ``args``."""
+    """A lazily connecting :class:`socs_tcp.TCPInterface` for the device in ``args``."""
     host, port = device_address(args)
     kwargs.setdefault("encoding_errors", "backslashreplace")
     return TCPInterface(host, port, args.timeout, connect=False, **kwargs)
@@ -156,8 +156,14 @@ class Poller:
     def stop(self):
         self._stop.set()
 
-    def run(self, session, rate):
+    def run(self, session, rate, once=False):
+        """Poll until :meth:`stop` (or after one cycle with ``once``).
+
+        ``cycles`` and ``missed_cycles`` count from the start of this run.
+        """
         self._stop.clear()
+        self.cycles = 0
+        self.missed = 0
         period = 1.0 / rate
         log = self.a.log
         down_since = None
@@ -195,6 +201,8 @@ class Poller:
                          "last_error": last_error, "cycles": self.cycles, "missed_cycles": self.missed,
                          "stats": stats})
             session.data = data
+            if once:
+                break
             next_cycle += period
             wait = next_cycle - time.monotonic()
             if wait < 0:

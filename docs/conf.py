@@ -41,6 +41,13 @@ autoclass_content = "class"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# Turn the types in "Args:" sections into cross-references.  The alias gives
+# the full path where a short class name exists in two modules (the SCPI
+# driver and the SCPI simulator both define ScpiInstrument).
+napoleon_preprocess_types = True
+napoleon_type_aliases = {
+    "ScpiInstrument": "~socs_tcp_agents.scpi_instrument.drivers.ScpiInstrument",
+}
 
 # -- HTML ---------------------------------------------------------------------
 html_theme = "alabaster"

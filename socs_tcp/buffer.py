@@ -93,6 +93,17 @@ class ReceiveBuffer:
             buffer but not included in ``frame``; or ``None``.
         """
         data = self._data
+        if not data:
+            return None
+        if len(terminators) == 1:
+            term = terminators[0]
+            start = max(0, self._scanned - len(term) + 1) if self._scanned_for == terminators else 0
+            pos = data.find(term, start)
+            if pos < 0:
+                self._scanned = len(data)
+                self._scanned_for = terminators
+                return None
+            return self._take(pos, len(term)), term
         longest = max(len(t) for t in terminators)
         start = 0
         if self._scanned_for == terminators:

@@ -10,7 +10,10 @@ written to the last byte read.
 
 import functools
 import logging
+import math
+import os
 import re
+import select
 import socket
 import threading
 import time
@@ -55,6 +58,11 @@ def _check_seconds(value, what, allow_none=True):
         raise ValueError(f"{what} must be a finite number of seconds >= 0{' or None' if allow_none else ''}, "
                          f"got {value!r}")
     return float(value)
+
+
+def _describe(waiting_for):
+    """What an operation waits for, for error messages (built only when needed)."""
+    return waiting_for() if callable(waiting_for) else waiting_for
 
 
 @functools.lru_cache(maxsize=256)
@@ -180,6 +188,10 @@ class TCPInterface:
         self._next_attempt = 0.0      # monotonic time before which no attempt is made
         self._last_connect_error = None
         self._warned = False          # a failure streak has been logged at WARNING
+        self._poll_sock = None        # the socket self._poll watches
+        self._poll = None
+        self._timeout_sock = None     # the socket whose timeout was last set ...
+        self._timeout_value = None    # ... and to what
         if connect:
             self._attempt_connect()
 
@@ -454,19 +466,22 @@ class TCPInterface:
                 if len(self._buffer) > before:
                     return
                 raise self._timeout(waiting_for)
+        if not self._readable(sock, remaining):
+            raise self._timeout(waiting_for)
         try:
-            sock.settimeout(remaining)
-            data = sock.recv(min(self.buffer_size, room))
-        except TimeoutError:
-            raise self._timeout(waiting_for) from None
+            # poll said readable: a plain read(2) cannot block, and skips the
+            # second poll that socket.recv makes on a socket with a timeout
+            data = os.read(sock.fileno(), min(self.buffer_size, room))
+        except (BlockingIOError, InterruptedError):
+            return  # spurious wake-up: the caller checks the buffer and waits again
         except OSError as e:
             self._close(f"receive failed: {e}")
-            raise LinkError(f"{self.name}: connection lost while waiting for {waiting_for}: {e}") from e
+            raise LinkError(f"{self.name}: connection lost while waiting for {_describe(waiting_for)}: {e}") from e
         if not data:
             partial = self._buffer.peek()
             self._close("device closed the connection")
             raise PeerClosedError(
-                f"{self.name}: device closed the connection while waiting for {waiting_for}"
+                f"{self.name}: device closed the connection while waiting for {_describe(waiting_for)}"
                 + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                    if partial else ""), partial)
         self._stats.bytes_in += len(data)
@@ -474,10 +489,53 @@ class TCPInterface:
             log.debug("%s < %s", self.name, format_traffic(data))
         self._buffer.feed(data)
 
+    def _readable(self, sock, wait):
+        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be
+        readable (data, end of stream or an error).  One poll object per
+        socket, so the common case costs one system call."""
+        if self._poll_sock is not sock:
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+            self._poll_sock = sock
+        return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
+
+    def _set_timeout(self, sock):
+        """Give ``sock`` the link's timeout, calling ``settimeout`` only when it
+        changed (drivers that use ``comm`` directly see the SOCS behaviour)."""
+        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
+            sock.settimeout(self.timeout)
+            self._timeout_sock = sock
+            self._timeout_value = self.timeout
+
+    def _write_all(self, sock, data):
+        """Write all of ``data`` within ``timeout``, one write(2) in the common case."""
+        fd = sock.fileno()
+        view = memoryview(data)
+        deadline = None
+        while view:
+            try:
+                sent = os.write(fd, view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            view = view[sent:]
+            if not view:
+                return
+            # the send buffer is full: wait for room, within the deadline
+            now = time.monotonic()
+            if deadline is None and self.timeout is not None:
+                deadline = now + self.timeout
+            wait = None if deadline is None else deadline - now
+            if wait is not None and wait <= 0:
+                raise TimeoutError("send timed out")
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if not poller.poll(-1 if wait is None else math.ceil(wait * 1000)):
+                raise TimeoutError("send timed out")
+
     def _timeout(self, waiting_for):
         buffered = len(self._buffer)
         return LinkTimeoutError(
-            f"{self.name}: timed out waiting for {waiting_for}"
+            f"{self.name}: timed out waiting for {_describe(waiting_for)}"
             + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
 
     def _overflow(self):
@@ -492,14 +550,12 @@ class TCPInterface:
         """Move bytes already waiting on the socket into the buffer, without
         blocking.  Notices a connection the device has closed meanwhile."""
         sock = self.comm
-        if sock is not None:
-            sock.settimeout(0.0)
-        while sock is not None:
+        while sock is not None and self._readable(sock, 0):
             room = self._buffer.room
             if room <= 0:
                 return
             try:
-                data = sock.recv(min(self.buffer_size, room))
+                data = os.read(sock.fileno(), min(self.buffer_size, room))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -539,10 +595,10 @@ class TCPInterface:
             raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
 
     def _sendall(self, sock, data):
-        sock.settimeout(self.timeout)
+        self._set_timeout(sock)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s > %s", self.name, format_traffic(data))
-        sock.sendall(data)
+        self._write_all(sock, data)
         self._stats.bytes_out += len(data)
 
     # ------------------------------------------------------------------
@@ -638,12 +694,12 @@ class TCPInterface:
         def extract():
             found = buffer.maybe_extract_until(terms)
             return None if found is None else found[0]
-        return extract, f"a terminator in {list(terms)}"
+        return extract, lambda: f"a terminator in {list(terms)}"
 
     def _exact(self, n):
         n = self._count(n)
         buffer = self._buffer
-        return (lambda: buffer.maybe_extract_exact(n)), f"{n} bytes"
+        return (lambda: buffer.maybe_extract_exact(n)), lambda: f"{n} bytes"
 
     # ------------------------------------------------------------------
     # SOCS-compatible primitives
@@ -762,7 +818,7 @@ class TCPInterface:
         def extract():
             found = buffer.maybe_extract_match(regex)
             return None if found is None else found[0]
-        return self._decode(self._run(None, extract, f"a match of {regex.pattern!r}", timeout))
+        return self._decode(self._run(None, extract, lambda: f"a match of {regex.pattern!r}", timeout))
 
     def query(self, message, timeout=None):
         """Write ``message`` (plus ``write_termination``) and read one reply up

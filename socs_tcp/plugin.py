@@ -1,5 +1,5 @@
-"""OCS plugin entry point: tells ``ocs-agent-cli --agent-class NAME`` where
-each agent of this package lives."""
+"""OCS plugin entry point: tells ``ocs-agent-cli`` where each agent class of
+this package lives (the class is named by ``agent-class`` in the site file)."""
 
 package_name = "socs_tcp"
 agents = {

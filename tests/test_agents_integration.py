@@ -242,6 +242,13 @@ def test_scpi_acq_degrades_and_recovers(psu, simulator, stack):
         psu.acq.stop()
         psu.acq.wait(timeout=10)
 
+def test_acq_test_mode_runs_one_cycle(psu):
+    assert psu.acq.start(test_mode=True).status == 0
+    psu.acq.wait(timeout=10)
+    session = acq_data(psu)
+    assert session["status"] == "done" and session["success"] is True
+    assert session["data"]["cycles"] == 1
+
 # ---------------------------------------------------------------- router restart
 
 
@@ -258,3 +265,4 @@ def _try(call):
     except Exception:  # the router or the agent is not back yet
         return None
     return reply if reply.status == 0 and reply.session.get("success") else None
+

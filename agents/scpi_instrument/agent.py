@@ -25,7 +25,8 @@ class ScpiInstrumentAgent:
 
     Args:
         agent (OCSAgent): from :func:`ocs.ocs_agent.init_site_agent`.
-        instrument (ScpiInstrument): the driver (connects lazily).
+        instrument (socs_tcp_agents.scpi_instrument.drivers.ScpiInstrument): the
+            driver (connects lazily).
         measurements (list): ``(field_name, query)`` pairs polled by ``acq``.
         sample_rate (float): ``acq`` cycles per second.
     """
@@ -136,9 +137,7 @@ class ScpiInstrumentAgent:
         with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
             if not acquired:
                 return False, f"acq is already running (lock held by {self.lock.job})"
-            if params["test_mode"]:
-                self.poller._stop.set()
-            return self.poller.run(session, self.sample_rate)
+            return self.poller.run(session, self.sample_rate, once=params["test_mode"])
 
     def _stop_acq(self, session, params):
         self.poller.stop()

@@ -28,10 +28,11 @@ class TCPBusAgent:
         sample_rate (float): ``acq`` cycles per second.
 
     Attributes:
-        agent, log, lock: as in every OCS agent.  ``lock`` only guards the
-            start of ``acq``; the link serialises device traffic itself, one
-            whole write-and-read at a time, so a task can never read a reply
-            meant for ``acq``.
+        agent (OCSAgent): the OCS agent.
+        log (txaio.interfaces.ILogger): the agent log.
+        lock (TimeoutLock): only guards the start of ``acq``; the link
+            serialises device traffic itself, one whole write-and-read at a
+            time, so a task can never read a reply meant for ``acq``.
     """
 
     def __init__(self, agent, link, read_termination=b"\n", write_termination=b"\n", acq_queries=(),
@@ -89,9 +90,7 @@ class TCPBusAgent:
         with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
             if not acquired:
                 return False, f"acq is already running (lock held by {self.lock.job})"
-            if params["test_mode"]:
-                self.poller._stop.set()
-            return self.poller.run(session, self.sample_rate)
+            return self.poller.run(session, self.sample_rate, once=params["test_mode"])
 
     def _stop_acq(self, session, params):
         self.poller.stop()

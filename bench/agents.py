@@ -1,0 +1,434 @@
+"""OCS agent benchmark: task round-trip latency and the highest ``acq`` rate.
+
+Runs the real stack natively (:class:`socs_tcp.stack.Stack`: a crossbar
+router and ``TCPBusAgent`` instances started with ``ocs-agent-cli``), drives
+it with a real ``OCSClient`` and measures, side by side in one run:
+
+1. Task round-trip latency, client call to reply, through crossbar's HTTP
+   caller bridge (``OCSClient`` task call = ``start`` + ``wait``):
+
+   ``connect (no-op)``
+       The agent's ``connect`` task while the link is already connected:
+       it returns at once without touching the device, so it is the OCS
+       floor of a task on the same agent.
+   ``wrnrd_until``
+       ``wrnrd_until(data='PING\\n', eot='\\\\n')`` against the echo device:
+       the floor plus one real write-and-read on the device link.
+
+   The two calls alternate (ABAB...), so both see the same conditions; the
+   first ``--warmup`` pairs are discarded, then ``--samples`` pairs are
+   timed with ``time.perf_counter``.  Reported: median, p99 (nearest rank),
+   mean, min, max, and the ratio wrnrd_until / no-op of the medians and of
+   the p99s.  The agent-side ``elapsed`` of ``wrnrd_until`` (the device
+   transaction alone) is reported too.
+
+2. The highest ``acq`` rate that keeps up with 10 query fields: one agent
+   per rate, started with ``--acq-query f0=Q0 ... f9=Q9`` (one flag followed
+   by ten values: OCS merges repeated flags) and ``--sample-rate R``.  For
+   each rate ``acq`` is started, given ``--settle`` seconds, then ``cycles``
+   and ``missed_cycles`` are read from ``acq.status().session['data']`` at
+   the start and the end of the measuring window; the differences count.
+   A rate passes when no cycle was missed, the process never went degraded
+   and the last values are the expected numbers.  The search climbs a
+   ladder of rates with short probes (``--probe-seconds``) until one fails,
+   narrows the gap between the best pass and the first failure with up to
+   ``--bisect`` more probes, then confirms the best passing rate over
+   ``--soak-seconds`` (default 60 s); if that fails, the next lower passing
+   rate is confirmed, while the time budget (``--budget``) allows.  The
+   result is the highest rate with zero missed cycles over the full soak.
+   One extra probe at a rate far too high to keep up with
+   (``--flat-out-rate``, default 10000 Hz) measures the capacity: there
+   every cycle is late, and the agent's poller then pauses 1 ms before the
+   next one, so one cycle takes about ``1 / achieved - 1 ms``.
+
+The echo device is a :class:`socs_tcp.testing.DeviceEmulator` in a separate
+process (``python -c``, port read from its stdout), so it does not share a
+GIL with the client: it answers ``Qi`` with ``i + 0.5`` and echoes any other
+line.  Only loopback (127.0.0.1) is used.  Every process started here is
+stopped before the script exits (``Stack.stop()``, the emulator by its pid).
+
+Usage::
+
+    python bench/agents.py [--samples N] [--soak-seconds S] [--json out.json]
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+from socs_tcp.stack import Stack
+
+HOST = "127.0.0.1"
+N_FIELDS = 10
+LADDER = (10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000)
+AGENT_START_STOP = 10.0  # rough seconds to start and stop one agent (for the time budget)
+
+EMULATOR_CODE = r"""
+import sys
+from socs_tcp.testing import DeviceEmulator
+n = int(sys.argv[1])
+responses = {f"Q{i}": f"{i + 0.5}" for i in range(n)}
+emu = DeviceEmulator(responses, write_termination="\n", default_response=lambda cmd: cmd,
+                     host="127.0.0.1", port=0).start()
+print(emu.port, flush=True)
+try:
+    sys.stdin.read()        # runs until the parent closes our stdin
+finally:
+    emu.shutdown()
+"""
+
+
+# ----------------------------------------------------------------------
+# the echo device, in its own process
+class EmulatorProcess:
+    """A :class:`DeviceEmulator` in a subprocess; stops when its stdin closes."""
+
+    def __init__(self, n_fields=N_FIELDS, timeout=30.0):
+        self._proc = subprocess.Popen([sys.executable, "-c", EMULATOR_CODE, str(n_fields)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        line = b""
+        try:
+            ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+            line = self._proc.stdout.readline() if ready else b""
+            self.port = int(line)
+        except BaseException:
+            self.close()
+            raise RuntimeError(f"emulator did not report its port (got {line!r})") from None
+
+    @property
+    def pid(self):
+        return self._proc.pid
+
+    def close(self):
+        proc = self._proc
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)   # its own group: only this process
+                proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------
+# statistics
+def percentile(sorted_values, q):
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summary(samples):
+    """Latency summary in milliseconds."""
+    ordered = sorted(samples)
+    return {"n": len(ordered),
+            "median_ms": statistics.median(ordered) * 1e3,
+            "p99_ms": percentile(ordered, 99) * 1e3,
+            "mean_ms": statistics.fmean(ordered) * 1e3,
+            "min_ms": ordered[0] * 1e3,
+            "max_ms": ordered[-1] * 1e3}
+
+
+# ----------------------------------------------------------------------
+# helpers
+def check_ok(reply, what):
+    if reply.status != 0 or not reply.session.get("success"):
+        raise RuntimeError(f"{what} failed: {reply}")
+    return reply.session["data"]
+
+
+def agent_args(port, rate=1.0, queries=()):
+    args = ["--address", f"{HOST}:{port}", "--timeout", "5", "--sample-rate", rate, "--mode", "idle"]
+    if queries:
+        args += ["--acq-query", *queries]
+    return args
+
+
+def rate_id(rate):
+    return f"{rate:g}".replace(".", "p")
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------
+# part 1: task latency
+def measure_latency(stack, port, samples, warmup, log):
+    stack.add_instance("TCPBusAgent", "bench-lat", agent_args(port))
+    stack.start_agent("bench-lat")
+    client = stack.client("bench-lat")
+    try:
+        if check_ok(client.connect(), "connect")["response"] is not True:
+            raise RuntimeError("connect did not report a connected link")
+        noop, wrnrd, device = [], [], []
+        for i in range(warmup + samples):
+            t0 = time.perf_counter()
+            reply = client.connect()
+            t1 = time.perf_counter()
+            data = check_ok(reply, "connect")
+            if data["response"] is not True:
+                raise RuntimeError(f"connect: link not connected ({data})")
+            t2 = time.perf_counter()
+            reply = client.wrnrd_until(data="PING\n", eot="\\n")
+            t3 = time.perf_counter()
+            data = check_ok(reply, "wrnrd_until")
+            if data["response"] != "PING":
+                raise RuntimeError(f"wrnrd_until: unexpected reply {data['response']!r}")
+            if i >= warmup:
+                noop.append(t1 - t0)
+                wrnrd.append(t3 - t2)
+                device.append(data["elapsed"])
+        result = {"noop": summary(noop), "wrnrd_until": summary(wrnrd), "device_elapsed": summary(device)}
+        result["ratio_median"] = result["wrnrd_until"]["median_ms"] / result["noop"]["median_ms"]
+        result["ratio_p99"] = result["wrnrd_until"]["p99_ms"] / result["noop"]["p99_ms"]
+        log(f"latency: no-op median {result['noop']['median_ms']:.2f} ms, "
+            f"wrnrd_until median {result['wrnrd_until']['median_ms']:.2f} ms")
+        return result
+    finally:
+        stack.agents["bench-lat"].stop()
+
+
+# ----------------------------------------------------------------------
+# part 2: acq rate
+def acq_session(client):
+    reply = client.acq.status()
+    if reply.status != 0:
+        raise RuntimeError(f"acq.status failed: {reply}")
+    return reply.session
+
+
+def run_acq(stack, port, rate, seconds, settle, tag, log):
+    """Run acq at *rate* for *seconds* on a fresh agent; returns a result dict."""
+    iid = f"bench-acq-{tag}-{rate_id(rate)}"
+    queries = [f"f{i}=Q{i}" for i in range(N_FIELDS)]
+    expected = {f"f{i}": i + 0.5 for i in range(N_FIELDS)}
+    stack.add_instance("TCPBusAgent", iid, agent_args(port, rate, queries))
+    stack.start_agent(iid)
+    client = stack.client(iid)
+    result = {"rate_hz": rate, "seconds": seconds, "kind": tag}
+    try:
+        reply = client.acq.start()
+        if reply.status != 0:
+            raise RuntimeError(f"acq.start failed: {reply}")
+        wait_for(lambda: (acq_session(client).get("data") or {}).get("values"), 15, "the first acq values")
+        time.sleep(settle)
+        first = acq_session(client)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        last = acq_session(client)
+        wall = time.monotonic() - t0
+        d0, d1 = first["data"], last["data"]
+        cycles = d1["cycles"] - d0["cycles"]
+        missed = d1["missed_cycles"] - d0["missed_cycles"]
+        span = d1["timestamp"] - d0["timestamp"]
+        achieved = cycles / span if span > 0 else 0.0
+        values_ok = d1.get("values") == expected
+        degraded = bool(first.get("degraded") or last.get("degraded") or d1.get("degraded"))
+        result.update({
+            "cycles": cycles, "missed_cycles": missed, "achieved_hz": achieved, "wall_s": wall,
+            "cycles_total": d1["cycles"], "missed_total": d1["missed_cycles"],
+            "values_ok": values_ok, "degraded": degraded,
+            "device_latency_p50_ms": (d1.get("stats") or {}).get("latency_p50", 0) * 1e3,
+            "device_latency_p99_ms": (d1.get("stats") or {}).get("latency_p99", 0) * 1e3,
+            "passed": missed == 0 and cycles > 0 and values_ok and not degraded,
+        })
+        log(f"acq {tag:8s} {rate:>6g} Hz for {seconds:>4.0f} s: {cycles} cycles ({achieved:.1f}/s), "
+            f"{missed} missed -> {'pass' if result['passed'] else 'FAIL'}")
+        return result
+    finally:
+        try:
+            client.acq.stop()
+            client.acq.wait(timeout=10)
+        except Exception as exc:  # the agent is stopped below anyway
+            log(f"acq stop on {iid} failed: {exc}")
+        stack.agents[iid].stop()
+
+
+def nice_between(low, high):
+    """A round rate between *low* and *high* (geometric middle), or None."""
+    mid = math.sqrt(low * high)
+    step = 10 ** math.floor(math.log10(mid))
+    for unit in (step / 2, step / 4, step / 10):
+        candidate = round(mid / unit) * unit
+        if low < candidate < high:
+            return float(f"{candidate:g}")
+    return None
+
+
+def find_rate(stack, port, args, deadline, log):
+    probes, confirms = [], []
+
+    def time_left():
+        return deadline - time.monotonic()
+
+    probe_cost = args.probe_seconds + args.settle + AGENT_START_STOP
+    soak_cost = args.soak_seconds + args.settle + AGENT_START_STOP
+    best, first_fail = None, None
+    for rate in LADDER:
+        if time_left() < probe_cost + soak_cost:
+            log("time budget: stopping the ladder")
+            break
+        res = run_acq(stack, port, rate, args.probe_seconds, args.settle, "probe", log)
+        probes.append(res)
+        if res["passed"]:
+            best = rate
+        else:
+            first_fail = rate
+            break
+    low, high = best, first_fail
+    for _ in range(args.bisect):
+        if low is None or high is None or time_left() < probe_cost + soak_cost:
+            break
+        mid = nice_between(low, high)
+        if mid is None or high / low < 1.15:
+            break
+        res = run_acq(stack, port, mid, args.probe_seconds, args.settle, "probe", log)
+        probes.append(res)
+        if res["passed"]:
+            low = mid
+        else:
+            high = mid
+    flat_out = None
+    if args.flat_out_rate > 0 and time_left() >= probe_cost + soak_cost:
+        flat_out = run_acq(stack, port, args.flat_out_rate, args.probe_seconds, args.settle, "flat-out", log)
+        # every cycle is late at this rate, and the Poller then waits 1 ms before the next one
+        flat_out["cycle_ms_estimate"] = (1.0 / flat_out["achieved_hz"] - 0.001) * 1e3 \
+            if flat_out["achieved_hz"] > 0 else None
+    candidates = sorted({p["rate_hz"] for p in probes if p["passed"]}, reverse=True)
+    result = None
+    for rate in candidates:
+        if time_left() < soak_cost and confirms:
+            log("time budget: no further confirmation")
+            break
+        res = run_acq(stack, port, rate, args.soak_seconds, args.settle, "confirm", log)
+        confirms.append(res)
+        if res["passed"]:
+            result = rate
+            break
+    return {"probes": probes, "confirms": confirms, "flat_out": flat_out, "best_rate_hz": result,
+            "first_failed_probe_hz": min((p["rate_hz"] for p in probes if not p["passed"]), default=None)}
+
+
+# ----------------------------------------------------------------------
+def machine_info():
+    return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "processor": platform.processor(),
+            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def print_report(report):
+    info = report["machine"]
+    print()
+    print(f"machine: {info['nproc']} CPUs, Python {info['python']}, {info['platform']}")
+    lat = report["latency"]
+    print(f"\nOCS task round trip (OCSClient -> crossbar -> TCPBusAgent), {lat['noop']['n']} samples each")
+    print(f"{'task':<28}{'median ms':>11}{'p99 ms':>10}{'mean ms':>10}{'min ms':>9}{'max ms':>9}")
+    for key, label in (("noop", "connect (no-op floor)"), ("wrnrd_until", "wrnrd_until PING"),
+                       ("device_elapsed", "  of which device (agent)")):
+        s = lat[key]
+        print(f"{label:<28}{s['median_ms']:>11.2f}{s['p99_ms']:>10.2f}{s['mean_ms']:>10.2f}"
+              f"{s['min_ms']:>9.2f}{s['max_ms']:>9.2f}")
+    print(f"ratio wrnrd_until / no-op: {lat['ratio_median']:.2f} (median), {lat['ratio_p99']:.2f} (p99)")
+    acq = report["acq"]
+    print(f"\nacq with {N_FIELDS} query fields")
+    print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}"
+          f"{'dev p99 ms':>12}  result")
+    runs = acq["probes"] + ([acq["flat_out"]] if acq["flat_out"] else []) + acq["confirms"]
+    for res in runs:
+        print(f"{res['kind']:<9}{res['rate_hz']:>9g}{res['seconds']:>6.0f}{res['cycles']:>9}"
+              f"{res['achieved_hz']:>12.1f}{res['missed_cycles']:>8}{res['device_latency_p99_ms']:>12.2f}  "
+              f"{'pass' if res['passed'] else 'FAIL'}")
+    flat = acq["flat_out"]
+    if flat and flat.get("cycle_ms_estimate"):
+        print(f"flat-out: {flat['achieved_hz']:.0f} cycles/s with a 1 ms pause after each late cycle, "
+              f"so one {N_FIELDS}-query cycle takes about {flat['cycle_ms_estimate']:.2f} ms")
+    best = acq["best_rate_hz"]
+    soak = report["settings"]["soak_seconds"]
+    if best is None:
+        print(f"\nno rate kept up for {soak:g} s with zero missed cycles")
+    else:
+        print(f"\nhighest acq rate with zero missed cycles over {soak:g} s: {best:g} Hz "
+              f"({N_FIELDS} fields, {best * N_FIELDS:g} queries/s)")
+    print(f"total run time {report['runtime_s']:.0f} s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=300, help="timed task calls of each kind (default 300)")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed call pairs first (default 30)")
+    parser.add_argument("--soak-seconds", type=float, default=60.0,
+                        help="length of the acq confirmation run (default 60)")
+    parser.add_argument("--probe-seconds", type=float, default=10.0,
+                        help="length of each acq probe (default 10)")
+    parser.add_argument("--flat-out-rate", type=float, default=10000.0,
+                        help="a rate far too high to keep up with, probed once to measure the capacity "
+                        "(default 10000; 0 skips it)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds of acq before the measuring window (default 1)")
+    parser.add_argument("--bisect", type=int, default=2, help="extra probes between the best pass and the "
+                        "first failure (default 2)")
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="seconds the whole run should stay within (default 450)")
+    parser.add_argument("--loglevel", default="info", help="LOGLEVEL of crossbar and the agents (default info)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.soak_seconds <= 0 or args.probe_seconds <= 0:
+        parser.error("--samples, --soak-seconds and --probe-seconds must be positive")
+
+    started = time.monotonic()
+    deadline = started + args.budget
+
+    def log(msg):
+        print(f"[{time.monotonic() - started:6.1f} s] {msg}", flush=True)
+
+    report = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    report["settings"]["fields"] = N_FIELDS
+    with EmulatorProcess() as device:
+        log(f"echo device: pid {device.pid}, port {device.port}")
+        stack = Stack(loglevel=args.loglevel)
+        try:
+            stack.start()
+            log(f"crossbar ready on port {stack.port}")
+            report["latency"] = measure_latency(stack, device.port, args.samples, args.warmup, log)
+            report["acq"] = find_rate(stack, device.port, args, deadline, log)
+        finally:
+            stack.stop()
+    report["runtime_s"] = time.monotonic() - started
+    print_report(report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+            fh.write("\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
