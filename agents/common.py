@@ -156,6 +156,19 @@ class Poller:
     def stop(self):
         self._stop.set()
 
+    def stop_process(self, session, params):
+        """The ``acq`` stop function an agent registers with OCS."""
+        self.stop()
+        return True, "stopping acq"
+
+    def run_exclusive(self, lock, session, rate, once=False):
+        """:meth:`run` while holding ``lock`` (the agent's ``TimeoutLock``);
+        refuse at once if another ``acq`` holds it."""
+        with lock.acquire_timeout(timeout=0, job="acq") as acquired:
+            if not acquired:
+                return False, f"acq is already running (lock held by {lock.job})"
+            return self.run(session, rate, once)
+
     def run(self, session, rate, once=False):
         """Poll until :meth:`stop` (or after one cycle with ``once``).
 

@@ -134,14 +134,7 @@ class ScpiInstrumentAgent:
              'last_error': None, 'cycles': 12, 'missed_cycles': 0,
              'stats': {'connected': True, 'latency_last': 0.0005, ...}}
         """
-        with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
-            if not acquired:
-                return False, f"acq is already running (lock held by {self.lock.job})"
-            return self.poller.run(session, self.sample_rate, once=params["test_mode"])
-
-    def _stop_acq(self, session, params):
-        self.poller.stop()
-        return True, "stopping acq"
+        return self.poller.run_exclusive(self.lock, session, self.sample_rate, once=params["test_mode"])
 
 
 def make_parser(parser=None):
@@ -179,7 +172,7 @@ def main(args=None):
     agent.register_task("init", scpi.init, startup=args.mode in ("init", "acq"))
     agent.register_task("command", scpi.command)
     agent.register_task("query", scpi.query)
-    agent.register_process("acq", scpi.acq, scpi._stop_acq, startup=args.mode == "acq")
+    agent.register_process("acq", scpi.acq, scpi.poller.stop_process, startup=args.mode == "acq")
     runner.run(agent, auto_reconnect=True)
 
 

@@ -87,14 +87,7 @@ class TCPBusAgent:
                  'missed_cycles': 0,
                  'stats': {'connected': True, 'latency_last': 0.0004, ...}}
         """
-        with self.lock.acquire_timeout(timeout=0, job="acq") as acquired:
-            if not acquired:
-                return False, f"acq is already running (lock held by {self.lock.job})"
-            return self.poller.run(session, self.sample_rate, once=params["test_mode"])
-
-    def _stop_acq(self, session, params):
-        self.poller.stop()
-        return True, "stopping acq"
+        return self.poller.run_exclusive(self.lock, session, self.sample_rate, once=params["test_mode"])
 
     # ------------------------------------------------------------------ tasks
     def _bus(self, session, op, call):
@@ -349,7 +342,7 @@ def main(args=None):
     agent, runner = ocs_agent.init_site_agent(args)
     route_library_logs(agent.log, level)
     bus = TCPBusAgent(agent, link, read_term, write_term, queries, args.sample_rate)
-    agent.register_process("acq", bus.acq, bus._stop_acq, startup=args.mode == "acq")
+    agent.register_process("acq", bus.acq, bus.poller.stop_process, startup=args.mode == "acq")
     for name in BUS_TASKS:
         agent.register_task(name, getattr(bus, name))
     runner.run(agent, auto_reconnect=True)
