@@ -173,8 +173,9 @@ class Poller:
         """Poll until :meth:`stop` (or after one cycle with ``once``).
 
         ``cycles`` and ``missed_cycles`` count from the start of this run.
+        A cycle that ends after the next one was due counts the cycles it
+        overran as missed; the schedule then restarts from that moment.
         """
-        self._stop.clear()
         self.cycles = 0
         self.missed = 0
         period = 1.0 / rate
@@ -206,6 +207,14 @@ class Poller:
             self.a.agent.publish_to_feed(self.health_feed, {
                 "block_name": "health", "timestamp": now, "data": health_fields(stats)})
             self.cycles += 1
+            next_cycle += period
+            wait = next_cycle - time.monotonic()
+            if wait < 0:
+                # behind schedule: count the missed cycles and restart the
+                # schedule, still yielding a moment so waiting tasks get the link
+                self.missed += int(-wait // period) + 1
+                wait = 0.001
+                next_cycle = time.monotonic() + wait
             data = dict(session.data or {})
             if values is not None:
                 data["values"] = values
@@ -216,13 +225,7 @@ class Poller:
             session.data = data
             if once:
                 break
-            next_cycle += period
-            wait = next_cycle - time.monotonic()
-            if wait < 0:
-                # behind schedule: count the missed cycles and start afresh,
-                # still yielding a moment so waiting tasks get the link
-                self.missed += int(-wait // period) + 1
-                next_cycle = time.monotonic() + period
-                wait = 0.001
             self._stop.wait(wait)
+        # cleared on the way out, so a stop that arrives before the loop starts is not lost
+        self._stop.clear()
         return True, "acq stopped"

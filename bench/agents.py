@@ -258,6 +258,7 @@ def run_acq(stack, port, rate, seconds, settle, tag, log):
             "device_latency_p50_ms": (d1.get("stats") or {}).get("latency_p50", 0) * 1e3,
             "device_latency_p99_ms": (d1.get("stats") or {}).get("latency_p99", 0) * 1e3,
             "passed": missed == 0 and cycles > 0 and values_ok and not degraded,
+            "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         })
         log(f"acq {tag:8s} {rate:>6g} Hz for {seconds:>4.0f} s: {cycles} cycles ({achieved:.1f}/s), "
             f"{missed} missed -> {'pass' if result['passed'] else 'FAIL'}")
@@ -347,6 +348,9 @@ def print_report(report):
     info = report["machine"]
     print()
     print(f"machine: {info['nproc']} CPUs, Python {info['python']}, {info['platform']}")
+    if info.get("loadavg_at_start") and info.get("loadavg_at_end"):
+        print(f"load average (1 min) at start {info['loadavg_at_start'][0]:.2f}, "
+              f"at end {info['loadavg_at_end'][0]:.2f}")
     lat = report["latency"]
     print(f"\nOCS task round trip (OCSClient -> crossbar -> TCPBusAgent), {lat['noop']['n']} samples each")
     print(f"{'task':<28}{'median ms':>11}{'p99 ms':>10}{'mean ms':>10}{'min ms':>9}{'max ms':>9}")
@@ -359,11 +363,12 @@ def print_report(report):
     acq = report["acq"]
     print(f"\nacq with {N_FIELDS} query fields")
     print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}"
-          f"{'dev p99 ms':>12}  result")
+          f"{'dev p99 ms':>12}{'load':>6}  result")
     runs = acq["probes"] + ([acq["flat_out"]] if acq["flat_out"] else []) + acq["confirms"]
     for res in runs:
         print(f"{res['kind']:<9}{res['rate_hz']:>9g}{res['seconds']:>6.0f}{res['cycles']:>9}"
-              f"{res['achieved_hz']:>12.1f}{res['missed_cycles']:>8}{res['device_latency_p99_ms']:>12.2f}  "
+              f"{res['achieved_hz']:>12.1f}{res['missed_cycles']:>8}{res['device_latency_p99_ms']:>12.2f}"
+              f"{res['loadavg_1min'] or 0:>6.2f}  "
               f"{'pass' if res['passed'] else 'FAIL'}")
     flat = acq["flat_out"]
     if flat and flat.get("cycle_ms_estimate"):
@@ -421,6 +426,7 @@ def main(argv=None):
         finally:
             stack.stop()
     report["runtime_s"] = time.monotonic() - started
+    report["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_report(report)
     if args.json:
         with open(args.json, "w") as fh:
