@@ -968,7 +968,8 @@ def main(args=None):
             log.error("cannot listen on %s: %s", _host_port(opts.host, opts.port), exc)
             return 2
         try:
-            print(f"listening on {_host_port(sim.host, sim.port)}", flush=True)
+            sys.stdout.write(f"listening on {_host_port(sim.host, sim.port)}\n")
+            sys.stdout.flush()
             while not stop.wait(1.0):
                 if not sim.running:
                     log.error("server thread ended unexpectedly")
