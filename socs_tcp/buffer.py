@@ -74,6 +74,24 @@ class ReceiveBuffer:
                 f"exceed max_read_size={self.max_size} without completing a read")
         self._data += data
 
+    def unread(self, data):
+        """Put ``data`` back in front of the buffered bytes.
+
+        For a read that gave up part-way: what it took is returned so the
+        next read sees the stream in order.
+
+        Raises:
+            ReadOverflowError: the buffer would exceed ``max_size``; it is
+                left unchanged.
+        """
+        if len(self._data) + len(data) > self.max_size:
+            raise ReadOverflowError(
+                f"cannot put back {len(data)} bytes: with {len(self._data)} buffered they exceed "
+                f"max_read_size={self.max_size}")
+        self._data[:0] = data
+        self._scanned = 0
+        self._scanned_for = None
+
     def _take(self, end, skip=0):
         frame = bytes(self._data[:end])
         del self._data[:end + skip]

@@ -448,11 +448,12 @@ class TCPInterface:
         log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
         self._warned = True
 
-    def _fill(self, deadline, waiting_for):
-        """Receive more bytes into the buffer, waiting until ``deadline``."""
+    def _fill(self, deadline, waiting_for, into=None):
+        """Receive more bytes, waiting until ``deadline``: into the buffer, or
+        straight into the writable memoryview ``into`` (returns the count)."""
         sock = self._ensure_connected()
         room = self._buffer.room
-        if room <= 0:
+        if into is None and room <= 0:
             self._overflow()
         if deadline is None:
             remaining = None
@@ -464,16 +465,20 @@ class TCPInterface:
                 before = len(self._buffer)
                 self._pull_pending()
                 if len(self._buffer) > before:
-                    return
+                    return 0
                 raise self._timeout(waiting_for)
         if not self._readable(sock, remaining):
             raise self._timeout(waiting_for)
         try:
             # poll said readable: a plain read(2) cannot block, and skips the
             # second poll that socket.recv makes on a socket with a timeout
-            data = os.read(sock.fileno(), min(self.buffer_size, room))
+            if into is None:
+                data = os.read(sock.fileno(), min(self.buffer_size, room))
+            else:
+                count = os.readv(sock.fileno(), (into,))
+                data = into[:count]
         except (BlockingIOError, InterruptedError):
-            return  # spurious wake-up: the caller checks the buffer and waits again
+            return 0  # spurious wake-up: the caller checks the buffer and waits again
         except OSError as e:
             self._close(f"receive failed: {e}")
             raise LinkError(f"{self.name}: connection lost while waiting for {_describe(waiting_for)}: {e}") from e
@@ -486,8 +491,10 @@ class TCPInterface:
                    if partial else ""), partial)
         self._stats.bytes_in += len(data)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s < %s", self.name, format_traffic(data))
-        self._buffer.feed(data)
+            log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
+        if into is None:
+            self._buffer.feed(data)
+        return len(data)
 
     def _readable(self, sock, wait):
         """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be
@@ -539,12 +546,17 @@ class TCPInterface:
             + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
 
     def _overflow(self):
+        # The rest of the oversized data is still in flight: on this connection
+        # its tail would be taken as the start of the next reply, so the
+        # connection is closed too and the next operation starts on a new one.
         dropped = self._buffer.drain()
-        log.error("%s: discarded %d buffered bytes: over max_read_size=%d: %s", self.name, len(dropped),
-                  self.max_read_size, format_traffic(dropped, 64))
+        self._close()
+        log.error("%s: discarded %d buffered bytes and closed the connection: over max_read_size=%d: %s",
+                  self.name, len(dropped), self.max_read_size, format_traffic(dropped, 64))
         raise ReadOverflowError(
-            f"{self.name}: more than max_read_size={self.max_read_size} bytes arrived without completing "
-            f"the read; the {len(dropped)} buffered bytes were discarded")
+            f"{self.name}: receive overflow: more than max_read_size={self.max_read_size} bytes arrived without "
+            f"completing the read; the {len(dropped)} buffered bytes were discarded and the connection was "
+            "closed (the next operation reconnects)")
 
     def _pull_pending(self):
         """Move bytes already waiting on the socket into the buffer, without
@@ -767,6 +779,87 @@ class TCPInterface:
         """Like :meth:`read`, returning lowercase hex."""
         extract, what = self._exact(bytes_to_read)
         return bytes_to_hex(self._run(None, extract, what, timeout))
+
+    def read_bytes(self, bytes_to_read, timeout=None):
+        """Read exactly ``bytes_to_read`` bytes and return them as ``bytes``,
+        whatever the link's ``encoding``.
+
+        At most ``max_read_size`` bytes; use :meth:`readinto` for larger
+        binary transfers.  On timeout the bytes received so far stay buffered.
+        """
+        extract, what = self._exact(bytes_to_read)
+        return self._run(None, extract, what, timeout)
+
+    def readinto(self, buffer, timeout=None):
+        """Fill all of ``buffer`` with received bytes; return how many (its size).
+
+        For bulk binary data: bytes go from the socket straight into the
+        caller's writable buffer (``bytearray``, ``memoryview``, ``array``,
+        a contiguous NumPy array, ...), with no intermediate copies, so the
+        transfer is not limited by ``max_read_size``; the buffer's size is
+        the bound.  Bytes already buffered by earlier reads come first.
+
+        Args:
+            buffer: a writable, C-contiguous bytes-like object.
+            timeout: deadline for the whole transfer (default ``timeout``).
+
+        Raises:
+            TypeError: ``buffer`` is not writable bytes-like (nothing is read).
+            LinkTimeoutError: the buffer was not filled in time.  The bytes
+                received so far are put back in the link's buffer, if they
+                fit in ``max_read_size``, so a retry reads the stream in
+                order; otherwise the message says how many bytes of
+                ``buffer`` hold data.
+            PeerClosedError: the device closed the connection first; its
+                ``partial`` holds the bytes received.
+        """
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(f"readinto needs a writable bytes-like buffer, got {type(buffer).__name__}") from None
+        if view.readonly:
+            raise TypeError(f"readinto needs a writable buffer, got a read-only {type(buffer).__name__}")
+        if not view.c_contiguous:
+            raise TypeError(f"readinto needs a C-contiguous buffer, got a non-contiguous {type(buffer).__name__}")
+        view = view.cast("B")
+        total = len(view)
+        with self.lock:
+            deadline = self._deadline(timeout)
+            started = time.perf_counter()
+            got = 0
+            source = self._buffer
+            what = f"{total} bytes"
+            try:
+                while got < total:
+                    if source:
+                        chunk = source.extract_some(total - got)
+                        view[got:got + len(chunk)] = chunk
+                        got += len(chunk)
+                    else:
+                        got += self._fill(deadline, what, view[got:])
+            except LinkError as e:
+                e = self._readinto_failed(e, view[:got], total)
+                self._link_failed(e)
+                raise e from None
+            self._stats.success(time.perf_counter() - started)
+            self._warned = False
+            return total
+
+    def _readinto_failed(self, error, received, total):
+        """The exception to raise when :meth:`readinto` stops after ``received``."""
+        got = len(received)
+        if isinstance(error, PeerClosedError):
+            return PeerClosedError(f"{error} after {got} of {total} bytes", bytes(received))
+        if not isinstance(error, LinkTimeoutError) or not got:
+            return error
+        try:
+            self._buffer.unread(received)
+        except ReadOverflowError:
+            return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; they are in "
+                                    f"the first {got} bytes of the buffer (too many to keep in max_read_size="
+                                    f"{self.max_read_size})")
+        return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; "
+                                "they stay buffered for the next read")
 
     def read_until(self, eot=None, timeout=None):
         """Read up to the first terminator of ``eot`` (default ``read_termination``).
