@@ -5,4 +5,5 @@ package_name = "socs_tcp"
 agents = {
     "TCPBusAgent": {"module": "socs_tcp_agents.tcp_bus.agent", "entry_point": "main"},
     "ScpiInstrumentAgent": {"module": "socs_tcp_agents.scpi_instrument.agent", "entry_point": "main"},
+    "MessageLinkAgent": {"module": "socs_tcp_agents.message_link.agent", "entry_point": "main"},
 }
