@@ -47,5 +47,7 @@ class PeerClosedError(LinkError):
 class ReadOverflowError(LinkError):
     """More than ``max_read_size`` bytes arrived without completing a read.
 
-    The buffered bytes are discarded (and logged) so that memory stays bounded.
+    The buffered bytes are discarded (and logged) so that memory stays
+    bounded, and the connection is closed so the rest of the runaway reply is
+    not taken as the start of the next one; the next operation reconnects.
     """

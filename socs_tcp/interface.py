@@ -35,6 +35,7 @@ from .stats import LinkStats
 __all__ = ["TCPInterface"]
 
 log = logging.getLogger(__name__)
+_monotonic = time.monotonic
 
 class _Unset:
     def __repr__(self):
@@ -192,6 +193,8 @@ class TCPInterface:
         self._poll = None
         self._timeout_sock = None     # the socket whose timeout was last set ...
         self._timeout_value = None    # ... and to what
+        self._debug = False           # traffic logging on, decided once per operation
+        self._until_cache = {}        # eot -> (extract, waiting_for), see _until
         if connect:
             self._attempt_connect()
 
@@ -349,6 +352,21 @@ class TCPInterface:
             raise ConnectFailedError(f"{self.name}: {self._last_connect_error}")
         return sock
 
+    def next_attempt_in(self):
+        """Seconds until the backoff allows the next reconnect attempt.
+
+        ``None`` while connected, and when no automatic attempt will be made
+        (``reconnect_policy.max_attempts`` used up); ``0.0`` when one is
+        allowed now.  A poller uses it to retry as soon as the device may be
+        back instead of waiting for its next cycle.
+        """
+        if self.comm is not None:
+            return None
+        limit = self.reconnect_policy.max_attempts
+        if limit is not None and 0 < limit <= self._failures:
+            return None
+        return max(0.0, self._next_attempt - time.monotonic())
+
     @property
     def is_connected(self):
         """True while a socket is open (the device may still have gone away
@@ -440,7 +458,7 @@ class TCPInterface:
             timeout = self.timeout
         else:
             timeout = _check_seconds(timeout, "timeout")
-        return None if timeout is None else time.monotonic() + timeout
+        return None if timeout is None else _monotonic() + timeout
 
     def _link_failed(self, error):
         """Count a failed operation and log the start of a failure streak."""
@@ -451,14 +469,14 @@ class TCPInterface:
     def _fill(self, deadline, waiting_for, into=None):
         """Receive more bytes, waiting until ``deadline``: into the buffer, or
         straight into the writable memoryview ``into`` (returns the count)."""
-        sock = self._ensure_connected()
-        room = self._buffer.room
+        sock = self.comm or self._ensure_connected()
+        room = self.max_read_size - len(self._buffer)
         if into is None and room <= 0:
             self._overflow()
         if deadline is None:
-            remaining = None
+            remaining = -1
         else:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - _monotonic()
             if remaining <= 0:
                 # past the deadline (or timeout=0): take what is already
                 # waiting on the socket, but do not wait for more
@@ -467,7 +485,10 @@ class TCPInterface:
                 if len(self._buffer) > before:
                     return 0
                 raise self._timeout(waiting_for)
-        if not self._readable(sock, remaining):
+            remaining = math.ceil(remaining * 1000)
+        if self._poll_sock is not sock:
+            self._watch(sock)
+        if not self._poll.poll(remaining):
             raise self._timeout(waiting_for)
         try:
             # poll said readable: a plain read(2) cannot block, and skips the
@@ -490,20 +511,24 @@ class TCPInterface:
                 + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                    if partial else ""), partial)
         self._stats.bytes_in += len(data)
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
         if into is None:
             self._buffer.feed(data)
         return len(data)
 
+    def _watch(self, sock):
+        """Make ``self._poll`` watch ``sock`` for input (data, end of stream
+        or an error).  One poll object per socket, so waiting costs one
+        system call."""
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._poll_sock = sock
+
     def _readable(self, sock, wait):
-        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be
-        readable (data, end of stream or an error).  One poll object per
-        socket, so the common case costs one system call."""
+        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be readable."""
         if self._poll_sock is not sock:
-            self._poll = select.poll()
-            self._poll.register(sock, select.POLLIN)
-            self._poll_sock = sock
+            self._watch(sock)
         return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
 
     def _set_timeout(self, sock):
@@ -513,31 +538,6 @@ class TCPInterface:
             sock.settimeout(self.timeout)
             self._timeout_sock = sock
             self._timeout_value = self.timeout
-
-    def _write_all(self, sock, data):
-        """Write all of ``data`` within ``timeout``, one write(2) in the common case."""
-        fd = sock.fileno()
-        view = memoryview(data)
-        deadline = None
-        while view:
-            try:
-                sent = os.write(fd, view)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            view = view[sent:]
-            if not view:
-                return
-            # the send buffer is full: wait for room, within the deadline
-            now = time.monotonic()
-            if deadline is None and self.timeout is not None:
-                deadline = now + self.timeout
-            wait = None if deadline is None else deadline - now
-            if wait is not None and wait <= 0:
-                raise TimeoutError("send timed out")
-            poller = select.poll()
-            poller.register(fd, select.POLLOUT)
-            if not poller.poll(-1 if wait is None else math.ceil(wait * 1000)):
-                raise TimeoutError("send timed out")
 
     def _timeout(self, waiting_for):
         buffered = len(self._buffer)
@@ -577,14 +577,18 @@ class TCPInterface:
                 self._close("device closed the connection")
                 return
             self._stats.bytes_in += len(data)
-            if log.isEnabledFor(logging.DEBUG):
+            if self._debug:
                 log.debug("%s < %s", self.name, format_traffic(data))
             self._buffer.feed(data)
 
     def _send_bytes(self, data):
         """Send all of ``data``; on a dead connection reconnect once and resend."""
-        self._pull_pending()
-        sock = self._ensure_connected()
+        sock = self.comm
+        if sock is None or self._poll_sock is not sock or self._poll.poll(0):
+            # something is waiting (stale bytes or end of stream): take it
+            # first, so a device that closed the connection is noticed now
+            self._pull_pending()
+            sock = self._ensure_connected()
         try:
             self._sendall(sock, data)
             return
@@ -607,11 +611,41 @@ class TCPInterface:
             raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
 
     def _sendall(self, sock, data):
-        self._set_timeout(sock)
-        if log.isEnabledFor(logging.DEBUG):
+        """Write all of ``data`` within ``timeout``, one write(2) in the common case.
+
+        Raises:
+            TimeoutError: the device stopped reading before all was sent.
+            OSError: the connection is broken.
+        """
+        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
+            self._set_timeout(sock)
+        if self._debug:
             log.debug("%s > %s", self.name, format_traffic(data))
-        self._write_all(sock, data)
+        fd = sock.fileno()
+        try:
+            sent = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent != len(data):
+            self._write_rest(fd, memoryview(data)[sent:])
         self._stats.bytes_out += len(data)
+
+    def _write_rest(self, fd, view):
+        """Write ``view`` once the socket's send buffer has room, within ``timeout``."""
+        deadline = None if self.timeout is None else _monotonic() + self.timeout
+        while view:
+            wait = None if deadline is None else deadline - _monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError("send timed out")
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if not poller.poll(-1 if wait is None else math.ceil(wait * 1000)):
+                raise TimeoutError("send timed out")
+            try:
+                sent = os.write(fd, view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            view = view[sent:]
 
     # ------------------------------------------------------------------
     # input checking (before anything touches the socket)
@@ -670,10 +704,16 @@ class TCPInterface:
     # ------------------------------------------------------------------
     # the operation skeleton: lock, deadline, stats
     def _run(self, send, extract, waiting_for, timeout):
-        """Optionally send ``send`` then read until ``extract()`` returns a frame."""
+        """Optionally send ``send``, then receive until ``extract()`` returns
+        something other than ``None``, and return that."""
         with self.lock:
-            deadline = self._deadline(timeout)
-            started = time.perf_counter()
+            started = _monotonic()
+            if timeout is None:
+                timeout = self.timeout
+            else:
+                timeout = _check_seconds(timeout, "timeout")
+            deadline = None if timeout is None else started + timeout
+            self._debug = log.isEnabledFor(logging.DEBUG)
             try:
                 if send is not None:
                     if self.drain_before_query and extract is not None:
@@ -681,32 +721,58 @@ class TCPInterface:
                     self._send_bytes(send)
                 frame = None
                 if extract is not None:
-                    frame = extract()
+                    buffer = self._buffer
+                    if buffer:
+                        frame = extract()
                     while frame is None:
                         self._fill(deadline, waiting_for)
                         frame = extract()
             except LinkError as e:
                 self._link_failed(e)
                 raise
-            self._stats.success(time.perf_counter() - started)
+            self._stats.success(_monotonic() - started)
             self._warned = False
             return frame
 
+    def _drain_all(self):
+        """Discard everything received so far, buffered or waiting on the
+        socket, however much that is (up to 64 x ``max_read_size`` from a
+        device that never stops sending).  Returns ``(count, head)``: the
+        number of bytes discarded and the first ``max_read_size`` of them."""
+        head = bytearray()
+        count = 0
+        while count <= 64 * self.max_read_size:
+            self._pull_pending()
+            chunk = self._buffer.drain()
+            if not chunk:
+                break
+            count += len(chunk)
+            if len(head) < self.max_read_size:
+                head += chunk[:self.max_read_size - len(head)]
+        return count, bytes(head)
+
     def _discard_stale(self):
-        self._pull_pending()
-        stale = self._buffer.drain()
-        if stale:
-            log.warning("%s: discarded %d stale bytes before a query: %s", self.name, len(stale),
-                        format_traffic(stale, 64))
+        count, head = self._drain_all()
+        if count:
+            log.warning("%s: discarded %d stale bytes before a query: %s", self.name, count,
+                        format_traffic(head, 64))
 
     def _until(self, eot):
+        """``(extract, waiting_for)`` for a read up to a terminator of ``eot``
+        (``extract()`` returns ``(frame, terminator)``);
+        built once per ``eot`` string and link (the common case repeats it).
+        ``None`` is not cached: it follows ``read_termination``, which may be
+        changed."""
+        try:
+            return self._until_cache[eot]
+        except (KeyError, TypeError):  # TypeError: a list of terminators is not hashable
+            pass
         terms = self._terminators(eot)
-        buffer = self._buffer
-
-        def extract():
-            found = buffer.maybe_extract_until(terms)
-            return None if found is None else found[0]
-        return extract, lambda: f"a terminator in {list(terms)}"
+        # extract() gives (frame, terminator): callers take [0] of the result
+        made = functools.partial(self._buffer.maybe_extract_until, terms), lambda: f"a terminator in {list(terms)}"
+        if isinstance(eot, (str, bytes)) and len(self._until_cache) < 64:
+            self._until_cache[eot] = made
+        return made
 
     def _exact(self, n):
         n = self._count(n)
@@ -825,7 +891,8 @@ class TCPInterface:
         total = len(view)
         with self.lock:
             deadline = self._deadline(timeout)
-            started = time.perf_counter()
+            started = _monotonic()
+            self._debug = log.isEnabledFor(logging.DEBUG)
             got = 0
             source = self._buffer
             what = f"{total} bytes"
@@ -841,7 +908,7 @@ class TCPInterface:
                 e = self._readinto_failed(e, view[:got], total)
                 self._link_failed(e)
                 raise e from None
-            self._stats.success(time.perf_counter() - started)
+            self._stats.success(_monotonic() - started)
             self._warned = False
             return total
 
@@ -867,12 +934,12 @@ class TCPInterface:
         The terminator is consumed but not returned; later bytes stay buffered.
         """
         extract, what = self._until(eot)
-        return self._decode(self._run(None, extract, what, timeout), self.rstrip)
+        return self._decode(self._run(None, extract, what, timeout)[0], self.rstrip)
 
     def read_bin_until(self, eot, timeout=None):
         """Like :meth:`read_until`, returning lowercase hex."""
         extract, what = self._until(eot)
-        return bytes_to_hex(self._run(None, extract, what, timeout))
+        return bytes_to_hex(self._run(None, extract, what, timeout)[0])
 
     def wrnrd(self, data, bytes_to_read, timeout=None):
         """Write ``data`` then read exactly ``bytes_to_read`` bytes, atomically."""
@@ -890,13 +957,13 @@ class TCPInterface:
         """Write ``data`` then read up to a terminator of ``eot``, atomically."""
         raw = self._encode(data)
         extract, what = self._until(eot)
-        return self._decode(self._run(raw, extract, what, timeout), self.rstrip)
+        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
 
     def wrnrd_bin_until(self, data, eot, timeout=None):
         """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
         raw = hex_to_bytes(data)
         extract, what = self._until(eot)
-        return bytes_to_hex(self._run(raw, extract, what, timeout))
+        return bytes_to_hex(self._run(raw, extract, what, timeout)[0])
 
     def expect(self, pattern, timeout=None):
         """Read until the regular expression ``pattern`` matches.
@@ -918,14 +985,14 @@ class TCPInterface:
         to ``read_termination``, atomically."""
         raw = self._encode(message)
         extract, what = self._until(None)
-        return self._decode(self._run(raw, extract, what, timeout), self.rstrip)
+        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
 
     def drain(self):
         """Discard every byte already received (buffered or waiting on the
-        socket).  Returns what was discarded; logs it if anything."""
+        socket).  Returns what was discarded (its first ``max_read_size``
+        bytes if there was more); logs it if anything."""
         with self.lock:
-            self._pull_pending()
-            dropped = self._buffer.drain()
-            if dropped:
-                log.info("%s: drained %d bytes: %s", self.name, len(dropped), format_traffic(dropped, 64))
-            return dropped
+            count, head = self._drain_all()
+            if count:
+                log.info("%s: drained %d bytes: %s", self.name, count, format_traffic(head, 64))
+            return head

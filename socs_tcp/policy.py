@@ -36,7 +36,7 @@ class ReconnectPolicy:
 
     initial: float = 0.1
     factor: float = 2.0
-    cap: float = 1.0
+    cap: float = 0.5
     jitter: float = 0.2
     max_attempts: int = None
     cooldown: float = 0.0

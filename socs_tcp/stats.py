@@ -22,7 +22,7 @@ class LinkStats:
         self.connects = 0
         self.connect_failures = 0
         self.consecutive_failures = 0
-        self.last_success = None
+        self._last_success = None  # time.monotonic() of the last success
         self.last_latency = None
         self._latency_sum = 0.0
         self._latency_n = 0
@@ -31,7 +31,7 @@ class LinkStats:
     def success(self, latency):
         self.transactions += 1
         self.consecutive_failures = 0
-        self.last_success = time.time()
+        self._last_success = time.monotonic()
         self.last_latency = latency
         self._latency_sum += latency
         self._latency_n += 1
@@ -42,6 +42,13 @@ class LinkStats:
         self.consecutive_failures += 1
         if timeout:
             self.timeouts += 1
+
+    @property
+    def last_success(self):
+        """Wall-clock time (``time.time()``) of the last success, or ``None``."""
+        if self._last_success is None:
+            return None
+        return time.time() - (time.monotonic() - self._last_success)
 
     def snapshot(self, connected):
         """A dict of plain floats, ints, bools and ``None``."""

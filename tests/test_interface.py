@@ -544,3 +544,17 @@ def test_expect_keeps_compiled_flags(make_emulator):
     dev = link(device)
     dev.write("q")
     assert dev.expect(re.compile("login:", re.IGNORECASE)) == "Login:"
+
+
+def test_next_attempt_in_follows_the_backoff(emulator):
+    dev = TCPInterface("127.0.0.1", emulator.port, 1.0)
+    assert dev.next_attempt_in() is None, "connected: nothing to wait for"
+    down = TCPInterface("127.0.0.1", closed_port(), 1.0, reconnect_policy=ReconnectPolicy(initial=0.2, jitter=0))
+    assert 0.0 < down.next_attempt_in() <= 0.2
+    deadline = time.monotonic() + 2
+    while down.next_attempt_in() > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert down.next_attempt_in() == 0.0
+    gave_up = TCPInterface("127.0.0.1", closed_port(), 1.0, reconnect_policy=ReconnectPolicy(max_attempts=1))
+    assert gave_up.next_attempt_in() is None, "no automatic attempt after max_attempts"
