@@ -142,7 +142,13 @@ class ReceiveBuffer:
         return self._take(best, len(best_term)), best_term
 
     def maybe_extract_exact(self, n):
-        """Extract exactly ``n`` bytes, or ``None`` if fewer are buffered."""
+        """Extract exactly ``n`` bytes, or ``None`` if fewer are buffered.
+
+        Raises:
+            ValueError: ``n`` is negative.
+        """
+        if n < 0:
+            raise ValueError(f"cannot extract a negative number of bytes: {n}")
         if len(self._data) < n:
             return None
         return self._take(n)
@@ -165,7 +171,13 @@ class ReceiveBuffer:
         return self._take(match.end()), match
 
     def extract_some(self, n):
-        """Extract up to ``n`` bytes (possibly ``b""``)."""
+        """Extract up to ``n`` bytes (possibly ``b""``).
+
+        Raises:
+            ValueError: ``n`` is negative.
+        """
+        if n < 0:
+            raise ValueError(f"cannot extract a negative number of bytes: {n}")
         return self._take(min(n, len(self._data)))
 
     def drain(self):

@@ -153,7 +153,13 @@ def parse_terminators(eot, encoding="utf-8"):
     for item in items:
         if not isinstance(item, (str, bytes, bytearray)):
             raise TypeError(f"eot item {item!r} in {eot!r} is a {type(item).__name__}, not str or bytes")
-        term = decode_escapes(item, encoding)
+        try:
+            term = decode_escapes(item, encoding)
+        except ValueError as e:
+            if item == eot:
+                raise
+            # name the whole eot: a position inside one item alone is misleading
+            raise ValueError(f"eot {eot!r}: {e}") from None
         if not term:
             raise ValueError(f"eot {eot!r} contains an empty terminator")
         if term not in terms:
@@ -195,7 +201,9 @@ def _valid_host(host):
 
 
 def _valid_port(text):
-    return text.isdigit() and 0 < int(text) < 65536
+    # ASCII digits only: str.isdigit() also accepts other scripts' digits and
+    # superscripts, some of which int() then rejects
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
 
 
 def parse_address(address):

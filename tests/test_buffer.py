@@ -83,6 +83,15 @@ def test_overflow_is_clear_and_keeps_buffer():
     assert buf.room == 3
 
 
+@pytest.mark.parametrize("extract", [ReceiveBuffer.maybe_extract_exact, ReceiveBuffer.extract_some])
+def test_negative_counts_are_refused_and_take_nothing(extract):
+    buf = ReceiveBuffer()
+    buf.feed(b"abc")
+    with pytest.raises(ValueError, match="negative number of bytes: -1"):
+        extract(buf, -1)
+    assert buf.peek() == b"abc"
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
 def test_bad_max_size(bad):
     with pytest.raises(ValueError, match="max_size"):

@@ -108,6 +108,12 @@ def test_bad_terminators(bad, exc, needle):
         parse_terminators(bad)
 
 
+def test_bad_escape_in_a_terminator_list_names_the_whole_list():
+    with pytest.raises(ValueError) as info:
+        parse_terminators("\\r\\n,\\q")
+    assert repr("\\r\\n,\\q") in str(info.value) and "unknown escape '\\q'" in str(info.value)
+
+
 @given(st.lists(st.binary(min_size=1, max_size=4), min_size=1, max_size=5))
 def test_terminator_list_round_trip(terms):
     text = ",".join(encode_escapes(t) for t in terms)
@@ -145,6 +151,7 @@ def test_parse_address(address, host, port):
 @pytest.mark.parametrize("address", [
     "localhost", "localhost:0", "localhost:65536", "localhost:port", ":5025", "[::1:5025", "[zz::1]:80",
     "::1:5025", "http://host:80", "TCPIP0::host::5025::INSTR", "bad host:80", "", None, 5025, b"host:1",
+    "localhost:\u0668\u0660", "TCPIP0::host::\u0668\u0660::SOCKET",
 ])
 def test_parse_address_rejects(address):
     assert parse_address(address) is None
@@ -186,6 +193,8 @@ def test_conf_string():
     ("host=a,,port=1", "empty entry"),
     ("host=a,port", "entry 'port' is not key=value"),
     ("host=bad host,port=1", "host 'bad host'"),
+    ("host=a,port=\u00b2", "port '\u00b2'"),            # isdigit() but not a number for int()
+    ("host=a,port=\u0668\u0660", "port '\u0668\u0660'"),  # digits of another script
 ])
 def test_bad_conf_strings(bad, needle):
     with pytest.raises(ValueError) as info:

@@ -8,16 +8,27 @@ from ocs.ocs_twisted import TimeoutLock
 
 from ..common import (
     Poller,
+    add_access_arguments,
     add_device_arguments,
     as_feed_value,
     device_address,
+    log_access_control,
     parse_assignments,
     route_library_logs,
     start_logging,
+    write_privs,
 )
 from .drivers import ScpiError, ScpiInstrument
 
 DEFAULT_MEASUREMENTS = ["voltage=MEAS:VOLT?", "current=MEAS:CURR?", "temperature=MEAS:TEMP?"]
+
+#: Tasks registered with ``min_privs`` = ``--write-privs`` when the agent has
+#: an access policy: all of them send text to the instrument.  ``query`` is
+#: among them because its text is the client's: a compound query such as
+#: ``"VOLT 30;:MEAS:VOLT?"`` changes a setting, and some queries (``*TST?``)
+#: act on the instrument.  ``acq`` stays at level 1: its queries come from
+#: the site file, not from the client.
+WRITE_TASKS = ("init", "command", "query")
 
 
 class ScpiInstrumentAgent:
@@ -143,6 +154,7 @@ def make_parser(parser=None):
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
     add_device_arguments(pgroup, default_port=5025)
+    add_access_arguments(pgroup)
     # nargs='+' rather than a repeated option: OCS merges site-file arguments by option name
     pgroup.add_argument("--measure", action="extend", nargs="+", default=None, metavar="NAME=QUERY",
                         help="Queries polled by acq; the reply of each becomes feed field NAME. "
@@ -163,16 +175,19 @@ def main(args=None):
         if not args.sample_rate > 0:
             raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
         host, port = device_address(args)
-        instrument = ScpiInstrument(host, port, args.timeout, connect=False)
+        instrument = ScpiInstrument(host, port, args.timeout, connect=False, max_read_size=args.max_read_size)
+        privs = write_privs(args)
     except ValueError as e:
         parser.error(str(e))
     agent, runner = ocs_agent.init_site_agent(args)
     route_library_logs(agent.log, level)
     scpi = ScpiInstrumentAgent(agent, instrument, measurements, args.sample_rate)
-    agent.register_task("init", scpi.init, startup=args.mode in ("init", "acq"))
-    agent.register_task("command", scpi.command)
-    agent.register_task("query", scpi.query)
+    # start-up runs of init are not refused: OCS starts them with its own super-user credential
+    agent.register_task("init", scpi.init, startup=args.mode in ("init", "acq"), min_privs=privs)
+    agent.register_task("command", scpi.command, min_privs=privs)
+    agent.register_task("query", scpi.query, min_privs=privs)
     agent.register_process("acq", scpi.acq, scpi.poller.stop_process, startup=args.mode == "acq")
+    log_access_control(agent.log, args, WRITE_TASKS)
     runner.run(agent, auto_reconnect=True)
 
 

@@ -13,7 +13,18 @@ from ocs.ocs_twisted import TimeoutLock
 
 from socs_tcp.codec import decode_escapes
 
-from ..common import Poller, add_device_arguments, as_feed_value, make_link, parse_assignments, route_library_logs, start_logging
+from ..common import (
+    Poller,
+    add_access_arguments,
+    add_device_arguments,
+    as_feed_value,
+    log_access_control,
+    make_link,
+    parse_assignments,
+    route_library_logs,
+    start_logging,
+    write_privs,
+)
 
 
 class TCPBusAgent:
@@ -302,6 +313,12 @@ class TCPBusAgent:
 BUS_TASKS = ("write", "write_bin", "read", "read_bin", "read_until", "read_bin_until", "wrnrd", "wrnrd_bin",
              "wrnrd_until", "wrnrd_bin_until", "expect", "connect", "disconnect")
 
+#: The tasks that send client-supplied bytes to the device: registered with
+#: ``min_privs`` = ``--write-privs`` when the agent has an access policy.  The
+#: others only read what the device sent, or open/close the connection, and
+#: stay at OCS's default level 1.
+WRITE_TASKS = ("write", "write_bin", "wrnrd", "wrnrd_bin", "wrnrd_until", "wrnrd_bin_until")
+
 
 def make_parser(parser=None):
     """Build the argument parser (OCS passes its own to extend)."""
@@ -309,6 +326,7 @@ def make_parser(parser=None):
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
     add_device_arguments(pgroup)
+    add_access_arguments(pgroup)
     pgroup.add_argument("--read-termination", default="\\n",
                         help="Terminator of replies to acq queries (escapes such as \\n allowed).")
     pgroup.add_argument("--write-termination", default="\\n",
@@ -337,6 +355,7 @@ def main(args=None):
         if not args.sample_rate > 0:
             raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
         link = make_link(args)
+        privs = write_privs(args)
     except ValueError as e:
         parser.error(str(e))
     agent, runner = ocs_agent.init_site_agent(args)
@@ -344,7 +363,8 @@ def main(args=None):
     bus = TCPBusAgent(agent, link, read_term, write_term, queries, args.sample_rate)
     agent.register_process("acq", bus.acq, bus.poller.stop_process, startup=args.mode == "acq")
     for name in BUS_TASKS:
-        agent.register_task(name, getattr(bus, name))
+        agent.register_task(name, getattr(bus, name), min_privs=privs if name in WRITE_TASKS else 1)
+    log_access_control(agent.log, args, WRITE_TASKS)
     runner.run(agent, auto_reconnect=True)
 
 
