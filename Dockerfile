@@ -1,11 +1,47 @@
-# socs-tcp image: the package and its agents, started through ocs-agent-cli
-# like the OCS images (INSTANCE_ID, SITE_HUB, SITE_HTTP from the environment).
-FROM python:3.11-slim
-WORKDIR /app
+# socs-tcp: the socs_tcp package and its OCS agents (socs_tcp_agents), run
+# like the OCS images: "dumb-init ocs-agent-cli", site config in /config,
+# the agent chosen by INSTANCE_ID (and SITE_HOST, SITE_HUB, SITE_HTTP) from
+# the environment.  See docker-compose.yml and docs/deployment.rst.
+#
+#   docker build -t socs-tcp .
+#   docker run --rm -v "$PWD/deploy:/config:ro" -e INSTANCE_ID=tcp-bus -e SITE_HOST=docker socs-tcp
+
+# ---- build stage: install into a virtualenv, with a compiler at hand for any
+# dependency that has no wheel for the target platform.
+FROM python:3.11-slim AS build
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN python -m venv /opt/venv
+ENV PATH="/opt/venv/bin:$PATH" \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY socs_tcp ./socs_tcp
 COPY agents ./agents
-RUN pip install --no-cache-dir . && useradd --create-home ocs
+# dumb-init as PID 1 forwards signals to the agent and reaps its children,
+# so "docker stop" lets OCS stop its sessions cleanly.
+RUN pip install . dumb-init
+
+# ---- runtime stage: the virtualenv only, run by an unprivileged user.
+FROM python:3.11-slim
+
+# uid/gid 9000, as the ocs user of the OCS images
+RUN groupadd --gid 9000 ocs \
+    && useradd --uid 9000 --gid 9000 --create-home --shell /usr/sbin/nologin ocs
+
+COPY --from=build /opt/venv /opt/venv
+
+ENV PATH="/opt/venv/bin:$PATH" \
+    OCS_CONFIG_DIR=/config \
+    PYTHONUNBUFFERED=1
+
+# Not the source tree: the installed package is what runs.
+WORKDIR /
 USER ocs
-ENV OCS_CONFIG_DIR=/config
-ENTRYPOINT ["ocs-agent-cli"]
+
+ENTRYPOINT ["dumb-init", "ocs-agent-cli"]
