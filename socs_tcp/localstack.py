@@ -1,5 +1,8 @@
 """The local stack without Docker: crossbar, a simulated SCPI instrument, the
 TCPBusAgent and the ScpiInstrumentAgent, and a client printing live values.
+When ``influxd`` (InfluxDB 1.x) is installed, also InfluxDB with OCS's
+RegistryAgent and InfluxDBAgent, so the feeds land where the Grafana
+dashboards read them.
 
 Run it with ``python -m socs_tcp.localstack`` (``./scripts/run-local`` also
 installs what it needs).  Ctrl-C stops everything it started.
@@ -7,36 +10,157 @@ installs what it needs).  Ctrl-C stops everything it started.
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import threading
 import time
 
 from .simulators.scpi import ScpiSimulator
-from .stack import Stack
+from .stack import InfluxDB, Stack, influxd_path
 
 log = logging.getLogger("socs_tcp.localstack")
 
+#: InfluxDB database the publisher writes to (as in deploy/default.yaml).
+DATABASE = "ocs_feeds"
 
-def build_stack(workdir=None, sample_rate=2.0):
-    """Start the simulator, crossbar and both agents.  Returns ``(stack, simulator)``."""
+#: Seconds between the registry's periodic re-publications of every op code
+#: (OCS default 30); changes are published at once anyway.
+REGISTRY_WAIT_TIME = 5
+
+
+class LocalStack:
+    """What :func:`build_stack` started.
+
+    Attributes:
+        stack (socs_tcp.stack.Stack): crossbar, the site file and the agents.
+        simulator (socs_tcp.simulators.scpi.ScpiSimulator): the instrument.
+        influxdb (socs_tcp.stack.InfluxDB or None): the InfluxDB server, or
+            ``None`` when it was not started.
+    """
+
+    def __init__(self, stack, simulator, influxdb=None):
+        self.stack = stack
+        self.simulator = simulator
+        self.influxdb = influxdb
+
+    def stop(self):
+        """Stop the agents (in parallel: each needs a few seconds), crossbar, InfluxDB and the simulator."""
+        try:
+            threads = [threading.Thread(target=agent.stop) for agent in self.stack.agents.values()]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if self.influxdb is not None:
+                self.influxdb.stop()     # before the stack removes a temporary workdir holding its data
+        finally:
+            try:
+                self.stack.stop()
+            finally:
+                self.simulator.stop()
+
+
+def build_stack(workdir=None, sample_rate=2.0, influxdb=None, influxdb_port=None,
+                registry_wait_time=REGISTRY_WAIT_TIME, agent_args=None):
+    """Start the simulator, crossbar and both agents, and optionally InfluxDB with the registry and publisher.
+
+    Args:
+        workdir: keep the configuration and logs there (default: a temporary
+            directory, removed by :meth:`LocalStack.stop`).
+        sample_rate: ``acq`` rate of both agents, Hz.
+        influxdb: ``True`` to start InfluxDB, the ``RegistryAgent``
+            (``registry``) and the ``InfluxDBAgent`` (``influxdb-publisher``,
+            database :data:`DATABASE`); ``False`` not to; ``None`` to start
+            them when ``influxd`` is on PATH.
+        influxdb_port: HTTP port of InfluxDB (default: a free one).
+        registry_wait_time: the registry's ``--wait-time``, seconds.
+        agent_args: extra site-file arguments per instance id, e.g.
+            ``{"scpi-psu": ["--timeout", "1"]}``.
+
+    Returns:
+        LocalStack: the running components.
+
+    Raises:
+        FileNotFoundError: *influxdb* is ``True`` but ``influxd`` is not installed.
+    """
+    if influxdb is None:
+        influxdb = influxd_path() is not None
+    elif influxdb and influxd_path() is None:
+        raise FileNotFoundError("influxdb=True but 'influxd' (InfluxDB 1.x) is not on PATH; "
+                                "on Debian: apt-get install influxdb")
+    extra = dict(agent_args or {})
     simulator = ScpiSimulator(port=0).start()
     sim_address = f"127.0.0.1:{simulator.port}"
-    stack = Stack(workdir=workdir, keep_workdir=workdir is not None)
     try:
-        stack.add_instance("ScpiInstrumentAgent", "scpi-psu", [
-            "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate)])
-        stack.add_instance("TCPBusAgent", "tcp-bus", [
-            "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate),
-            "--acq-query", "output_voltage=MEAS:VOLT?", "idn=*IDN?"])
-        stack.start()
-        stack.start_agent("scpi-psu")
-        stack.start_agent("tcp-bus")
+        stack = Stack(workdir=workdir, keep_workdir=workdir is not None)
     except BaseException:
-        stack.stop()
         simulator.stop()
         raise
-    return stack, simulator
+    local = LocalStack(stack, simulator)
+    try:
+        order = []
+        if influxdb:
+            influx = local.influxdb = InfluxDB(stack.workdir / "influxdb", http_port=influxdb_port,
+                                               databases=[DATABASE])
+            influx.start()
+            stack.add_instance("InfluxDBAgent", "influxdb-publisher", [
+                "--initial-state", "record", *influx.publisher_args, "--protocol", "line",
+                *extra.get("influxdb-publisher", [])])
+            stack.add_instance("RegistryAgent", "registry", [
+                "--wait-time", str(registry_wait_time), *extra.get("registry", [])])
+            order += ["influxdb-publisher", "registry"]
+        stack.add_instance("ScpiInstrumentAgent", "scpi-psu", [
+            "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate),
+            *extra.get("scpi-psu", [])])
+        stack.add_instance("TCPBusAgent", "tcp-bus", [
+            "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate),
+            "--acq-query", "output_voltage=MEAS:VOLT?", "idn=*IDN?", *extra.get("tcp-bus", [])])
+        order += ["scpi-psu", "tcp-bus"]
+        stack.start()
+        for instance_id in order:          # start them all, then wait for each
+            stack.start_agent(instance_id, wait=False)
+        for instance_id in order:
+            stack.agents[instance_id].wait_ready(timeout=60)
+    except BaseException:
+        local.stop()
+        raise
+    return local
+
+
+def influxdb_help(influx, address_root="observatory"):
+    """Lines telling where the feeds go and how to look at them (InfluxQL, Grafana)."""
+    example = f'SELECT last("voltage") FROM "{address_root}.scpi-psu"'
+    curl = (f"curl -sG {influx.url}/query --data-urlencode db={DATABASE} "
+            f"--data-urlencode {shlex.quote('q=' + example)}")
+    return [
+        f"InfluxDB: {influx.url}   database: {DATABASE}   (written by the influxdb-publisher agent; "
+        f"data and log in {influx.workdir})",
+        f"  measurements are agent addresses ({address_root}.scpi-psu, ...), tag 'feed' the feed name",
+        f"  example query: {curl}",
+        f"  Grafana: add an InfluxDB data source (query language InfluxQL, uid ocs-influxdb) with URL {influx.url}",
+        f"  and database {DATABASE}, then import deploy/grafana/dashboards/*.json (see docs/grafana.rst)",
+    ]
+
+
+def wait_for_feeds(influx, timeout=20.0, address_root="observatory"):
+    """Poll InfluxDB until the SCPI agent's feed has landed.
+
+    Returns the latest ``(time, voltage)``, or ``None`` if nothing came within *timeout* seconds.
+    """
+    query = f'SELECT last("voltage") FROM "{address_root}.scpi-psu" WHERE "feed" = \'scpi\''
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            series = influx.query(query, db=DATABASE)
+        except (OSError, ValueError) as exc:
+            log.debug("InfluxDB not answering yet: %s", exc)
+            series = []
+        if series and series[0].get("values"):
+            return tuple(series[0]["values"][-1][:2])
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
 
 
 def demo_tasks(stack, out):
@@ -79,6 +203,10 @@ def main(argv=None):
     parser.add_argument("--workdir", help="keep configs and logs here (default: a temporary directory)")
     parser.add_argument("--sample-rate", type=float, default=2.0, help="acq rate of both agents, Hz")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--no-influxdb", action="store_true",
+                        help="do not start InfluxDB, the registry and the publisher even if influxd is installed")
+    parser.add_argument("--influxdb-port", type=int, default=None,
+                        help="HTTP port of InfluxDB on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -88,22 +216,40 @@ def main(argv=None):
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    out("starting crossbar, SCPI simulator, ScpiInstrumentAgent and TCPBusAgent ...")
-    stack, simulator = build_stack(args.workdir, args.sample_rate)
+    with_influx = not args.no_influxdb and influxd_path() is not None
+    if with_influx:
+        out("starting InfluxDB, crossbar, SCPI simulator, RegistryAgent, InfluxDBAgent, ScpiInstrumentAgent "
+            "and TCPBusAgent ...")
+    else:
+        reason = "--no-influxdb given" if args.no_influxdb else "influxd (InfluxDB 1.x) is not installed"
+        out(f"without InfluxDB ({reason}): the feeds are not stored, the Grafana dashboards stay empty")
+        out("starting crossbar, SCPI simulator, ScpiInstrumentAgent and TCPBusAgent ...")
+    local = build_stack(args.workdir, args.sample_rate, influxdb=with_influx, influxdb_port=args.influxdb_port)
+    stack, simulator = local.stack, local.simulator
     try:
         out(f"crossbar: {stack.crossbar.url}   simulator: 127.0.0.1:{simulator.port}")
         out(f"site file: {stack.site_file}   agent logs: {stack.workdir / 'logs'}")
         out(f"try: ocs-client-cli --site-file {stack.site_file} --site-host {stack.site_host} ...")
+        if local.influxdb is not None:
+            for line in influxdb_help(local.influxdb, stack.address_root):
+                out(line)
         scpi, bus = demo_tasks(stack, out)
+        if local.influxdb is not None:
+            first = wait_for_feeds(local.influxdb, address_root=stack.address_root)
+            if first is None:
+                out("InfluxDB has no scpi feed data yet; see logs/influxdb-publisher.log")
+            else:
+                out(f"InfluxDB is receiving the feeds: last voltage {first[1]} at {first[0]}")
         if args.duration:
-            threading.Timer(args.duration, stop.set).start()
+            timer = threading.Timer(args.duration, stop.set)
+            timer.daemon = True
+            timer.start()
         watch(scpi, bus, out, stop)
     except KeyboardInterrupt:
         pass
     finally:
         out("stopping ...")
-        stack.stop()
-        simulator.stop()
+        local.stop()
         out("stopped")
     return 0
 

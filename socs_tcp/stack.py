@@ -19,6 +19,9 @@ Pieces, smallest first:
   through the HTTP caller bridge.
 - :class:`Stack` - owns a working directory, a :class:`Crossbar`, a site file
   and the agents; stops them in reverse order.
+- :class:`InfluxDB` - an InfluxDB 1.x server (``influxd``) on free loopback
+  ports with its data in a working directory, and ``query``/``write``
+  helpers over HTTP; where OCS's ``InfluxDBAgent`` publishes the feeds.
 
 Everything binds to loopback only.  Every process started here is stopped by
 process group id (SIGTERM/SIGINT first, SIGKILL after a deadline), by the
@@ -62,6 +65,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -883,12 +887,19 @@ class Stack:
         return OCSClient(instance_id, args=self.client_args, **kwargs)
 
     def stop(self) -> None:
-        """Stop the agents (newest first), then crossbar; remove an owned temporary workdir."""
-        for agent in reversed(list(self.agents.values())):
+        """Stop the agents (all at once: each takes seconds to shut down), then
+        crossbar; remove an owned temporary workdir."""
+        def stop_agent(agent: AgentProcess) -> None:
             try:
                 agent.stop()
             except Exception:
                 log.exception("failed to stop %r", agent)
+        stoppers = [threading.Thread(target=stop_agent, args=(agent,), name=f"stop-{agent.instance_id}")
+                    for agent in self.agents.values()]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         try:
             self.crossbar.stop()
         finally:
@@ -899,6 +910,325 @@ class Stack:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# InfluxDB (1.x), where the OCS InfluxDB publisher agent writes the feeds
+
+
+class InfluxQueryError(ValueError):
+    """InfluxDB refused a query or a write (bad InfluxQL, unknown database, bad line protocol, ...).
+
+    Attributes:
+        query: the query text (or a short description of the write).
+        status: the HTTP status of the reply.
+        message: InfluxDB's own error message.
+    """
+
+    def __init__(self, query: str, status: int, message: str):
+        self.query = query
+        self.status = status
+        self.message = message
+        super().__init__(f"InfluxDB rejected {query!r} (HTTP {status}): {message}")
+
+
+def influxd_path() -> str | None:
+    """The ``influxd`` (InfluxDB 1.x) executable on PATH, or ``None`` if there is none."""
+    return shutil.which("influxd")
+
+
+def make_influxdb_config(directory: str | os.PathLike, http_port: int, rpc_port: int, host: str = LOOPBACK,
+                         loglevel: str = "warn") -> str:
+    """The ``influxd`` configuration (TOML text) for a throw-away server under *directory*.
+
+    Data, meta and WAL directories go under *directory*; the HTTP API and the
+    RPC service (backup/restore, ``bind-address``) listen on *host*
+    (loopback) only.  Every other listener (graphite, collectd, opentsdb,
+    udp) is left disabled, usage reporting is off, the ``_internal``
+    monitoring database is not written, and neither queries nor HTTP
+    requests are logged, so the log holds only what matters.
+    """
+    _check_loopback(host)
+    for name, port in (("http_port", http_port), ("rpc_port", rpc_port)):
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError(f"{name} must be an int in 1..65535, got {port!r}")
+    if http_port == rpc_port:
+        raise ValueError(f"http_port and rpc_port must differ, both are {http_port}")
+    if loglevel not in ("debug", "info", "warn", "error"):
+        raise ValueError(f"loglevel must be one of debug, info, warn, error; got {loglevel!r}")
+    base = Path(directory).resolve()
+    return "\n".join([
+        "reporting-disabled = true",
+        f'bind-address = "{host}:{rpc_port}"',
+        "",
+        "[meta]",
+        f'  dir = "{base / "meta"}"',
+        "",
+        "[data]",
+        f'  dir = "{base / "data"}"',
+        f'  wal-dir = "{base / "wal"}"',
+        "  query-log-enabled = false",
+        "",
+        "[monitor]",
+        "  store-enabled = false",
+        "",
+        "[http]",
+        "  enabled = true",
+        f'  bind-address = "{host}:{http_port}"',
+        "  log-enabled = false",
+        "",
+        "[logging]",
+        f'  level = "{loglevel}"',
+        "  suppress-logo = true",
+        "",
+    ])
+
+
+class InfluxDB:
+    """An InfluxDB 1.x server, run as ``influxd run -config <workdir>/influxdb.conf``.
+
+    The configuration is written by :meth:`start` (see
+    :func:`make_influxdb_config`): the HTTP API and the RPC service on two
+    free loopback ports (:func:`free_port` unless given), data, meta and WAL
+    directories under *workdir* (a temporary directory, removed by
+    :meth:`stop`, when *workdir* is ``None``).  Variables ``INFLUXDB_*`` of
+    the caller's environment are dropped, since ``influxd`` would let them
+    override the configuration.  Output goes to ``<workdir>/influxd.log``.
+    Readiness is ``/ping`` answering 204, polled against a deadline.  The
+    *databases* are created once the server answers.  Like the other
+    processes here it is tracked and stopped by an ``atexit`` hook if
+    :meth:`stop` was never called.
+
+    >>> with InfluxDB(databases=["ocs_feeds"]) as influx:          # doctest: +SKIP
+    ...     influx.write("demo,feed=x value=1.5", db="ocs_feeds")
+    ...     influx.query('SELECT last("value") FROM "demo"', db="ocs_feeds")
+    [{'name': 'demo', 'columns': ['time', 'last'], 'values': [['2024-...', 1.5]]}]
+    """
+
+    def __init__(self, workdir: str | os.PathLike | None = None, http_port: int | None = None,
+                 rpc_port: int | None = None, host: str = LOOPBACK, databases: Iterable[str] = (),
+                 executable: str | None = None, loglevel: str = "warn", env: Mapping[str, str] | None = None):
+        self.host = _check_loopback(host)
+        self._owns_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="socs-tcp-influxdb-") if workdir is None else workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port(host) if http_port is None else http_port
+        if rpc_port is None:
+            rpc_port = free_port(host)
+            while rpc_port == self.http_port:
+                rpc_port = free_port(host)
+        self.rpc_port = rpc_port
+        self.databases = []
+        for name in databases:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"database names must be non-empty strings, got {name!r}")
+            self.databases.append(name)
+        self.loglevel = loglevel
+        self.config_path = self.workdir / "influxdb.conf"
+        self.log_path = self.workdir / "influxd.log"
+        # validates ports and loglevel now rather than at start()
+        self._config_text = make_influxdb_config(self.workdir, self.http_port, self.rpc_port, host, loglevel)
+        self._executable = executable
+        self._env = env
+        self._proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        return f"<InfluxDB {self.url} pid={self.pid}>"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:8086``."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def publisher_args(self) -> list[str]:
+        """Arguments pointing OCS's ``InfluxDBAgent`` at this server (database: the first of *databases*)."""
+        args = ["--host", self.host, "--port", str(self.http_port)]
+        if self.databases:
+            args += ["--database", self.databases[0]]
+        return args
+
+    def alive(self) -> bool:
+        """True while the ``influxd`` process runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def ready(self) -> bool:
+        """True if ``/ping`` answers 204 right now."""
+        try:
+            with _OPENER.open(f"{self.url}/ping", timeout=1.0) as resp:
+                return resp.status == 204
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: the caller's (or *env*) without ``INFLUXDB_*`` overrides."""
+        env = dict(os.environ if self._env is None else self._env)
+        for name in [n for n in env if n.startswith("INFLUXDB_")]:
+            env.pop(name)
+        return env
+
+    def start(self, timeout: float = 30.0) -> InfluxDB:
+        """Write the config, launch ``influxd``, wait for ``/ping``, create the databases.
+
+        Raises:
+            FileNotFoundError: no ``influxd`` executable.
+            RuntimeError: a port is taken, or the server exits or does not
+                answer within *timeout* (with the tail of its log).
+        """
+        if self.alive():
+            raise RuntimeError(f"{self!r} is already running")
+        exe = self._executable or influxd_path()
+        if exe is None:
+            raise FileNotFoundError("cannot find the 'influxd' executable (InfluxDB 1.x) on PATH; "
+                                    "on Debian: apt-get install influxdb")
+        for port in (self.http_port, self.rpc_port):
+            if _port_in_use(self.host, port):
+                raise RuntimeError(f"port {self.host}:{port} is already in use; cannot start InfluxDB there")
+        self.config_path.write_text(self._config_text)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log.info("starting InfluxDB on %s (log %s)", self.url, self.log_path)
+        self._proc = _spawn([exe, "run", "-config", str(self.config_path)], self.log_path, self.environment(),
+                            self.workdir)
+        _track(self)
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self.stop()
+                raise RuntimeError(f"influxd exited with code {code} during startup; "
+                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
+            if self.ready():
+                break
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise RuntimeError(f"InfluxDB did not answer {self.url}/ping within {timeout} s; "
+                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
+            time.sleep(_POLL)
+        try:
+            for name in self.databases:
+                self.query(f'CREATE DATABASE "{name}"')
+        except BaseException:
+            self.stop()
+            raise
+        log.info("InfluxDB ready on %s (pid %d)", self.url, self._proc.pid)
+        return self
+
+    def _request(self, path: str, params: Mapping[str, str], body: bytes | None, what: str,
+                 timeout: float) -> bytes:
+        query = urllib.parse.urlencode(params)
+        request = urllib.request.Request(f"{self.url}{path}?{query}", data=body if body is not None else b"",
+                                         method="POST")
+        if path == "/write":
+            request.add_header("Content-Type", "text/plain; charset=utf-8")
+        try:
+            with _OPENER.open(request, timeout=timeout) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode("utf-8", errors="replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except ValueError:
+                message = text
+            raise InfluxQueryError(what, exc.code, str(message).strip()) from None
+
+    def query(self, q: str, db: str | None = None, epoch: str | None = None, timeout: float = 10.0) -> list[dict]:
+        """Run InfluxQL *q* (against database *db*) over HTTP and return its series.
+
+        Each series is InfluxDB's own dict: ``name``, ``columns``, ``values``
+        and, with ``GROUP BY`` tags, ``tags``.  For several statements
+        separated by ``;`` the series of all of them are concatenated.  A
+        statement that matches nothing gives ``[]``.  *epoch* (``'s'``,
+        ``'ms'``, ``'u'``, ``'ns'``, ...) returns times as numbers instead of
+        RFC 3339 strings.  The query is sent as a POST, which InfluxDB
+        accepts for every kind of statement.
+
+        Raises:
+            TypeError: *q* or *db* is not a string.
+            ValueError: *q* is empty or *epoch* is not a known precision.
+            InfluxQueryError: InfluxDB rejected the query (a ``ValueError``
+                too), with the server's message.
+            OSError: the server cannot be reached.
+        """
+        if not isinstance(q, str):
+            raise TypeError(f"query must be a str, got {type(q).__name__}: {q!r}")
+        if not q.strip():
+            raise ValueError(f"query must not be empty, got {q!r}")
+        if db is not None and not isinstance(db, str):
+            raise TypeError(f"db must be a str or None, got {type(db).__name__}: {db!r}")
+        if epoch is not None and epoch not in ("h", "m", "s", "ms", "u", "ns"):
+            raise ValueError(f"epoch must be one of h, m, s, ms, u, ns; got {epoch!r}")
+        params = {"q": q}
+        if db:
+            params["db"] = db
+        if epoch:
+            params["epoch"] = epoch
+        reply = json.loads(self._request("/query", params, None, q, timeout).decode("utf-8"))
+        if "error" in reply:
+            raise InfluxQueryError(q, 200, reply["error"])
+        series: list[dict] = []
+        for result in reply.get("results", []):
+            if "error" in result:
+                raise InfluxQueryError(q, 200, result["error"])
+            series.extend(result.get("series", []))
+        return series
+
+    def write(self, lines: str | Iterable[str], db: str, precision: str = "ns", timeout: float = 10.0) -> None:
+        """Write points in line protocol (one string, or one line per item) to database *db*.
+
+        Raises:
+            TypeError: *lines* or *db* has the wrong type.
+            ValueError: nothing to write, or an unknown *precision*.
+            InfluxQueryError: InfluxDB rejected the points (nothing of a
+                rejected batch is guaranteed to be stored).
+        """
+        if isinstance(lines, bytes) or not isinstance(lines, str | Iterable):
+            raise TypeError(f"lines must be a str or an iterable of str, got {type(lines).__name__}: {lines!r}")
+        items = [lines] if isinstance(lines, str) else list(lines)
+        for item in items:
+            if not isinstance(item, str):
+                raise TypeError(f"each line must be a str, got {type(item).__name__}: {item!r}")
+        body = "\n".join(item.strip("\n") for item in items if item.strip())
+        if not body:
+            raise ValueError(f"nothing to write: {lines!r}")
+        if not isinstance(db, str) or not db:
+            raise TypeError(f"db must be a non-empty str, got {db!r}")
+        if precision not in ("h", "m", "s", "ms", "u", "ns"):
+            raise ValueError(f"precision must be one of h, m, s, ms, u, ns; got {precision!r}")
+        self._request("/write", {"db": db, "precision": precision}, body.encode("utf-8"),
+                      f"write of {len(body.splitlines())} line(s) to {db}", timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM ``influxd`` (it flushes and exits within about a second), SIGKILL after *timeout*.
+
+        Returns its exit code (``None`` if it was never started).  An owned
+        temporary working directory is removed.
+        """
+        proc = self._proc
+        code = None
+        if proc is not None:
+            code = _stop_group(proc, signal.SIGTERM, timeout)
+            log.info("InfluxDB (pid %d) stopped, exit code %s", proc.pid, code)
+        _untrack(self)
+        if self._owns_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+    def __enter__(self) -> InfluxDB:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -235,3 +235,129 @@ def test_stack_context_manager_cleans_up():
         assert_group_gone(pgid)
     assert not agent.alive() and not st.crossbar.alive()
     assert not workdir.exists()
+
+
+# --------------------------------------------------------------------------
+# InfluxDB
+
+
+def test_influxdb_config_is_loopback_and_self_contained(tmp_path):
+    from socs_tcp.stack import make_influxdb_config
+
+    text = make_influxdb_config(tmp_path, 18086, 18088)
+    assert 'bind-address = "127.0.0.1:18088"' in text and 'bind-address = "127.0.0.1:18086"' in text
+    for sub in ("meta", "data", "wal"):
+        assert f'"{tmp_path.resolve() / sub}"' in text
+    assert "reporting-disabled = true" in text and "store-enabled = false" in text
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"http_port": 0}, ValueError, "http_port"),
+    ({"rpc_port": 70000}, ValueError, "rpc_port"),
+    ({"http_port": "8086"}, ValueError, "http_port"),
+    ({"http_port": 18086, "rpc_port": 18086}, ValueError, "must differ"),
+    ({"loglevel": "loud"}, ValueError, "loglevel"),
+    ({"host": "0.0.0.0"}, ValueError, "loopback"),
+    ({"databases": [""]}, ValueError, "database names"),
+])
+def test_influxdb_refuses_bad_settings(tmp_path, kwargs, error, message):
+    from socs_tcp.stack import InfluxDB
+
+    kwargs = {"http_port": 18086, "rpc_port": 18088, **kwargs}
+    with pytest.raises(error, match=message):
+        InfluxDB(tmp_path, **kwargs)
+
+
+def test_influxdb_environment_drops_overrides(tmp_path):
+    from socs_tcp.stack import InfluxDB
+
+    env = InfluxDB(tmp_path, env={"PATH": "/bin", "INFLUXDB_HTTP_BIND_ADDRESS": ":8086"}).environment()
+    assert env == {"PATH": "/bin"}
+
+
+@pytest.fixture
+def influxd():
+    path = stack.influxd_path()
+    if path is None:
+        reason = "influxd (InfluxDB 1.x) is not installed: apt-get install influxdb"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.mark.integration
+def test_influxdb_start_query_write_stop(tmp_path, influxd):
+    from socs_tcp.stack import InfluxDB, InfluxQueryError
+
+    influx = InfluxDB(tmp_path / "influx", databases=["ocs_feeds"])
+    try:
+        influx.start(timeout=30)
+        pid = influx.pid
+        assert influx.ready() and influx.url == f"http://127.0.0.1:{influx.http_port}"
+        assert ["ocs_feeds"] in influx.query("SHOW DATABASES")[0]["values"]
+        now = time.time_ns()
+        influx.write([f"observatory.scpi-psu,feed=scpi voltage=2.5,idn=\"A,B\" {now}",
+                      f"observatory.scpi-psu,feed=scpi voltage=3.5 {now + 1000}"], db="ocs_feeds")
+        series = influx.query('SELECT "voltage", "idn" FROM "observatory.scpi-psu" WHERE "feed" = \'scpi\'',
+                              db="ocs_feeds", epoch="ns")
+        assert series == [{"name": "observatory.scpi-psu", "columns": ["time", "voltage", "idn"],
+                           "values": [[now, 2.5, "A,B"], [now + 1000, 3.5, None]]}]
+        assert influx.query('SELECT * FROM "nothing_here"', db="ocs_feeds") == []
+
+        # refusals: from the server (with its message) and before anything is sent
+        with pytest.raises(InfluxQueryError, match="error parsing query") as info:
+            influx.query("SELEC voltage", db="ocs_feeds")
+        assert info.value.status == 400 and isinstance(info.value, ValueError)
+        with pytest.raises(InfluxQueryError, match="database not found: nodb"):
+            influx.query('SELECT * FROM "x"', db="nodb")
+        with pytest.raises(InfluxQueryError, match="unable to parse"):
+            influx.write("not line protocol", db="ocs_feeds")
+        with pytest.raises(TypeError, match="query must be a str"):
+            influx.query(b"SHOW DATABASES")
+        with pytest.raises(ValueError, match="must not be empty"):
+            influx.query("  ")
+        with pytest.raises(ValueError, match="epoch"):
+            influx.query("SHOW DATABASES", epoch="weeks")
+        with pytest.raises(TypeError, match="each line must be a str"):
+            influx.write([b"x value=1"], db="ocs_feeds")
+        with pytest.raises(ValueError, match="nothing to write"):
+            influx.write([], db="ocs_feeds")
+        assert len(influx.query('SELECT * FROM "observatory.scpi-psu"', db="ocs_feeds")[0]["values"]) == 2
+
+        with pytest.raises(RuntimeError, match="already running"):
+            influx.start()
+    finally:
+        influx.stop()
+    assert not influx.alive()
+    assert_group_gone(pid)
+    for port in (influx.http_port, influx.rpc_port):  # both listeners are gone, the ports reusable
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+        with socket.socket() as sock:
+            # (closed HTTP connections may linger in TIME_WAIT: reusable as any server binds)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+    assert (tmp_path / "influx" / "influxd.log").exists(), "a given workdir is kept"
+
+
+@pytest.mark.integration
+def test_influxdb_refuses_a_busy_port_and_cleans_a_temporary_workdir(influxd):
+    from socs_tcp.stack import InfluxDB
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        influx = InfluxDB(rpc_port=busy.getsockname()[1])
+        try:
+            with pytest.raises(RuntimeError, match="already in use"):
+                influx.start()
+            assert influx.pid is None
+        finally:
+            influx.stop()
+    assert not influx.workdir.exists()
+    with InfluxDB() as influx:
+        workdir = influx.workdir
+        assert influx.ready()
+    assert not influx.alive() and not workdir.exists()
