@@ -42,10 +42,16 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    next one, so one cycle takes about ``1 / achieved - 1 ms``.
 
 The echo device is a :class:`socs_tcp.testing.DeviceEmulator` in a separate
-process (``python -c``, port read from its stdout), so it does not share a
-GIL with the client: it answers ``Qi`` with ``i + 0.5`` and echoes any other
-line.  Only loopback (127.0.0.1) is used.  Every process started here is
-stopped before the script exits (``Stack.stop()``, the emulator by its pid).
+process (:class:`EmulatorProcess`: ``python -c``, ports read from its
+stdout), so it does not share a GIL with the client: it answers ``Qi`` with
+``i + 0.5`` and echoes any other line.  The same class serves the other
+benchmarks: several emulators in one process (``bench/links.py``), taken
+down and up on command (``bench/recovery.py``).  Only loopback (127.0.0.1)
+is used.  Every process started here is stopped before the script exits
+(``Stack.stop()``, the emulator by its pid).
+
+Part 1 alone, for the suite: :func:`run_latency` or :func:`measure_latency`
+with :func:`latency_rows`.
 
 Usage::
 
@@ -64,48 +70,106 @@ import subprocess
 import sys
 import time
 
+from benchutil import Row, fmt_ratio, percentile, verdict
+
 from socs_tcp.stack import Stack
 
 HOST = "127.0.0.1"
 N_FIELDS = 10
 LADDER = (10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000)
 AGENT_START_STOP = 10.0  # rough seconds to start and stop one agent (for the time budget)
+LATENCY_TARGET = 1.2     # a bus task may cost at most this times the no-op task
 
 EMULATOR_CODE = r"""
+import json
 import sys
+import time
 from socs_tcp.testing import DeviceEmulator
-n = int(sys.argv[1])
+n, count = int(sys.argv[1]), int(sys.argv[2])
 responses = {f"Q{i}": f"{i + 0.5}" for i in range(n)}
-emu = DeviceEmulator(responses, write_termination="\n", default_response=lambda cmd: cmd,
-                     host="127.0.0.1", port=0).start()
-print(emu.port, flush=True)
+devices = []
 try:
-    sys.stdin.read()        # runs until the parent closes our stdin
+    for _ in range(count):
+        devices.append(DeviceEmulator(dict(responses), write_termination="\n", default_response=lambda cmd: cmd,
+                                      host="127.0.0.1", port=0).start())
+    print(json.dumps([d.port for d in devices]), flush=True)
+    # runs until the parent closes our stdin; 'down' and 'up' refuse and
+    # accept connections again, and answer with the time they took effect
+    for line in sys.stdin:
+        command = line.strip()
+        if command in ("down", "up"):
+            for d in devices:
+                d.refuse_connections(command == "down")
+            print(json.dumps({"done": command, "time": time.time()}), flush=True)
+        else:
+            print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
 finally:
-    emu.shutdown()
+    for d in devices:
+        d.shutdown()
 """
 
 
 # ----------------------------------------------------------------------
-# the echo device, in its own process
+# the echo device(s), in their own process
 class EmulatorProcess:
-    """A :class:`DeviceEmulator` in a subprocess; stops when its stdin closes."""
+    """:class:`DeviceEmulator` instances in a subprocess; it stops when its stdin closes.
 
-    def __init__(self, n_fields=N_FIELDS, timeout=30.0):
-        self._proc = subprocess.Popen([sys.executable, "-c", EMULATOR_CODE, str(n_fields)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    Each emulator answers ``Q0`` ... ``Q{n_fields-1}`` with ``0.5``, ``1.5``,
+    ... and echoes any other line.
+
+    Args:
+        n_fields (int): how many ``Qi`` queries are known.
+        count (int): how many emulators (each on its own port).
+        timeout (float): seconds to wait for the process to report its ports.
+
+    Attributes:
+        ports (list): the emulators' ports; ``port`` is the first.
+    """
+
+    def __init__(self, n_fields=N_FIELDS, count=1, timeout=30.0):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        self._proc = subprocess.Popen([sys.executable, "-c", EMULATOR_CODE, str(n_fields), str(count)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, bufsize=0)
         line = b""
         try:
-            ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-            line = self._proc.stdout.readline() if ready else b""
-            self.port = int(line)
+            line = self._readline(timeout)
+            self.ports = [int(p) for p in json.loads(line)]
+            self.port = self.ports[0]
         except BaseException:
             self.close()
-            raise RuntimeError(f"emulator did not report its port (got {line!r})") from None
+            raise RuntimeError(f"emulator did not report its ports (got {line!r})") from None
+
+    def _readline(self, timeout):
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        return self._proc.stdout.readline() if ready else b""
 
     @property
     def pid(self):
         return self._proc.pid
+
+    def command(self, command, timeout=10.0):
+        """Send ``down`` (refuse connections, drop clients) or ``up`` (listen
+        again on the same ports).  Returns the UNIX time it took effect.
+
+        Raises:
+            ValueError: an unknown command (nothing is sent).
+            RuntimeError: the process did not confirm within ``timeout`` s.
+        """
+        if command not in ("down", "up"):
+            raise ValueError(f"emulator command must be 'down' or 'up', got {command!r}")
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"emulator process {self.pid} has exited ({self._proc.returncode})")
+        self._proc.stdin.write(command.encode() + b"\n")
+        self._proc.stdin.flush()
+        line = self._readline(timeout)
+        try:
+            reply = json.loads(line)
+            if reply.get("done") != command:
+                raise ValueError(reply)
+        except ValueError:
+            raise RuntimeError(f"emulator did not confirm {command!r} (got {line!r})") from None
+        return reply["time"]
 
     def close(self):
         proc = self._proc
@@ -131,12 +195,6 @@ class EmulatorProcess:
 
 # ----------------------------------------------------------------------
 # statistics
-def percentile(sorted_values, q):
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def summary(samples):
     """Latency summary in milliseconds."""
     ordered = sorted(samples)
@@ -205,14 +263,49 @@ def measure_latency(stack, port, samples, warmup, log):
                 noop.append(t1 - t0)
                 wrnrd.append(t3 - t2)
                 device.append(data["elapsed"])
-        result = {"noop": summary(noop), "wrnrd_until": summary(wrnrd), "device_elapsed": summary(device)}
+        result = {"noop": summary(noop), "wrnrd_until": summary(wrnrd), "device_elapsed": summary(device),
+                  "samples_s": {"noop": noop, "wrnrd_until": wrnrd, "device_elapsed": device}}
         result["ratio_median"] = result["wrnrd_until"]["median_ms"] / result["noop"]["median_ms"]
         result["ratio_p99"] = result["wrnrd_until"]["p99_ms"] / result["noop"]["p99_ms"]
+        result["target_ratio"] = LATENCY_TARGET
+        result["target_met"] = {"median": result["ratio_median"] <= LATENCY_TARGET,
+                                "p99": result["ratio_p99"] <= LATENCY_TARGET}
         log(f"latency: no-op median {result['noop']['median_ms']:.2f} ms, "
             f"wrnrd_until median {result['wrnrd_until']['median_ms']:.2f} ms")
         return result
     finally:
         stack.agents["bench-lat"].stop()
+
+
+def run_latency(samples=300, warmup=30, loglevel="info", log=print):
+    """Part 1 on its own: start an echo device and a stack, measure, stop them.
+
+    Returns the :func:`measure_latency` result.
+    """
+    with EmulatorProcess() as device:
+        stack = Stack(loglevel=loglevel)
+        try:
+            stack.start()
+            log(f"crossbar ready on port {stack.port}")
+            return measure_latency(stack, device.port, samples, warmup, log)
+        finally:
+            stack.stop()
+
+
+def latency_rows(result):
+    """The suite's table rows for a :func:`measure_latency` result."""
+    part = "OCS task latency"
+    noop, wrnrd, device = result["noop"], result["wrnrd_until"], result["device_elapsed"]
+    target = f"<= {LATENCY_TARGET}x"
+    return [
+        Row(part, "connect (no-op floor)", f"{noop['median_ms']:.2f} ms", f"p99 {noop['p99_ms']:.2f} ms, "
+            f"n={noop['n']}", "baseline"),
+        Row(part, "wrnrd_until, median", f"{wrnrd['median_ms']:.2f} ms",
+            f"device part {device['median_ms']:.2f} ms", fmt_ratio(result["ratio_median"]), target,
+            verdict(result["target_met"]["median"])),
+        Row(part, "wrnrd_until, p99", f"{wrnrd['p99_ms']:.2f} ms", f"device part {device['p99_ms']:.2f} ms",
+            fmt_ratio(result["ratio_p99"]), target, verdict(result["target_met"]["p99"])),
+    ]
 
 
 # ----------------------------------------------------------------------
@@ -359,7 +452,9 @@ def print_report(report):
         s = lat[key]
         print(f"{label:<28}{s['median_ms']:>11.2f}{s['p99_ms']:>10.2f}{s['mean_ms']:>10.2f}"
               f"{s['min_ms']:>9.2f}{s['max_ms']:>9.2f}")
-    print(f"ratio wrnrd_until / no-op: {lat['ratio_median']:.2f} (median), {lat['ratio_p99']:.2f} (p99)")
+    print(f"ratio wrnrd_until / no-op: {lat['ratio_median']:.2f} (median), {lat['ratio_p99']:.2f} (p99); "
+          f"target <= {LATENCY_TARGET}: " + ", ".join(f"{k} {'MET' if ok else 'NOT MET'}"
+                                                    for k, ok in lat["target_met"].items()))
     acq = report["acq"]
     print(f"\nacq with {N_FIELDS} query fields")
     print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}"

@@ -74,16 +74,19 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import socket
 import statistics
 import sys
 import threading
 import time
 
-HOST = "127.0.0.1"
+from benchutil import HOST, LogHistogram, Row, fmt_rate, fmt_ratio, machine_info, percentile, verdict
+
 TARGET_RATIO = 0.85
 BASELINE = "bare socket"
+NO_TIMEOUT = "bare socket, no timeout"
+SOCS = "socs.tcp send+recv"
+TARGET_CLIENTS = ("socs_tcp wrnrd_until", "socs_tcp query")
 TIMEOUT = 10.0
 
 
@@ -176,21 +179,6 @@ class EchoServer:
 
 # ----------------------------------------------------------------------
 # clients: each factory returns (round_trip, expected_reply, close)
-def _read_line_loop(recv, buf):
-    """Return the bytes before the first ``\\n``, receiving with ``recv()``
-    as needed; bytes after it stay in ``buf``."""
-    while True:
-        end = buf.find(b"\n")
-        if end >= 0:
-            line = bytes(buf[:end])
-            del buf[:end + 1]
-            return line
-        chunk = recv()
-        if not chunk:
-            raise ConnectionError("echo server closed the connection")
-        buf += chunk
-
-
 def make_bare(port, line, timeout=TIMEOUT):
     sock = socket.create_connection((HOST, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -275,19 +263,15 @@ def socs_available():
 
 # ----------------------------------------------------------------------
 # measurement
-def percentile(sorted_values, p):
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[k]
-
-
 def run_client(round_trip, expected, seconds, warmup):
-    """Warm up, then run round trips for ``seconds``.  Returns figures."""
+    """Warm up, then run round trips for ``seconds``.
+
+    Returns ``(figures, histogram)``: the figures of this run and a
+    :class:`~benchutil.LogHistogram` of its round-trip latencies in seconds.
+    """
     reply = round_trip()
     if reply != expected:
-        raise AssertionError(f"wrong reply: {reply!r}, expected {expected!r}")
+        raise RuntimeError(f"wrong reply: {reply!r}, expected {expected!r}")
     perf = time.perf_counter_ns
     end = perf() + int(warmup * 1e9)
     while perf() < end:
@@ -304,33 +288,170 @@ def run_client(round_trip, expected, seconds, warmup):
         append(now - t0)
     elapsed = (now - start) / 1e9
     latencies.sort()
+    histogram = LogHistogram()
+    histogram.add(latencies, 1e-9)
     return {
         "round_trips": len(latencies),
         "seconds": elapsed,
         "rate": len(latencies) / elapsed,
         "latency_median_us": statistics.median(latencies) / 1e3,
         "latency_p99_us": percentile(latencies, 99) / 1e3,
-    }
+    }, histogram
 
 
-def machine_info():
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for row in f:
-                if row.startswith("model name"):
-                    cpu_model = row.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+def clients(socs=True):
+    """The ``(name, factory)`` pairs measured; the socs.tcp one only if asked and importable."""
+    out = [
+        (BASELINE, make_bare),
+        (NO_TIMEOUT, make_bare_blocking),
+        ("socs_tcp wrnrd_until", make_socs_tcp_wrnrd_until),
+        ("socs_tcp query", make_socs_tcp_query),
+    ]
+    if socs and socs_available():
+        out.append((SOCS, make_socs))
+    return out
+
+
+def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=print):
+    """Run every client against one echo server, side by side.
+
+    Args:
+        seconds (float): measured duration per client per round.
+        payload (int): bytes per request line, before the ``\\n``.
+        rounds (int): rounds; the client order rotates each round.
+        warmup (float): warm-up seconds per client per round.
+        placement (str): ``same``, ``split`` or ``none`` (see the module docstring).
+        log: called with one progress line at a time.
+
+    Returns:
+        dict: ``parameters``, ``socs_installed``, ``summary`` (per client),
+        ``rounds`` (per client, per round), ``histograms`` (per client, a
+        :meth:`~benchutil.LogHistogram.to_dict` of every latency in seconds)
+        and ``target_met``.
+
+    Raises:
+        ValueError: a parameter is out of range; the message names it.
+    """
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    if isinstance(payload, bool) or not isinstance(payload, int) or payload < 1:
+        raise ValueError(f"payload must be an int >= 1, got {payload!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not warmup >= 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+    if placement not in ("same", "split", "none"):
+        raise ValueError(f"placement must be 'same', 'split' or 'none', got {placement!r}")
+    line = (b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" * (payload // 36 + 1))[:payload] + b"\n"
+    chosen = clients()
+    have_socs = any(name == SOCS for name, _ in chosen)
+    if not have_socs:
+        log("socs not installed: skipped")
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus or (placement == "split" and len(cpus) < 2):
+        placement = "none"
+    client_cpu = server_cpu = None
+    if placement != "none":
+        client_cpu = cpus[0]
+        server_cpu = cpus[1] if placement == "split" else cpus[0]
+    log(f"payload {payload} B + '\\n', {rounds} rounds x {seconds:g} s per client (+{warmup:g} s warm-up), "
+        + (f"client on CPU {client_cpu}, server on CPU {server_cpu}" if placement != "none" else "no CPU pinning"))
+
+    results = {name: [] for name, _ in chosen}
+    histograms = {name: LogHistogram() for name, _ in chosen}
+    with EchoServer(cpu=server_cpu) as server:
+        if client_cpu is not None:
+            os.sched_setaffinity(0, {client_cpu})
+        try:
+            for r in range(rounds):
+                order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]
+                for name, factory in order:
+                    round_trip, expected, close = factory(server.port, line)
+                    try:
+                        figures, histogram = run_client(round_trip, expected, seconds, warmup)
+                    finally:
+                        close()
+                    results[name].append(figures)
+                    histograms[name].merge(histogram)
+                    log(f"  round {r + 1}/{rounds}  {name:<24} {figures['rate']:>9,.0f} rt/s")
+        finally:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, set(cpus))
+
+    summary = {}
+    for name, _ in chosen:
+        per_round = results[name]
+        summary[name] = {
+            "rate": statistics.median(f["rate"] for f in per_round),
+            "rate_min": min(f["rate"] for f in per_round),
+            "rate_max": max(f["rate"] for f in per_round),
+            "latency_median_us": statistics.median(f["latency_median_us"] for f in per_round),
+            "latency_p99_us": statistics.median(f["latency_p99_us"] for f in per_round),
+        }
+    base = summary[BASELINE]["rate"]
+    floor = summary[NO_TIMEOUT]["rate"]
+    base_latency = summary[BASELINE]["latency_median_us"]
+    for name, row in summary.items():
+        row["ratio_vs_bare"] = row["rate"] / base
+        # the same comparison on median latencies: insensitive to the rare long
+        # stalls (other processes, hypervisor) that weigh on the mean rate
+        row["ratio_vs_bare_by_median_latency"] = base_latency / row["latency_median_us"]
+        row["ratio_vs_bare_no_timeout"] = row["rate"] / floor
+        # per-round (paired) ratios: less sensitive to drift between rounds
+        row["ratio_vs_bare_per_round"] = [f["rate"] / b["rate"] for f, b in zip(results[name], results[BASELINE])]
+    verdicts = {name: summary[name]["ratio_vs_bare"] >= TARGET_RATIO for name in TARGET_CLIENTS}
     return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
+        "benchmark": "write-then-read-until-\\n round trips on loopback",
+        "parameters": {"seconds": seconds, "warmup": warmup, "rounds": rounds, "payload_bytes": payload,
+                       "placement": placement, "client_cpu": client_cpu, "server_cpu": server_cpu,
+                       "baseline": BASELINE, "target_ratio": TARGET_RATIO},
+        "socs_installed": have_socs,
+        "summary": summary,
+        "rounds": results,
+        "histograms": {name: h.to_dict() for name, h in histograms.items()},
+        "target_met": verdicts,
     }
+
+
+def summary_rows(report):
+    """The suite's table rows for a :func:`run` report."""
+    part = "round trips"
+    rows = []
+    for name, row in report["summary"].items():
+        is_target = name in TARGET_CLIENTS
+        rows.append(Row(
+            part, name, fmt_rate(row["rate"], "rt/s"),
+            f"median {row['latency_median_us']:.1f} µs, p99 {row['latency_p99_us']:.1f} µs",
+            "baseline" if name == BASELINE else fmt_ratio(row["ratio_vs_bare"]),
+            f">= {TARGET_RATIO}x" if is_target else "",
+            verdict(row["ratio_vs_bare"] >= TARGET_RATIO) if is_target else ""))
+    if not report["socs_installed"]:
+        rows.append(Row(part, SOCS, result="skipped", detail="socs not installed (see --socs-path)"))
+    return rows
+
+
+def print_report(report):
+    summary = report["summary"]
+    print()
+    header = (f"{'client':<26}{'round trips/s':>14}{'min-max':>17}{'median µs':>11}{'p99 µs':>9}"
+              f"{'vs bare':>9}{'(median)':>10}")
+    print(header)
+    print("-" * len(header))
+    for name, row in summary.items():
+        spread = f"{row['rate_min']:,.0f}-{row['rate_max']:,.0f}"
+        print(f"{name:<26}{row['rate']:>14,.0f}{spread:>17}{row['latency_median_us']:>11.1f}"
+              f"{row['latency_p99_us']:>9.1f}{row['ratio_vs_bare']:>8.2f}x{row['ratio_vs_bare_by_median_latency']:>9.2f}x")
+    if not report["socs_installed"]:
+        print(f"{SOCS:<26}  socs not installed: skipped")
+    print("vs bare: ratio of round trips/s to 'bare socket'; (median): the same ratio computed from median latencies")
+    print()
+    for name in TARGET_CLIENTS:
+        ratio = summary[name]["ratio_vs_bare"]
+        print(f"target socs_tcp >= {TARGET_RATIO}x bare: {name} = {ratio:.2f}x bare -> "
+              + ("MET" if report["target_met"][name] else "NOT MET")
+              + f" (by median latency {summary[name]['ratio_vs_bare_by_median_latency']:.2f}x; "
+              f"{summary[name]['ratio_vs_bare_no_timeout']:.2f}x bare without timeout)")
 
 
 def main(argv=None):
@@ -348,117 +469,38 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.payload < 1:
         parser.error("--seconds and --payload must be > 0, --warmup >= 0, --rounds >= 1")
-    if args.socs_path:
-        sys.path.append(os.path.abspath(args.socs_path))
+    add_socs_path(args.socs_path, parser)
 
-    line = (b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" * (args.payload // 36 + 1))[:args.payload] + b"\n"
-    clients = [
-        (BASELINE, make_bare),
-        ("bare socket, no timeout", make_bare_blocking),
-        ("socs_tcp wrnrd_until", make_socs_tcp_wrnrd_until),
-        ("socs_tcp query", make_socs_tcp_query),
-    ]
-    have_socs = socs_available()
-    if have_socs:
-        clients.append(("socs.tcp send+recv", make_socs))
-    else:
-        print("socs not installed: skipped")
-
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    placement = args.placement
-    if not cpus or (placement == "split" and len(cpus) < 2):
-        placement = "none"
-    client_cpu = server_cpu = None
-    if placement != "none":
-        client_cpu = cpus[0]
-        server_cpu = cpus[1] if placement == "split" else cpus[0]
     info = machine_info()
     print(f"python {info['python']} on {info['platform']}, {info['nproc']} CPUs ({info['cpu_model']})")
-    print(f"payload {args.payload} B + '\\n', {args.rounds} rounds x {args.seconds:g} s per client "
-          f"(+{args.warmup:g} s warm-up), "
-          + (f"client on CPU {client_cpu}, server on CPU {server_cpu}" if placement != "none" else "no CPU pinning"))
-
-    results = {name: [] for name, _ in clients}
-    with EchoServer(cpu=server_cpu) as server:
-        if client_cpu is not None:
-            os.sched_setaffinity(0, {client_cpu})
-        try:
-            for r in range(args.rounds):
-                order = clients[r % len(clients):] + clients[:r % len(clients)]
-                for name, factory in order:
-                    round_trip, expected, close = factory(server.port, line)
-                    try:
-                        figures = run_client(round_trip, expected, args.seconds, args.warmup)
-                    finally:
-                        close()
-                    results[name].append(figures)
-                    print(f"  round {r + 1}/{args.rounds}  {name:<24} {figures['rate']:>9,.0f} rt/s", flush=True)
-        finally:
-            if client_cpu is not None:
-                os.sched_setaffinity(0, set(cpus))
-
-    summary = {}
-    for name, _ in clients:
-        rounds = results[name]
-        summary[name] = {
-            "rate": statistics.median(f["rate"] for f in rounds),
-            "rate_min": min(f["rate"] for f in rounds),
-            "rate_max": max(f["rate"] for f in rounds),
-            "latency_median_us": statistics.median(f["latency_median_us"] for f in rounds),
-            "latency_p99_us": statistics.median(f["latency_p99_us"] for f in rounds),
-        }
-    base = summary[BASELINE]["rate"]
-    floor = summary["bare socket, no timeout"]["rate"]
-    base_latency = summary[BASELINE]["latency_median_us"]
-    for name, row in summary.items():
-        row["ratio_vs_bare"] = row["rate"] / base
-        # the same comparison on median latencies: insensitive to the rare long
-        # stalls (other processes, hypervisor) that weigh on the mean rate
-        row["ratio_vs_bare_by_median_latency"] = base_latency / row["latency_median_us"]
-        row["ratio_vs_bare_no_timeout"] = row["rate"] / floor
-        # per-round (paired) ratios: less sensitive to drift between rounds
-        row["ratio_vs_bare_per_round"] = [f["rate"] / b["rate"] for f, b in zip(results[name], results[BASELINE])]
-
-    print()
-    header = (f"{'client':<26}{'round trips/s':>14}{'min-max':>17}{'median µs':>11}{'p99 µs':>9}"
-              f"{'vs bare':>9}{'(median)':>10}")
-    print(header)
-    print("-" * len(header))
-    for name, row in summary.items():
-        spread = f"{row['rate_min']:,.0f}-{row['rate_max']:,.0f}"
-        print(f"{name:<26}{row['rate']:>14,.0f}{spread:>17}{row['latency_median_us']:>11.1f}"
-              f"{row['latency_p99_us']:>9.1f}{row['ratio_vs_bare']:>8.2f}x{row['ratio_vs_bare_by_median_latency']:>9.2f}x")
-    if not have_socs:
-        print(f"{'socs.tcp send+recv':<26}  socs not installed: skipped")
-    print("vs bare: ratio of round trips/s to 'bare socket'; (median): the same ratio computed from median latencies")
-    print()
-
-    verdicts = {}
-    for name in ("socs_tcp wrnrd_until", "socs_tcp query"):
-        ratio = summary[name]["ratio_vs_bare"]
-        verdicts[name] = ratio >= TARGET_RATIO
-        print(f"target socs_tcp >= {TARGET_RATIO}x bare: {name} = {ratio:.2f}x bare -> "
-              + ("MET" if verdicts[name] else "NOT MET")
-              + f" (by median latency {summary[name]['ratio_vs_bare_by_median_latency']:.2f}x; "
-              f"{summary[name]['ratio_vs_bare_no_timeout']:.2f}x bare without timeout)")
-
+    report = run(args.seconds, args.payload, args.rounds, args.warmup, args.placement,
+                 log=lambda msg: print(msg, flush=True))
+    report["machine"] = info
+    print_report(report)
     if args.json:
-        out = {
-            "benchmark": "write-then-read-until-\\n round trips on loopback",
-            "machine": info,
-            "parameters": {"seconds": args.seconds, "warmup": args.warmup, "rounds": args.rounds,
-                           "payload_bytes": args.payload, "placement": placement, "client_cpu": client_cpu,
-                           "server_cpu": server_cpu, "baseline": BASELINE, "target_ratio": TARGET_RATIO},
-            "socs_installed": have_socs,
-            "summary": summary,
-            "rounds": results,
-            "target_met": verdicts,
-        }
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(report, f, indent=2)
             f.write("\n")
         print(f"figures written to {args.json}")
     return 0
+
+
+def add_socs_path(path, parser=None):
+    """Make the ``socs`` package in directory ``path`` importable (``None``: nothing to do).
+
+    Raises:
+        ValueError: ``path`` does not hold a ``socs`` package (or ``parser.error`` if a parser is given).
+    """
+    if not path:
+        return
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, "socs", "tcp.py")):
+        message = f"--socs-path {path!r} holds no socs package (expected {os.path.join(path, 'socs', 'tcp.py')})"
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)
+    if path not in sys.path:
+        sys.path.append(path)
 
 
 if __name__ == "__main__":
