@@ -15,9 +15,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv
+# PYBJDATA_NO_EXTENSION: autobahn's serialization extra builds bjdata from
+# source, and its C extension can be compiled against another numpy than the
+# one installed; the pure-Python build avoids that.
 ENV PATH="/opt/venv/bin:$PATH" \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYBJDATA_NO_EXTENSION=1
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -7,25 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from socs_tcp_agents.message_link.agent import _field_name, flatten_fields, parse_details
 
 from socs_tcp.stack import Stack
 
-#: ``ocs-client-cli`` run from Python.  autobahn imports its optional serializers
-#: eagerly; one built against another numpy version can fail its first import
-#: with AttributeError and then import cleanly, so that first attempt is made here.
-LISTEN = """
-import txaio
-txaio.use_twisted()
-try:
-    import autobahn.wamp.serializer  # noqa: F401
-except AttributeError:
-    pass
-from ocs.client_cli import main
-main()
-"""
+#: the real command-line client, next to this Python
+OCS_CLIENT_CLI = str(Path(sys.executable).with_name("ocs-client-cli"))
 
 TIMEOUT = 10.0      # the agent's --timeout: connect deadline and default command deadline
 
@@ -209,7 +199,7 @@ def test_feeds_carry_telemetry_events_and_health(link, stack):
     """Subscribe to the agent's feeds with ocs-client-cli listen (a real WAMP subscriber)."""
     wait_for(lambda: latest(link, "telemetry", "temperature"), 15, "the link to be up")
     out_path = stack.workdir / "listen.jsonl"
-    cmd = [sys.executable, "-c", LISTEN, *stack.client_args, "listen", "--json", "observatory.link.feeds."]
+    cmd = [OCS_CLIENT_CLI, *stack.client_args, "listen", "--json", "observatory.link.feeds."]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OCS_CONFIG_DIR=str(stack.workdir))
     with open(out_path, "wb") as out:
         listener = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
