@@ -761,17 +761,18 @@ class TCPInterface:
         """``(extract, waiting_for)`` for a read up to a terminator of ``eot``
         (``extract()`` returns ``(frame, terminator)``);
         built once per ``eot`` string and link (the common case repeats it).
-        ``None`` is not cached: it follows ``read_termination``, which may be
-        changed."""
+        ``None`` is cached under the current ``read_termination``, which may
+        be changed."""
+        key = self.read_termination if eot is None else eot
         try:
-            return self._until_cache[eot]
+            return self._until_cache[key]
         except (KeyError, TypeError):  # TypeError: a list of terminators is not hashable
             pass
         terms = self._terminators(eot)
         # extract() gives (frame, terminator): callers take [0] of the result
         made = functools.partial(self._buffer.maybe_extract_until, terms), lambda: f"a terminator in {list(terms)}"
-        if isinstance(eot, (str, bytes)) and len(self._until_cache) < 64:
-            self._until_cache[eot] = made
+        if isinstance(key, (str, bytes, tuple)) and len(self._until_cache) < 64:
+            self._until_cache[key] = made
         return made
 
     def _exact(self, n):

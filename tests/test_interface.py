@@ -558,3 +558,11 @@ def test_next_attempt_in_follows_the_backoff(emulator):
     assert down.next_attempt_in() == 0.0
     gave_up = TCPInterface("127.0.0.1", closed_port(), 1.0, reconnect_policy=ReconnectPolicy(max_attempts=1))
     assert gave_up.next_attempt_in() is None, "no automatic attempt after max_attempts"
+
+
+def test_query_follows_a_changed_read_termination(make_emulator):
+    device = make_emulator({"A": "one;", "B": "two\n"}, write_termination="")
+    dev = TCPInterface("127.0.0.1", device.port, 2.0, read_termination="\n", write_termination="\n")
+    assert dev.query("B") == "two"
+    dev.read_termination = (b";",)
+    assert dev.query("A") == "one"
