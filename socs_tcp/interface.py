@@ -116,6 +116,12 @@ class TCPInterface:
         drain_before_query (bool): before each write-and-read, discard (and
             log) any bytes already received, so a late reply to an earlier,
             timed-out query is never taken as this query's answer.
+        close_on_timeout (bool): when a write-and-read times out, close the
+            connection (the next operation reconnects).  A late reply can
+            then never be read at all, not even one that arrives while the
+            next query waits, which ``drain_before_query`` cannot catch.  For
+            devices without request ids that are polled and queried from
+            several threads, as OCS agents do.
         connect (bool): connect in the constructor, as SOCS does (default).
             A failure is logged, not raised, and leaves ``comm`` as ``None``.
         name (str): label used in log messages (default ``host:port``).
@@ -132,7 +138,7 @@ class TCPInterface:
                  read_termination=_UNSET, write_termination=_UNSET, termination=None, rstrip=False,
                  max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
                  keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
-                 connect=True, name=None):
+                 close_on_timeout=False, connect=True, name=None):
         self.comm = None  # first, so __del__ works whatever fails below
         if not isinstance(ip_address, str) or not ip_address.strip():
             raise ValueError(f"ip_address must be a non-empty host name or IP address str, got {ip_address!r}")
@@ -180,6 +186,7 @@ class TCPInterface:
         self.nodelay = bool(nodelay)
         self.reconnect_policy = ReconnectPolicy.coerce(reconnect_policy)
         self.drain_before_query = bool(drain_before_query)
+        self.close_on_timeout = bool(close_on_timeout)
         self.name = name or f"{self.ip_address}:{self.port}"
 
         self.lock = threading.RLock()
@@ -727,6 +734,16 @@ class TCPInterface:
                     while frame is None:
                         self._fill(deadline, waiting_for)
                         frame = extract()
+            except LinkTimeoutError as e:
+                if self.close_on_timeout and send is not None and extract is not None:
+                    self._close("no reply before the deadline: closed so that a late reply cannot answer "
+                                "a later query (close_on_timeout)")
+                    e = LinkTimeoutError(f"{e}; the connection was closed (close_on_timeout), the next "
+                                         "operation reconnects")
+                    self._link_failed(e)
+                    raise e from None
+                self._link_failed(e)
+                raise
             except LinkError as e:
                 self._link_failed(e)
                 raise

@@ -566,3 +566,34 @@ def test_query_follows_a_changed_read_termination(make_emulator):
     assert dev.query("B") == "two"
     dev.read_termination = (b";",)
     assert dev.query("A") == "one"
+
+
+def test_close_on_timeout_drops_a_late_reply_that_drain_cannot_catch(make_emulator):
+    device = make_emulator(default_response=lambda cmd: f"echo:{cmd}", write_termination="\n")
+    dev = TCPInterface("127.0.0.1", device.port, 2.0, termination="\n", drain_before_query=True,
+                       close_on_timeout=True)
+    device.set_delay(0.4)
+    with pytest.raises(LinkTimeoutError, match="close_on_timeout"):
+        dev.query("first", timeout=0.2)
+    assert not dev.is_connected
+    assert dev.query("second") == "echo:second", "the late echo:first died with the old connection"
+    device.set_delay(0)
+    assert dev.query("third") == "echo:third"
+
+
+def test_without_close_on_timeout_a_late_reply_can_answer_the_next_query(make_emulator):
+    """Why the option exists: the late reply lands while the next query waits."""
+    device = make_emulator(default_response=lambda cmd: f"echo:{cmd}", write_termination="\n")
+    dev = TCPInterface("127.0.0.1", device.port, 2.0, termination="\n", drain_before_query=True)
+    device.set_delay(0.4)
+    with pytest.raises(LinkTimeoutError):
+        dev.query("first", timeout=0.2)
+    assert dev.query("second") == "echo:first"
+
+
+def test_close_on_timeout_leaves_plain_reads_alone(make_emulator):
+    device = make_emulator({}, write_termination="\n")
+    dev = TCPInterface("127.0.0.1", device.port, 2.0, termination="\n", close_on_timeout=True)
+    with pytest.raises(LinkTimeoutError):
+        dev.read_until(timeout=0.1)
+    assert dev.is_connected, "a read with no request outstanding has no late reply to fear"

@@ -1,6 +1,10 @@
 """Driver for SCPI instruments on a raw TCP socket (port 5025, ``\\n`` framing)."""
 
-from socs_tcp import LinkTimeoutError, TCPInterface
+import logging
+
+from socs_tcp import LinkError, LinkTimeoutError, TCPInterface
+
+log = logging.getLogger(__name__)
 
 
 class ScpiError(RuntimeError):
@@ -34,7 +38,8 @@ class ScpiInstrument(TCPInterface):
     Every command is checked with ``SYST:ERR?`` afterwards (unless
     ``check_errors=False``); a query that times out is checked too, since
     instruments do not answer a query they reject.  Stale input is drained
-    before each query.
+    before each query, and a query that times out closes the connection, so
+    a late reply can never be taken as the answer to a later query.
 
     Args:
         ip_address, port, timeout: as for :class:`~socs_tcp.TCPInterface`
@@ -48,20 +53,45 @@ class ScpiInstrument(TCPInterface):
         kwargs.setdefault("termination", "\n")
         kwargs.setdefault("rstrip", True)
         kwargs.setdefault("drain_before_query", True)
+        kwargs.setdefault("close_on_timeout", True)
         kwargs.setdefault("encoding_errors", "backslashreplace")
         super().__init__(ip_address, port, timeout, **kwargs)
         self.check_errors = check_errors
 
     def error_queue(self, limit=32):
-        """Pop every entry of the error queue; ``[]`` when it is empty."""
+        """Pop every entry of the error queue; ``[]`` when it is empty.
+
+        A reply to an earlier query that timed out can arrive just after the
+        ``SYST:ERR?`` is sent, ahead of its answer: such a line is logged and
+        skipped.
+
+        Raises:
+            LinkError: the replies still do not parse as error-queue entries
+                (the instrument is out of step; the link is drained).
+        """
         errors = []
         with self.lock:
             for _ in range(limit):
-                code, message = parse_error(self.query("SYST:ERR?"))
+                code, message = self._error_entry()
                 if code == 0:
                     break
                 errors.append((code, message))
         return errors
+
+    def _error_entry(self):
+        reply = self.query("SYST:ERR?")
+        for attempt in range(2):
+            try:
+                return parse_error(reply)
+            except ValueError:
+                if attempt:
+                    break
+                log.warning("%s: skipped %r while reading the error queue (a late reply to an earlier query)",
+                            self.name, reply)
+                reply = self.read_until()
+        self.drain()
+        raise LinkError(f"{self.name}: SYST:ERR? answered {reply!r}, not an error-queue entry; "
+                        "the instrument is out of step (input drained)")
 
     def command(self, command):
         """Send a command that has no reply, then check the error queue.

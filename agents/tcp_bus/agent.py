@@ -354,7 +354,9 @@ def main(args=None):
             raise ValueError("--read-termination must not be empty")
         if not args.sample_rate > 0:
             raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
-        link = make_link(args)
+        # a reply that arrives after its deadline must never become the answer
+        # to a later write-and-read (plain read tasks still see everything)
+        link = make_link(args, drain_before_query=True, close_on_timeout=True)
         privs = write_privs(args)
     except ValueError as e:
         parser.error(str(e))
