@@ -16,6 +16,10 @@ A superset of ``socs.testing.device_emulator`` for TCP devices:
   :meth:`DeviceEmulator.refuse_connections`, :meth:`DeviceEmulator.go_silent`,
   :meth:`DeviceEmulator.send_garbage`, :meth:`DeviceEmulator.slow_drip`,
   :meth:`DeviceEmulator.flood`, :meth:`DeviceEmulator.restart`.
+* A real instrument's logic with those faults: pass
+  :meth:`socs_tcp.simulators.scpi.ScpiInstrument.respond` as
+  ``default_response`` (with ``write_termination="\\n"``) to serve the SCPI
+  simulator's command set through the emulator.
 
 Use :func:`create_device_emulator` to make a pytest fixture.
 """

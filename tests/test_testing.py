@@ -72,3 +72,33 @@ def test_garbage_and_wait_for_clients(emulator):
     emulator.send_garbage(b"\xde\xad")
     assert dev.read_bin(2) == "dead"
     assert emulator.client_count == 1
+
+
+def test_scpi_instrument_behind_the_emulator_keeps_its_state_through_faults():
+    from socs_tcp.simulators.scpi import ScpiInstrument
+
+    instrument = ScpiInstrument(noise=0)
+    with DeviceEmulator(default_response=instrument.respond, write_termination="\n") as device:
+        dev = TCPInterface("127.0.0.1", device.port, 1.0, termination="\n")
+        assert dev.query("*IDN?") == instrument.idn
+        assert dev.query("VOLT 2.5;VOLT?;CURR?") == "+2.500000E+00;+1.000000E+00"
+        device.go_silent()
+        with pytest.raises(TimeoutError):
+            dev.query("VOLT?", timeout=0.2)
+        device.go_silent(False)
+        device.restart()
+        # the instrument outlives the reboot of its emulated connection
+        assert dev.query("VOLT?") == "+2.500000E+00"
+        dev.write("NOPE 1")                      # undefined header: no reply, error queued
+        assert dev.query("SYST:ERR?") == '-113,"Undefined header"'
+
+
+def test_scpi_respond_is_none_without_a_reply():
+    from socs_tcp.simulators.scpi import ScpiInstrument
+
+    instrument = ScpiInstrument(noise=0)
+    assert instrument.respond("VOLT 1") is None          # a command has no reply
+    assert instrument.respond("VOLT 99") is None         # out of range: error queued, no reply
+    assert instrument.respond("") is None
+    assert instrument.respond(b"VOLT?") == "+1.000000E+00"
+    assert instrument.respond("SYST:ERR?") == '-222,"Data out of range"'

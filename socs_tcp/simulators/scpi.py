@@ -330,6 +330,20 @@ class ScpiInstrument:
                     replies.append(reply)
         return replies
 
+    def respond(self, line):
+        """The response message to one program message, as the TCP server sends it.
+
+        The replies of :meth:`handle_line` joined by ``;``, without the
+        terminator, or ``None`` when the line has no reply (only commands, or
+        an error).  Handy as ``default_response`` of a
+        :class:`socs_tcp.testing.DeviceEmulator`, to get this instrument with
+        the emulator's fault injection::
+
+            DeviceEmulator(default_response=ScpiInstrument().respond, write_termination="\\n")
+        """
+        replies = self.handle_line(line)
+        return ";".join(replies) if replies else None
+
     def push_error(self, code):
         """Queue the SCPI error ``code`` and set its bit in the ESR."""
         with self.lock:
