@@ -2,7 +2,10 @@
 argument checking, and a short soak of the real stack with every check."""
 
 import importlib.util
+import json
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,21 +150,51 @@ def _refused(port):
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+#: Runs a soak in a fresh interpreter and prints its report as JSON.  The soak's
+#: feed recorder is an asyncio WAMP client, and txaio allows one framework per
+#: process: other tests in this process import OCS, which chooses Twisted.
+SHORT_SOAK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import soak
+config = soak.SoakConfig(duration=50, restarts=3, silences=1, garbage=1, floods=1, crossbar_restarts=1,
+                         workdir=sys.argv[2])
+run = soak.Soak(config)
+report = run.run()
+report["text"] = soak.format_report(report)
+report["counts"] = config.counts()
+report["left_running"] = [repr(p) for p in run.stack.agents.values() if p.alive()] + (
+    ["crossbar"] if run.stack.crossbar.alive() else [])
+report["agent_pids"] = [p.pid for p in run.stack.agents.values()]
+report["device_ports"] = [d.port for d in run.devices.values()]
+print(json.dumps(report, default=str))
+"""
+
+
+def _gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_short_soak_passes_every_check_and_cleans_up(tmp_path):
-    config = soak.SoakConfig(duration=50, restarts=3, silences=1, garbage=1, floods=1, crossbar_restarts=1,
-                             workdir=str(tmp_path / "stack"))
-    run = soak.Soak(config)
-    report = run.run()
-    text = soak.format_report(report)
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    done = subprocess.run([sys.executable, "-c", SHORT_SOAK, str(bench), str(tmp_path / "stack")],
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, f"soak process failed:\n{done.stderr[-3000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    text = report["text"]
     failed = [c["name"] for c in report["checks"] if not c["passed"]]
     assert not failed, f"failed checks {failed} (logs in {tmp_path / 'stack'}):\n{text}"
     assert {c["name"] for c in report["checks"]} == {
         "agents alive", "no crossed replies", "tasks outside faults", "degraded raised and cleared",
         "feed samples only missing in outages", "every fault survived", "resources bounded"}
     summary = {s["fault"]: s for s in report["summary"]}
-    for kind, count in config.counts().items():
+    for kind, count in report["counts"].items():
         if count:
             assert summary[kind]["injected"] == summary[kind]["survived"] == count, text
     for agent in ("bus", "psu"):
@@ -170,6 +203,6 @@ def test_short_soak_passes_every_check_and_cleans_up(tmp_path):
         assert report["tasks"][agent].get("ok", 0) > 50, text
         assert report["feeds"][agent]["data_samples"] > 100, text
     # nothing left running: agents and router stopped, devices closed
-    assert not any(proc.alive() for proc in run.stack.agents.values())
-    assert not run.stack.crossbar.alive()
-    assert all(_refused(device.port) for device in run.devices.values())
+    assert report["left_running"] == []
+    assert all(_gone(pid) for pid in report["agent_pids"] if pid)
+    assert all(_refused(port) for port in report["device_ports"])
