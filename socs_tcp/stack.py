@@ -256,6 +256,25 @@ def _stop_all_live() -> None:
 # configuration files
 
 
+def _wait_until_ready(server: Any, name: str, url: str, timeout: float) -> None:
+    """Poll ``server.ready()`` until it is true; stop ``server`` and raise
+    ``RuntimeError`` with its log tail if the process exits or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = server._proc.poll()
+        if code is not None:
+            server.stop()
+            raise RuntimeError(f"{name} exited with code {code} during startup; "
+                               f"log tail ({server.log_path}):\n{_tail(server.log_path, server._log_offset)}")
+        if server.ready():
+            return
+        if time.monotonic() >= deadline:
+            server.stop()
+            raise RuntimeError(f"{name} did not answer {url} within {timeout} s; "
+                               f"log tail ({server.log_path}):\n{_tail(server.log_path, server._log_offset)}")
+        time.sleep(_POLL)
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port on *host* (loopback only) that is free right now.
 
@@ -529,20 +548,7 @@ class Crossbar:
         log.info("starting crossbar on %s:%d (log %s)", self.host, self.port, self.log_path)
         self._proc = _spawn(cmd, self.log_path, env, self.workdir)
         _track(self)
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                self.stop()
-                raise RuntimeError(f"crossbar exited with code {code} during startup; "
-                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
-            if self.ready():
-                break
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(f"crossbar did not answer {self.info_url} within {timeout} s; "
-                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
-            time.sleep(_POLL)
+        _wait_until_ready(self, "crossbar", self.info_url, timeout)
         if not self.alive():  # something else answered on our port and ours died
             raise RuntimeError(f"crossbar exited right after startup; log tail:\n"
                                f"{_tail(self.log_path, self._log_offset)}")
@@ -1105,20 +1111,7 @@ class InfluxDB:
         self._proc = _spawn([exe, "run", "-config", str(self.config_path)], self.log_path, self.environment(),
                             self.workdir)
         _track(self)
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                self.stop()
-                raise RuntimeError(f"influxd exited with code {code} during startup; "
-                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
-            if self.ready():
-                break
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(f"InfluxDB did not answer {self.url}/ping within {timeout} s; "
-                                   f"log tail ({self.log_path}):\n{_tail(self.log_path, self._log_offset)}")
-            time.sleep(_POLL)
+        _wait_until_ready(self, "influxd", f"{self.url}/ping", timeout)
         try:
             for name in self.databases:
                 self.query(f'CREATE DATABASE "{name}"')
