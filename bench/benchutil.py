@@ -8,11 +8,14 @@ only for the plots, in ``plots.py``).
 
 import bisect
 import math
+import multiprocessing
 import os
 import platform
 import resource
+import socket
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,6 +23,88 @@ HOST = "127.0.0.1"
 
 #: percentiles at which latency distributions are kept for the plots
 CDF_PERCENTILES = tuple([0.1, 0.5] + list(range(1, 100)) + [99.5, 99.9])
+
+
+# ----------------------------------------------------------------------
+# a loopback server in its own process
+def serve_connections(port_pipe, stop, cpu, handler, handler_args):
+    """Body of a server process: accept connections on a free loopback port
+    (sent through ``port_pipe``) until ``stop`` is set, running
+    ``handler(conn, *handler_args)`` in a thread per connection; on the way
+    out, shut every connection down and join the threads."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    port_pipe.send(listener.getsockname()[1])
+    port_pipe.close()
+    conns, threads = [], []
+    try:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.setblocking(True)
+            thread = threading.Thread(target=handler, args=(conn, *handler_args), daemon=True)
+            conns.append(conn)
+            threads.append(thread)
+            thread.start()
+    finally:
+        listener.close()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(2.0)
+
+
+class ServerProcess:
+    """A :func:`serve_connections` process (spawned, so it does not share the
+    client's GIL); a context manager that always stops it.
+
+    Args:
+        handler: a module-level function ``handler(conn, *handler_args)``.
+        handler_args: its further arguments (picklable).
+        cpu: pin the process to this CPU, or ``None``.
+        name: the process name, also used in errors.
+    """
+
+    def __init__(self, handler, handler_args=(), cpu=None, name="server"):
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        parent, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=serve_connections, args=(child, self._stop, cpu, handler, handler_args),
+                                 name=name)
+        self._proc.start()
+        child.close()
+        if not parent.poll(30):
+            self.close()
+            raise RuntimeError(f"{name} did not start")
+        self.port = parent.recv()
+        parent.close()
+
+    @property
+    def pid(self):
+        return self._proc.pid
+
+    def close(self):
+        self._stop.set()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ----------------------------------------------------------------------

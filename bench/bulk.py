@@ -57,16 +57,14 @@ Usage::
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import socket
 import statistics
 import sys
-import threading
 import time
 
-from benchutil import HOST, Row, fmt_ratio, machine_info, verdict
+from benchutil import HOST, Row, ServerProcess, fmt_ratio, machine_info, verdict
 from roundtrip import add_socs_path, socs_available
 
 TARGET_RATIO = 0.8
@@ -115,72 +113,11 @@ def _stream_connection(conn, block):
                     return
 
 
-def _serve(port_pipe, stop, cpu):
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-    block = bytes(range(256)) * (BLOCK // 256)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    port_pipe.send(listener.getsockname()[1])
-    port_pipe.close()
-    conns, threads = [], []
-    try:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            conn.setblocking(True)
-            thread = threading.Thread(target=_stream_connection, args=(conn, block), daemon=True)
-            conns.append(conn)
-            threads.append(thread)
-            thread.start()
-    finally:
-        listener.close()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(2.0)
-
-
-class StreamServer:
+class StreamServer(ServerProcess):
     """The bulk server process; a context manager that always stops it."""
 
     def __init__(self, cpu=None):
-        ctx = multiprocessing.get_context("spawn")
-        self._stop = ctx.Event()
-        parent, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_serve, args=(child, self._stop, cpu), name="bulk-server")
-        self._proc.start()
-        child.close()
-        if not parent.poll(30):
-            self.close()
-            raise RuntimeError("bulk server did not start")
-        self.port = parent.recv()
-        parent.close()
-
-    @property
-    def pid(self):
-        return self._proc.pid
-
-    def close(self):
-        self._stop.set()
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().__init__(_stream_connection, (bytes(range(256)) * (BLOCK // 256),), cpu=cpu, name="bulk-server")
 
 
 # ----------------------------------------------------------------------

@@ -72,15 +72,13 @@ Only loopback (127.0.0.1) is used.
 
 import argparse
 import json
-import multiprocessing
 import os
 import socket
 import statistics
 import sys
-import threading
 import time
 
-from benchutil import HOST, LogHistogram, Row, fmt_rate, fmt_ratio, machine_info, percentile, verdict
+from benchutil import HOST, LogHistogram, Row, ServerProcess, fmt_rate, fmt_ratio, machine_info, percentile, verdict
 
 TARGET_RATIO = 0.85
 BASELINE = "bare socket"
@@ -93,7 +91,6 @@ TIMEOUT = 10.0
 # ----------------------------------------------------------------------
 # echo server (runs in its own process)
 def _echo_connection(conn):
-    conn.setblocking(True)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     pending = b""
     with conn:
@@ -114,67 +111,11 @@ def _echo_connection(conn):
                 pending = pending[end + 1:]
 
 
-def _serve(port_pipe, stop, cpu):
-    """Accept connections until ``stop`` is set; one thread per connection."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    port_pipe.send(listener.getsockname()[1])
-    port_pipe.close()
-    conns, threads = [], []
-    try:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=_echo_connection, args=(conn,), daemon=True)
-            conns.append(conn)
-            threads.append(thread)
-            thread.start()
-    finally:
-        listener.close()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(2.0)
-
-
-class EchoServer:
+class EchoServer(ServerProcess):
     """The echo server process; a context manager that always stops it."""
 
     def __init__(self, cpu=None):
-        ctx = multiprocessing.get_context("spawn")
-        self._stop = ctx.Event()
-        parent, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_serve, args=(child, self._stop, cpu), name="echo-server")
-        self._proc.start()
-        child.close()
-        if not parent.poll(30):
-            self.close()
-            raise RuntimeError("echo server did not start")
-        self.port = parent.recv()
-        parent.close()
-
-    def close(self):
-        self._stop.set()
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().__init__(_echo_connection, cpu=cpu, name="echo-server")
 
 
 # ----------------------------------------------------------------------
