@@ -20,6 +20,7 @@ import pytest
 import yaml
 from ocs import site_config
 from ocs.ocs_client import OCSClient
+from ocs_replies import ok
 from socs_tcp_agents import common
 from socs_tcp_agents.scpi_instrument import agent as scpi_agent
 from socs_tcp_agents.tcp_bus import agent as bus_agent
@@ -46,11 +47,6 @@ def wait_for(condition, timeout, what):
                 return last
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
-
-
-def ok(reply):
-    assert reply.status == 0 and reply.session["success"], reply
-    return reply.session["data"]
 
 
 def refused(reply, needed, has):

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from ocs_replies import failed, ok
 
 from socs_tcp.simulators.scpi import ScpiSimulator
 from socs_tcp.stack import Stack
@@ -70,16 +71,6 @@ def bus(stack):
 def psu(stack):
     return stack.client("psu")
 
-
-def ok(reply):
-    assert reply.status == 0 and reply.session["success"], reply
-    return reply.session["data"]
-
-
-def failed(reply):
-    """The op ran and returned (False, msg): status 0, success False."""
-    assert reply.status == 0 and reply.session["success"] is False, reply
-    return " ".join(m[1] for m in reply.session["messages"])
 
 # ---------------------------------------------------------------- bus tasks
 

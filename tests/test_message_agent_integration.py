@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ocs_replies import failed, ok
 from socs_tcp_agents.message_link.agent import _field_name, flatten_fields, parse_details
 
 from socs_tcp.stack import Stack
@@ -156,16 +157,6 @@ def link(stack):
 def bare(stack):
     return stack.client("bare")
 
-
-def ok(reply):
-    assert reply.status == 0 and reply.session["success"], reply
-    return reply.session["data"]
-
-
-def failed(reply):
-    """The op ran and returned (False, msg): status 0, success False."""
-    assert reply.status == 0 and reply.session["success"] is False, reply
-    return " ".join(m[1] for m in reply.session["messages"])
 
 
 def monitor_session(client):
