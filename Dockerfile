@@ -27,6 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY socs_tcp ./socs_tcp
 COPY agents ./agents
+COPY socs_tcp_stack ./socs_tcp_stack
 # dumb-init as PID 1 forwards signals to the agent and reaps its children,
 # so "docker stop" lets OCS stop its sessions cleanly.
 RUN pip install . dumb-init

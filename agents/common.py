@@ -9,7 +9,7 @@ import time
 import txaio
 
 from socs_tcp import TCPInterface
-from socs_tcp.codec import parse_address
+from socs_tcp.core.codec import parse_address
 
 #: Default of ``--max-read-size``: the default ``max_read_size`` of :class:`socs_tcp.TCPInterface` (1 MiB).
 DEFAULT_MAX_READ_SIZE = 1 << 20
@@ -83,7 +83,7 @@ def device_address(args):
     """``(host, port)`` from parsed arguments; ``ValueError`` naming the bad value."""
     if args.address:
         if "=" in args.address:
-            from socs_tcp.codec import parse_conf_string
+            from socs_tcp.core.codec import parse_conf_string
             conf = parse_conf_string(args.address)
             return conf["host"], conf["port"]
         parsed = parse_address(args.address)

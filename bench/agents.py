@@ -1,6 +1,6 @@
 """OCS agent benchmark: task round-trip latency and the highest ``acq`` rate.
 
-Runs the real stack natively (:class:`socs_tcp.stack.Stack`: a crossbar
+Runs the real stack natively (:class:`socs_tcp_stack.stack.Stack`: a crossbar
 router and ``TCPBusAgent`` instances started with ``ocs-agent-cli``), drives
 it with a real ``OCSClient`` and measures, side by side in one run:
 
@@ -72,7 +72,7 @@ import time
 
 from benchutil import Row, fmt_ratio, percentile, verdict
 
-from socs_tcp.stack import Stack
+from socs_tcp_stack.stack import Stack
 
 HOST = "127.0.0.1"
 N_FIELDS = 10

@@ -4,7 +4,7 @@ A :class:`~agents.tcp_bus.agent.TCPBusAgent` runs its ``acq`` process with
 the default settings (1 Hz, 5 s device timeout, the default reconnect
 policy: 0.1 s backoff doubling up to a 1 s cap, 20 % jitter) and one query
 field, against an echo device in a separate process, over a real crossbar
-router, driven by a real ``OCSClient`` (:class:`socs_tcp.stack.Stack`, no
+router, driven by a real ``OCSClient`` (:class:`socs_tcp_stack.stack.Stack`, no
 Docker).  For each outage:
 
 1. the device goes down (stops listening and drops its connection);
@@ -44,7 +44,7 @@ import time
 from benchutil import HOST, Row, describe, machine_info, make_logger, verdict, wait_for
 
 from agents import EmulatorProcess
-from socs_tcp.stack import Stack
+from socs_tcp_stack.stack import Stack
 
 TARGET_S = 1.0
 DEFAULT_LENGTHS = (0.5, 2.0, 5.0)

@@ -12,7 +12,7 @@ Setup (all native, all on 127.0.0.1):
   through the emulator with ``default_response=instrument.respond``, so it
   gets the emulator's faults);
 * a real crossbar router and both agents started with ``ocs-agent-cli``
-  (:class:`socs_tcp.stack.Stack`), ``acq`` running at ``--rate`` (10 Hz)
+  (:class:`socs_tcp_stack.stack.Stack`), ``acq`` running at ``--rate`` (10 Hz)
   from start-up, device timeout ``--device-timeout`` (1 s);
 * a client thread calling tasks through ``OCSClient`` in a loop, alternating
   ``wrnrd_until(data="soak-NNNNNN\\n")`` on the bus agent (the device echoes
@@ -43,7 +43,7 @@ task on each agent answered correctly after it ended.
     1 MiB ``max_read_size``), as fast as the agents read.
 ``crossbar``
     the router is stopped and started again on the same port
-    (:meth:`socs_tcp.stack.Crossbar.restart`).
+    (:meth:`socs_tcp_stack.stack.Crossbar.restart`).
 ``late`` (none by default, ``--late-replies N``)
     for 2.5-4 s the devices answer every command 1.5 device timeouts late
     (:meth:`DeviceEmulator.set_delay`), so replies arrive after the agent
@@ -126,8 +126,8 @@ import time
 from pathlib import Path
 
 from socs_tcp.simulators.scpi import ScpiInstrument
-from socs_tcp.stack import Stack
 from socs_tcp.testing import DeviceEmulator
+from socs_tcp_stack.stack import Stack
 
 log = logging.getLogger("soak")
 

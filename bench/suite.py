@@ -51,7 +51,7 @@ import roundtrip
 from benchutil import ERROR, Row, format_table, loadavg, machine_info, make_logger, rst_table
 
 import agents
-from socs_tcp.stack import Stack
+from socs_tcp_stack.stack import Stack
 
 PARTS = ("roundtrip", "bulk", "tasks", "recovery", "links")
 TITLES = {"roundtrip": "round trips", "bulk": "bulk read", "tasks": "OCS task latency", "recovery": "recovery",

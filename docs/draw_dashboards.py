@@ -1,11 +1,11 @@
 """Draw the Grafana dashboards from real data of the local stack, without Grafana.
 
-Starts the local stack with InfluxDB (:func:`socs_tcp.localstack.build_stack`:
+Starts the local stack with InfluxDB (:func:`socs_tcp_stack.localstack.build_stack`:
 crossbar, the SCPI simulator, ``scpi-psu``, ``tcp-bus``, the registry and the
 InfluxDB publisher), plays a short scenario through ``OCSClient`` - set
 points, then an outage of the instrument and its return - and then runs every
 panel query of every dashboard in ``deploy/grafana/dashboards`` exactly as
-the tests do (:mod:`socs_tcp.dashboards`), drawing each panel with matplotlib
+the tests do (:mod:`socs_tcp_stack.dashboards`), drawing each panel with matplotlib
 where its ``gridPos`` puts it.  Output: ``docs/_static/dashboards.png``.
 
 Usage, from the root of a checkout with the ``docs`` and ``stack`` extras
@@ -31,9 +31,9 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from socs_tcp import dashboards as dash  # noqa: E402
-from socs_tcp.localstack import DATABASE, build_stack  # noqa: E402
 from socs_tcp.simulators.scpi import ScpiSimulator  # noqa: E402
+from socs_tcp_stack import dashboards as dash  # noqa: E402
+from socs_tcp_stack.localstack import DATABASE, build_stack  # noqa: E402
 
 log = logging.getLogger("draw_dashboards")
 

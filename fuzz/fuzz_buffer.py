@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz target for :class:`socs_tcp.buffer.ReceiveBuffer`.
+"""Coverage-guided fuzz target for :class:`socs_tcp.core.buffer.ReceiveBuffer`.
 
 The input is read as a program of buffer operations (feed, extract until a
 terminator set, extract exactly n, extract a regex match, extract some, put
@@ -15,7 +15,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from socs_tcp.buffer import ReceiveBuffer
+    from socs_tcp.core.buffer import ReceiveBuffer
     from socs_tcp.errors import ReadOverflowError
 
 TERMINATOR_SETS = ((b"\n",), (b"\r\n",), (b"\r\n", b"\n"), (b"aa",), (b"ab", b"b"), (b"aba",),

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz target for :mod:`socs_tcp.codec` (atheris / libFuzzer).
+"""Coverage-guided fuzz target for :mod:`socs_tcp.core.codec` (atheris / libFuzzer).
 
 Each input picks one codec function and feeds it text or bytes made from the
 rest of the input.  Anything other than the documented ``ValueError`` /
@@ -14,7 +14,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from socs_tcp.codec import (
+    from socs_tcp.core.codec import (
         bytes_to_hex,
         decode_escapes,
         encode_escapes,

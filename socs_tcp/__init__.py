@@ -4,12 +4,12 @@ The main entry point is :class:`TCPInterface`, a drop-in replacement for
 ``socs.tcp.TCPInterface`` with the ``cmd_tcp`` bus operations built in.
 """
 
-from .buffer import ReceiveBuffer
+from .core.buffer import ReceiveBuffer
+from .core.policy import ReconnectPolicy
 from .errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
-from .interface import TCPInterface
-from .jsonlines import AsyncTCPClient, MsgType
-from .policy import ReconnectPolicy
-from .tcpcom import TCPClient, TCPServer
+from .messages.jsonlines import AsyncTCPClient, MsgType
+from .messages.tcpcom import TCPClient, TCPServer
+from .transport.interface import TCPInterface
 
 try:
     from importlib.metadata import PackageNotFoundError, version

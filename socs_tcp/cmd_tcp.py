@@ -16,8 +16,8 @@ thread-safe, and each link serialises its own operations.
 
 import threading
 
-from .codec import parse_conf_string
-from .interface import TCPInterface
+from .core.codec import parse_conf_string
+from .transport.interface import TCPInterface
 
 __all__ = [
     "init_tcp", "deinit_tcp", "config_tcp", "inval_tcp",

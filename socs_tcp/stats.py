@@ -1,79 +1,9 @@
-"""Link statistics: counters and latency figures, JSON-safe.  Pure logic."""
+"""Deprecated alias of :mod:`socs_tcp.core.stats`, kept for one release (see the changelog).
 
-import time
-from collections import deque
+``import socs_tcp.stats`` gives the very same module object as ``import socs_tcp.core.stats``.
+"""
 
-__all__ = ["LinkStats"]
+import importlib as _importlib
+import sys as _sys
 
-
-class LinkStats:
-    """Counters and timings of one link, for health feeds.
-
-    Latencies of the last ``window`` operations are kept for percentiles; the
-    mean runs over every operation since creation.
-    """
-
-    def __init__(self, window=1024):
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.transactions = 0
-        self.timeouts = 0
-        self.errors = 0
-        self.connects = 0
-        self.connect_failures = 0
-        self.consecutive_failures = 0
-        self._last_success = None  # time.monotonic() of the last success
-        self.last_latency = None
-        self._latency_sum = 0.0
-        self._latency_n = 0
-        self._latencies = deque(maxlen=window)
-
-    def success(self, latency):
-        self.transactions += 1
-        self.consecutive_failures = 0
-        self._last_success = time.monotonic()
-        self.last_latency = latency
-        self._latency_sum += latency
-        self._latency_n += 1
-        self._latencies.append(latency)
-
-    def failure(self, timeout=False):
-        self.errors += 1
-        self.consecutive_failures += 1
-        if timeout:
-            self.timeouts += 1
-
-    @property
-    def last_success(self):
-        """Wall-clock time (``time.time()``) of the last success, or ``None``."""
-        if self._last_success is None:
-            return None
-        return time.time() - (time.monotonic() - self._last_success)
-
-    def snapshot(self, connected):
-        """A dict of plain floats, ints, bools and ``None``."""
-        lat = sorted(self._latencies)
-
-        def pct(p):
-            if not lat:
-                return None
-            return float(lat[min(len(lat) - 1, int(round(p / 100.0 * (len(lat) - 1))))])
-
-        return {
-            "connected": bool(connected),
-            "bytes_in": int(self.bytes_in),
-            "bytes_out": int(self.bytes_out),
-            "transactions": int(self.transactions),
-            "timeouts": int(self.timeouts),
-            "errors": int(self.errors),
-            "connects": int(self.connects),
-            "reconnects": int(max(0, self.connects - 1)),
-            "connect_failures": int(self.connect_failures),
-            "consecutive_failures": int(self.consecutive_failures),
-            "last_success": self.last_success,
-            "latency_last": self.last_latency,
-            "latency_mean": (self._latency_sum / self._latency_n) if self._latency_n else None,
-            "latency_p50": pct(50),
-            "latency_p95": pct(95),
-            "latency_p99": pct(99),
-        }
+_sys.modules[__name__] = _importlib.import_module("socs_tcp.core.stats")

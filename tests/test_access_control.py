@@ -25,8 +25,8 @@ from socs_tcp_agents import common
 from socs_tcp_agents.scpi_instrument import agent as scpi_agent
 from socs_tcp_agents.tcp_bus import agent as bus_agent
 
-from socs_tcp.stack import Stack, make_crossbar_config, write_site_config
 from socs_tcp.testing import DeviceEmulator
+from socs_tcp_stack.stack import Stack, make_crossbar_config, write_site_config
 
 LEVEL2_PASSWORD = "operator-pw"
 LEVEL3_PASSWORD = "expert-pw"

@@ -8,8 +8,8 @@ import pytest
 from ocs_replies import failed, ok
 
 from socs_tcp.simulators.scpi import ScpiSimulator
-from socs_tcp.stack import Stack
 from socs_tcp.testing import DeviceEmulator
+from socs_tcp_stack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from socs_tcp import LinkError, ReadOverflowError, TCPInterface
-from socs_tcp.stack import Stack, group_members
+from socs_tcp_stack.stack import Stack, group_members
 
 MIB = 1 << 20
 FLOOD = 100_000_000  # not a multiple of any max_read_size used here: a tail is left over

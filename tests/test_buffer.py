@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from socs_tcp.buffer import ReceiveBuffer
+from socs_tcp.core.buffer import ReceiveBuffer
 from socs_tcp.errors import ReadOverflowError
 
 

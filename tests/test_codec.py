@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from socs_tcp.codec import (
+from socs_tcp.core.codec import (
     bytes_to_hex,
     decode_escapes,
     encode_escapes,

@@ -697,8 +697,8 @@ def test_crossbar_config_matches_the_site(crossbar_config, site, compose):
 
 
 def test_crossbar_config_is_in_step_with_the_local_stack(crossbar_config, site):
-    """Same as :func:`socs_tcp.stack.make_crossbar_config`, except that it listens on every interface."""
-    from socs_tcp.stack import make_crossbar_config
+    """Same as :func:`socs_tcp_stack.stack.make_crossbar_config`, except that it listens on every interface."""
+    from socs_tcp_stack.stack import make_crossbar_config
 
     hub = site["hub"]
     transport = crossbar_config["workers"][0]["transports"][0]
@@ -988,7 +988,7 @@ def test_repository_crossbar_config_runs_the_site(tmp_path, compose, site, cross
     with their deploy/default.yaml arguments (device address rewritten to a local simulator), a task called
     through the HTTP bridge, and the compose health checks run against all of it."""
     from socs_tcp.simulators.scpi import ScpiSimulator
-    from socs_tcp.stack import Stack, free_port
+    from socs_tcp_stack.stack import Stack, free_port
 
     hub = site["hub"]
     sim = ScpiSimulator(port=0).start()

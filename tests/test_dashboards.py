@@ -2,7 +2,7 @@
 
 Fast tests: the provisioning files and the dashboard JSON are well formed and
 consistent (data source uid, op code mappings, template variables), and the
-query expansion of :mod:`socs_tcp.dashboards` behaves as Grafana's.
+query expansion of :mod:`socs_tcp_stack.dashboards` behaves as Grafana's.
 
 Integration tests: a real InfluxDB (``influxd``) filled by OCS's own
 ``InfluxDBAgent`` from real agents (``ScpiInstrumentAgent`` and
@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from socs_tcp import dashboards as dash
-from socs_tcp.localstack import build_stack, influxdb_help, wait_for_feeds
 from socs_tcp.simulators.scpi import ScpiSimulator
-from socs_tcp.stack import influxd_path
+from socs_tcp_stack import dashboards as dash
+from socs_tcp_stack.localstack import build_stack, influxdb_help, wait_for_feeds
+from socs_tcp_stack.stack import influxd_path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -415,7 +415,7 @@ def test_outage_shows_as_degraded_then_clears(site, boards):
 
 
 def test_local_stack_refuses_influxdb_without_influxd(monkeypatch):
-    import socs_tcp.localstack as localstack
+    import socs_tcp_stack.localstack as localstack
 
     monkeypatch.setattr(localstack, "influxd_path", lambda: None)
     with pytest.raises(FileNotFoundError, match="influxd"):

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from socs_tcp.core.framing import FrameDecodeError, MessageFramer
 from socs_tcp.errors import ReadOverflowError
-from socs_tcp.framing import FrameDecodeError, MessageFramer
 
 
 def test_encode_adds_terminator_and_feed_strips_it():

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from socs_tcp.buffer import ReceiveBuffer
-from socs_tcp.codec import (
+from socs_tcp.core.buffer import ReceiveBuffer
+from socs_tcp.core.codec import (
     bytes_to_hex,
     decode_escapes,
     encode_escapes,

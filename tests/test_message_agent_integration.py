@@ -13,7 +13,7 @@ import pytest
 from ocs_replies import failed, ok
 from socs_tcp_agents.message_link.agent import _field_name, flatten_fields, parse_details
 
-from socs_tcp.stack import Stack
+from socs_tcp_stack.stack import Stack
 
 #: the real command-line client, next to this Python
 OCS_CLIENT_CLI = str(Path(sys.executable).with_name("ocs-client-cli"))

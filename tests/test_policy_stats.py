@@ -5,7 +5,7 @@ import random
 import pytest
 
 from socs_tcp import ReconnectPolicy
-from socs_tcp.stats import LinkStats
+from socs_tcp.core.stats import LinkStats
 
 
 def test_backoff_grows_to_the_cap_without_jitter():

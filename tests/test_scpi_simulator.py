@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from socs_tcp.buffer import ReceiveBuffer
+from socs_tcp.core.buffer import ReceiveBuffer
 from socs_tcp.simulators import InstrumentState, ScpiInstrument, ScpiLineProtocol, ScpiSimulator, scpi
 
 REPO = Path(__file__).resolve().parents[1]

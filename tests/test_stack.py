@@ -1,4 +1,4 @@
-"""Tests for socs_tcp.stack: config writers (fast) and a real local OCS stack (integration).
+"""Tests for socs_tcp_stack.stack: config writers (fast) and a real local OCS stack (integration).
 
 The integration tests start a real crossbar router and OCS's own FakeDataAgent
 through ``ocs-agent-cli``, drive it with a real ``OCSClient``, restart the
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from socs_tcp import stack
-from socs_tcp.stack import AgentProcess, Crossbar, Stack, free_port, group_members, write_crossbar_config, write_site_config
+from socs_tcp_stack import stack
+from socs_tcp_stack.stack import AgentProcess, Crossbar, Stack, free_port, group_members, write_crossbar_config, write_site_config
 
 FAKE = "FakeDataAgent"
 
@@ -242,7 +242,7 @@ def test_stack_context_manager_cleans_up():
 
 
 def test_influxdb_config_is_loopback_and_self_contained(tmp_path):
-    from socs_tcp.stack import make_influxdb_config
+    from socs_tcp_stack.stack import make_influxdb_config
 
     text = make_influxdb_config(tmp_path, 18086, 18088)
     assert 'bind-address = "127.0.0.1:18088"' in text and 'bind-address = "127.0.0.1:18086"' in text
@@ -261,7 +261,7 @@ def test_influxdb_config_is_loopback_and_self_contained(tmp_path):
     ({"databases": [""]}, ValueError, "database names"),
 ])
 def test_influxdb_refuses_bad_settings(tmp_path, kwargs, error, message):
-    from socs_tcp.stack import InfluxDB
+    from socs_tcp_stack.stack import InfluxDB
 
     kwargs = {"http_port": 18086, "rpc_port": 18088, **kwargs}
     with pytest.raises(error, match=message):
@@ -269,7 +269,7 @@ def test_influxdb_refuses_bad_settings(tmp_path, kwargs, error, message):
 
 
 def test_influxdb_environment_drops_overrides(tmp_path):
-    from socs_tcp.stack import InfluxDB
+    from socs_tcp_stack.stack import InfluxDB
 
     env = InfluxDB(tmp_path, env={"PATH": "/bin", "INFLUXDB_HTTP_BIND_ADDRESS": ":8086"}).environment()
     assert env == {"PATH": "/bin"}
@@ -288,7 +288,7 @@ def influxd():
 
 @pytest.mark.integration
 def test_influxdb_start_query_write_stop(tmp_path, influxd):
-    from socs_tcp.stack import InfluxDB, InfluxQueryError
+    from socs_tcp_stack.stack import InfluxDB, InfluxQueryError
 
     influx = InfluxDB(tmp_path / "influx", databases=["ocs_feeds"])
     try:
@@ -344,7 +344,7 @@ def test_influxdb_start_query_write_stop(tmp_path, influxd):
 
 @pytest.mark.integration
 def test_influxdb_refuses_a_busy_port_and_cleans_a_temporary_workdir(influxd):
-    from socs_tcp.stack import InfluxDB
+    from socs_tcp_stack.stack import InfluxDB
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

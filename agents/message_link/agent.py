@@ -21,9 +21,9 @@ from ocs import ocs_agent, site_config
 from ocs.ocs_twisted import TimeoutLock
 from twisted.internet import reactor
 
+from socs_tcp.core.policy import ReconnectPolicy
 from socs_tcp.errors import LinkTimeoutError
 from socs_tcp.jsonlines import AsyncTCPClient, CommandError, CommandTimeoutError, MsgType, classify_id
-from socs_tcp.policy import ReconnectPolicy
 
 from ..common import (
     add_access_arguments,

@@ -11,7 +11,7 @@ import time
 from ocs import ocs_agent, site_config
 from ocs.ocs_twisted import TimeoutLock
 
-from socs_tcp.codec import decode_escapes
+from socs_tcp.core.codec import decode_escapes
 
 from ..common import (
     Poller,

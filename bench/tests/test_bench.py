@@ -306,7 +306,7 @@ def test_recovery_parses_lengths():
 
 @pytest.mark.integration
 def test_recovery_measures_a_real_outage():
-    from socs_tcp.stack import Stack
+    from socs_tcp_stack.stack import Stack
     with agent_bench.EmulatorProcess(n_fields=1) as device:
         stack = Stack()
         try:

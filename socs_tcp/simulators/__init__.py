@@ -1,17 +1,9 @@
-"""Device simulators for tests, demos and local development.
+"""Deprecated home of the simulators, kept for one release (see the changelog).
 
-* :mod:`socs_tcp.simulators.scpi` -- a SCPI power supply plus multimeter on a
-  raw TCP socket (``python -m socs_tcp.simulators.scpi --port 5025``).
-
-The names below are imported lazily, so that running a simulator module with
-``python -m`` does not import it twice.
+The simulators now live in :mod:`socs_tcp.testing.simulators`;
+``python -m socs_tcp.simulators.scpi`` and ``import socs_tcp.simulators.scpi``
+still work and give the same module.
 """
 
-__all__ = ["ScpiInstrument", "ScpiLineProtocol", "ScpiSimulator", "InstrumentState"]
-
-
-def __getattr__(name):
-    if name in __all__:
-        from . import scpi
-        return getattr(scpi, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from socs_tcp.testing.simulators import *  # noqa: F403
+from socs_tcp.testing.simulators import __all__  # noqa: F401

@@ -4,7 +4,7 @@ When ``influxd`` (InfluxDB 1.x) is installed, also InfluxDB with OCS's
 RegistryAgent and InfluxDBAgent, so the feeds land where the Grafana
 dashboards read them.
 
-Run it with ``python -m socs_tcp.localstack`` (``./scripts/run-local`` also
+Run it with ``python -m socs_tcp_stack.localstack`` (``./scripts/run-local`` also
 installs what it needs).  Ctrl-C stops everything it started.
 """
 
@@ -16,10 +16,11 @@ import sys
 import threading
 import time
 
-from .simulators.scpi import ScpiSimulator
+from socs_tcp.testing.simulators.scpi import ScpiSimulator
+
 from .stack import InfluxDB, Stack, influxd_path
 
-log = logging.getLogger("socs_tcp.localstack")
+log = logging.getLogger("socs_tcp_stack.localstack")
 
 #: InfluxDB database the publisher writes to (as in deploy/default.yaml).
 DATABASE = "ocs_feeds"
@@ -33,9 +34,9 @@ class LocalStack:
     """What :func:`build_stack` started.
 
     Attributes:
-        stack (socs_tcp.stack.Stack): crossbar, the site file and the agents.
+        stack (socs_tcp_stack.stack.Stack): crossbar, the site file and the agents.
         simulator (socs_tcp.simulators.scpi.ScpiSimulator): the instrument.
-        influxdb (socs_tcp.stack.InfluxDB or None): the InfluxDB server, or
+        influxdb (socs_tcp_stack.stack.InfluxDB or None): the InfluxDB server, or
             ``None`` when it was not started.
     """
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("socs_tcp_stack.dashboards")
 
 __all__ = ["DASHBOARD_DIR", "ALL", "load_dashboards", "iter_targets", "regex_escape", "format_value",
            "interpolate", "variable_values", "resolve_variables", "column_values", "expand_target"]

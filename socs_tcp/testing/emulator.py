@@ -29,12 +29,12 @@ import socket
 import threading
 import time
 
-from .buffer import ReceiveBuffer
-from .codec import decode_escapes, format_traffic
+from ..core.buffer import ReceiveBuffer
+from ..core.codec import decode_escapes, format_traffic
 
 __all__ = ["DeviceEmulator", "create_device_emulator"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("socs_tcp.testing")  # the name the docs promise
 
 
 class DeviceEmulator:

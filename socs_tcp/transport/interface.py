@@ -1,0 +1,1016 @@
+"""``TCPInterface``: one robust TCP link to a device.
+
+A drop-in replacement for ``socs.tcp.TCPInterface`` (same constructor,
+attributes, ``send``/``recv`` and private hooks) that adds framing, the
+``cmd_tcp`` bus operations, deadlines, reconnect policy, statistics and
+distinct exceptions.  All methods are blocking and thread-safe: OCS operations
+run in threads, and a write-and-read holds the link's lock from the first byte
+written to the last byte read.
+"""
+
+import functools
+import logging
+import math
+import os
+import re
+import select
+import socket
+import threading
+import time
+
+from ..core.buffer import ReceiveBuffer
+from ..core.codec import (
+    bytes_to_hex,
+    decode_escapes,
+    format_traffic,
+    hex_to_bytes,
+    parse_address,
+    parse_conf_string,
+    parse_terminators,
+)
+from ..core.policy import ReconnectPolicy
+from ..core.stats import LinkStats
+from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
+
+__all__ = ["TCPInterface"]
+
+log = logging.getLogger("socs_tcp.interface")  # the name the docs promise
+_monotonic = time.monotonic
+
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+_FAMILIES = {
+    None: socket.AF_UNSPEC, "AUTO": socket.AF_UNSPEC, "UNSPEC": socket.AF_UNSPEC,
+    "INET": socket.AF_INET, "IPV4": socket.AF_INET, "AF_INET": socket.AF_INET,
+    "INET6": socket.AF_INET6, "IPV6": socket.AF_INET6, "AF_INET6": socket.AF_INET6,
+}
+# errno values that mean "this connection is dead", as opposed to a timeout.
+_DEAD_LINK = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _check_seconds(value, what, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{what} must be a finite number of seconds >= 0{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _describe(waiting_for):
+    """What an operation waits for, for error messages (built only when needed)."""
+    return waiting_for() if callable(waiting_for) else waiting_for
+
+
+@functools.lru_cache(maxsize=256)
+def _terminators_cached(eot, encoding):
+    return parse_terminators(eot, encoding)
+
+
+class TCPInterface:
+    """A TCP link to a device.
+
+    Positional arguments are those of ``socs.tcp.TCPInterface``; everything
+    else is keyword-only.
+
+    Args:
+        ip_address (str): host name or IP address (IPv4 or IPv6) of the device.
+        port (int): TCP port of the device.
+        timeout (float or None): default deadline, in seconds, of each read
+            and write operation (``None`` waits forever).  Also the default
+            ``connect_timeout``.
+        encoding (str or None): text encoding of ``str`` data and of the
+            results of the text reads.  ``None`` makes text reads return
+            ``bytes`` and makes ``str`` data an error.
+        encoding_errors (str): how decode/encode errors are handled
+            (``'strict'``, ``'replace'``, ``'ignore'``, ...).
+        read_termination: terminator(s) used by :meth:`query` and by
+            :meth:`read_until`/:meth:`wrnrd_until` when no ``eot`` is given.
+            Same forms as ``eot`` (``"\\n"``, ``"\\r\\n,\\n"``, bytes, list).
+            Default ``None``.
+        write_termination (str or bytes or None): appended by :meth:`write`,
+            :meth:`wrnrd`, :meth:`wrnrd_until` and :meth:`query` to the data,
+            str or bytes (escapes allowed).  Default ``None``: data is sent exactly as given.
+        termination: shortcut for both terminations; an explicit
+            ``read_termination`` or ``write_termination`` takes precedence.
+        rstrip (bool): strip trailing whitespace from the results of the
+            message reads (:meth:`read_until`, :meth:`wrnrd_until`,
+            :meth:`query`).
+        max_read_size (int): the most bytes buffered while waiting for a
+            read to complete (default 1 MiB).  Exceeding it raises
+            :class:`~socs_tcp.errors.ReadOverflowError`.
+        buffer_size (int): the most bytes taken from the socket per ``recv``.
+        family: ``None``/``'auto'`` (any, in resolver order), ``'INET'`` /
+            ``'IPv4'``, ``'INET6'``/``'IPv6'``, or a ``socket.AF_*`` value.
+        connect_timeout (float or None): deadline of one connection attempt;
+            defaults to ``timeout``.
+        keepalive (bool): enable TCP keepalive (idle 10 s, probes every 5 s,
+            3 probes), so a vanished device is noticed on an idle link.
+        nodelay (bool): set ``TCP_NODELAY`` (no Nagle delay on small writes).
+        reconnect_policy (ReconnectPolicy or dict): backoff, jitter, cap,
+            attempts and cool-down between connection attempts.
+        drain_before_query (bool): before each write-and-read, discard (and
+            log) any bytes already received, so a late reply to an earlier,
+            timed-out query is never taken as this query's answer.
+        close_on_timeout (bool): when a write-and-read times out, close the
+            connection (the next operation reconnects).  A late reply can
+            then never be read at all, not even one that arrives while the
+            next query waits, which ``drain_before_query`` cannot catch.  For
+            devices without request ids that are polled and queried from
+            several threads, as OCS agents do.
+        connect (bool): connect in the constructor, as SOCS does (default).
+            A failure is logged, not raised, and leaves ``comm`` as ``None``.
+        name (str): label used in log messages (default ``host:port``).
+
+    Attributes:
+        ip_address, port, timeout: as given.
+        comm (socket.socket or None): the connected socket, ``None`` while
+            disconnected.
+        lock (threading.RLock): held by every operation; hold it yourself to
+            make several operations one atomic transaction.
+    """
+
+    def __init__(self, ip_address, port, timeout=10.0, *, encoding="utf-8", encoding_errors="strict",
+                 read_termination=_UNSET, write_termination=_UNSET, termination=None, rstrip=False,
+                 max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
+                 keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
+                 close_on_timeout=False, connect=True, name=None):
+        self.comm = None  # first, so __del__ works whatever fails below
+        if not isinstance(ip_address, str) or not ip_address.strip():
+            raise ValueError(f"ip_address must be a non-empty host name or IP address str, got {ip_address!r}")
+        try:
+            port_number = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"port must be an integer in 1..65535, got {port!r}") from None
+        if isinstance(port, bool) or port_number != port and not isinstance(port, str) or not 0 < port_number < 65536:
+            raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
+        self.ip_address = ip_address.strip()
+        if self.ip_address.startswith("[") and self.ip_address.endswith("]"):
+            self.ip_address = self.ip_address[1:-1]
+        self.port = port_number
+        self.timeout = _check_seconds(timeout, "timeout")
+        self.connect_timeout = (self.timeout if connect_timeout is _UNSET
+                                else _check_seconds(connect_timeout, "connect_timeout"))
+        if encoding is not None:
+            "".encode(encoding)  # LookupError names an unknown codec
+        self.encoding = encoding
+        self.encoding_errors = encoding_errors
+        if read_termination is _UNSET:
+            read_termination = termination
+        if write_termination is _UNSET:
+            write_termination = termination
+        self._text_encoding = encoding or "latin-1"
+        self.read_termination = (None if read_termination is None
+                                 else parse_terminators(read_termination, self._text_encoding))
+        self.write_termination = (b"" if write_termination is None
+                                  else decode_escapes(write_termination, self._text_encoding))
+        self.rstrip = bool(rstrip)
+        if isinstance(max_read_size, bool) or not isinstance(max_read_size, int) or max_read_size < 1:
+            raise ValueError(f"max_read_size must be a positive int, got {max_read_size!r}")
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive int, got {buffer_size!r}")
+        self.max_read_size = max_read_size
+        self.buffer_size = buffer_size
+        key = family.upper() if isinstance(family, str) else family
+        if key in _FAMILIES:
+            self.family = _FAMILIES[key]
+        elif family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNSPEC):
+            self.family = family
+        else:
+            raise ValueError(f"family must be 'INET', 'INET6', 'auto' or a socket.AF_* value, got {family!r}")
+        self.keepalive = bool(keepalive)
+        self.nodelay = bool(nodelay)
+        self.reconnect_policy = ReconnectPolicy.coerce(reconnect_policy)
+        self.drain_before_query = bool(drain_before_query)
+        self.close_on_timeout = bool(close_on_timeout)
+        self.name = name or f"{self.ip_address}:{self.port}"
+
+        self.lock = threading.RLock()
+        self._buffer = ReceiveBuffer(max_read_size)
+        self._stats = LinkStats()
+        self._failures = 0            # consecutive failed connection attempts
+        self._next_attempt = 0.0      # monotonic time before which no attempt is made
+        self._last_connect_error = None
+        self._warned = False          # a failure streak has been logged at WARNING
+        self._poll_sock = None        # the socket self._poll watches
+        self._poll = None
+        self._timeout_sock = None     # the socket whose timeout was last set ...
+        self._timeout_value = None    # ... and to what
+        self._debug = False           # traffic logging on, decided once per operation
+        self._until_cache = {}        # eot -> (extract, waiting_for), see _until
+        if connect:
+            self._attempt_connect()
+
+    # ------------------------------------------------------------------
+    # construction from strings
+    @staticmethod
+    def parse_address(address):
+        """Host and port of ``address``, as ``{'host': str, 'port': int}``, or ``None``.
+
+        See :func:`socs_tcp.core.codec.parse_address` for the accepted forms.
+        """
+        return parse_address(address)
+
+    @classmethod
+    def from_address(cls, address, timeout=_UNSET, **kwargs):
+        """Create a link from an address string.
+
+        ``address`` is any form :meth:`parse_address` accepts, or a
+        ``cmd_tcp`` conf string ``host=...,port=...[,timeout=...]`` (whose
+        timeout is used unless ``timeout`` is passed).
+
+        Raises:
+            ValueError: ``address`` is neither; the message names it.
+        """
+        if isinstance(address, str) and "=" in address:
+            conf = parse_conf_string(address)
+            if timeout is _UNSET:
+                timeout = conf["timeout"] if conf["timeout"] is not None else 10.0
+            return cls(conf["host"], conf["port"], timeout, **kwargs)
+        parsed = parse_address(address)
+        if parsed is None:
+            raise ValueError(
+                f"address {address!r} is not a TCP address; use host:port, [v6addr]:port, tcp://host:port, "
+                "TCP::host::port, TCPIP0::host::port::SOCKET or host=...,port=...")
+        return cls(parsed["host"], parsed["port"], 10.0 if timeout is _UNSET else timeout, **kwargs)
+
+    def __repr__(self):
+        state = "connected" if self.comm is not None else "disconnected"
+        return f"<{type(self).__name__} {self.name} {state}>"
+
+    # ------------------------------------------------------------------
+    # connection management (the SOCS hooks are _connect and _reset)
+    def _connect(self, address):
+        """Open a socket to ``address`` (``(host, port)``).
+
+        Returns the connected socket, or ``None`` after logging why not.
+        """
+        host, port = address[0], address[1]
+        try:
+            infos = socket.getaddrinfo(host, port, self.family, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            self._connect_failed(f"cannot resolve {host!r}: {e}")
+            return None
+        error = None
+        for af, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(af, kind, proto)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(sockaddr)
+                self._configure(sock)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            return sock
+        if isinstance(error, (socket.timeout, TimeoutError)):
+            reason = f"no answer within connect_timeout={self.connect_timeout} s"
+        else:
+            reason = getattr(error, "strerror", None) or str(error)
+        self._connect_failed(f"cannot connect to {host}:{port}: {reason}")
+        return None
+
+    def _connect_failed(self, reason):
+        self._last_connect_error = reason
+        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: %s", self.name, reason)
+        self._warned = True
+
+    def _configure(self, sock):
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, opt):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+
+    def _attempt_connect(self):
+        """One connection attempt, with bookkeeping.  Returns the socket or None."""
+        sock = self._connect((self.ip_address, self.port))
+        if sock is None:
+            self._failures += 1
+            self._stats.connect_failures += 1
+            self._next_attempt = time.monotonic() + self.reconnect_policy.delay(self._failures)
+            return None
+        self.comm = sock
+        stale = self._buffer.drain()
+        if stale:
+            log.warning("%s: discarded %d bytes left from the previous connection: %s",
+                        self.name, len(stale), format_traffic(stale))
+        if self._failures:
+            log.info("%s: connected after %d failed attempt(s)", self.name, self._failures)
+        elif self._stats.connects:
+            log.info("%s: reconnected", self.name)
+        else:
+            log.info("%s: connected", self.name)
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._warned = False
+        self._stats.connects += 1
+        return sock
+
+    def _close(self, reason=None):
+        sock, self.comm = self.comm, None
+        if sock is None:
+            return
+        if reason:
+            log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: closing connection: %s",
+                    self.name, reason)
+            self._warned = True
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if self.reconnect_policy.cooldown:
+            self._next_attempt = max(self._next_attempt, time.monotonic() + self.reconnect_policy.cooldown)
+
+    def _reset(self):
+        """Close the connection and make one new attempt at once (SOCS hook).
+
+        Honours the policy's cool-down by waiting for it.
+        """
+        self._close()
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0 and self._failures == 0:
+            time.sleep(wait)
+        self._attempt_connect()
+
+    def _ensure_connected(self):
+        sock = self.comm
+        if sock is not None:
+            return sock
+        limit = self.reconnect_policy.max_attempts
+        if limit is not None and 0 < limit <= self._failures:
+            raise ConnectFailedError(
+                f"{self.name}: not connected; gave up after {self._failures} failed attempt(s) "
+                f"(reconnect_policy.max_attempts={limit}): {self._last_connect_error}; call reconnect() to try again")
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            reason = self._last_connect_error or "cool-down after the last connection"
+            raise ConnectFailedError(
+                f"{self.name}: not connected ({reason}); next attempt allowed in {wait:.2f} s "
+                f"after {self._failures} failed attempt(s)")
+        sock = self._attempt_connect()
+        if sock is None:
+            raise ConnectFailedError(f"{self.name}: {self._last_connect_error}")
+        return sock
+
+    def next_attempt_in(self):
+        """Seconds until the backoff allows the next reconnect attempt.
+
+        ``None`` while connected, and when no automatic attempt will be made
+        (``reconnect_policy.max_attempts`` used up); ``0.0`` when one is
+        allowed now.  A poller uses it to retry as soon as the device may be
+        back instead of waiting for its next cycle.
+        """
+        if self.comm is not None:
+            return None
+        limit = self.reconnect_policy.max_attempts
+        if limit is not None and 0 < limit <= self._failures:
+            return None
+        return max(0.0, self._next_attempt - time.monotonic())
+
+    @property
+    def is_connected(self):
+        """True while a socket is open (the device may still have gone away
+        unnoticed; the next operation finds out)."""
+        return self.comm is not None
+
+    def connect(self):
+        """Connect now if not connected (respecting the backoff).
+
+        Raises:
+            ConnectFailedError: the attempt failed or is held back by backoff.
+        """
+        with self.lock:
+            self._ensure_connected()
+
+    def disconnect(self):
+        """Close the socket.  The next operation reconnects."""
+        with self.lock:
+            if self.comm is not None:
+                log.info("%s: disconnected", self.name)
+            self._close()
+
+    close = disconnect
+
+    def reconnect(self, max_attempts=1):
+        """Close and connect again, retrying with the policy's backoff.
+
+        Args:
+            max_attempts (int or None): attempts before giving up; ``< 1`` or
+                ``None`` keeps trying until a connection is made.
+
+        Raises:
+            ConnectFailedError: ``max_attempts`` attempts failed.
+        """
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)):
+            raise ValueError(f"max_attempts must be an int or None, got {max_attempts!r}")
+        forever = max_attempts is None or max_attempts < 1
+        with self.lock:
+            self._close()
+            self._failures = 0
+            attempt = 0
+            while True:
+                wait = self._next_attempt - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                attempt += 1
+                if self._attempt_connect() is not None:
+                    return
+                if not forever and attempt >= max_attempts:
+                    raise ConnectFailedError(
+                        f"{self.name}: reconnect gave up after {attempt} attempt(s): {self._last_connect_error}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.disconnect()
+        return False
+
+    def __del__(self):
+        sock = getattr(self, "comm", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------
+    # statistics
+    def stats(self):
+        """Counters and timings of this link, as a JSON-safe dict.
+
+        Keys: ``connected``, ``bytes_in``, ``bytes_out``, ``transactions``,
+        ``timeouts``, ``errors``, ``connects``, ``reconnects``,
+        ``connect_failures``, ``consecutive_failures``, ``last_success``
+        (UNIX time or ``None``), ``latency_last``, ``latency_mean``,
+        ``latency_p50``, ``latency_p95``, ``latency_p99`` (seconds or
+        ``None``), plus ``buffered`` (bytes waiting to be read).
+        """
+        with self.lock:
+            snap = self._stats.snapshot(self.comm is not None)
+            snap["buffered"] = len(self._buffer)
+            return snap
+
+    # ------------------------------------------------------------------
+    # low level I/O (callers hold the lock)
+    def _deadline(self, timeout):
+        if timeout is None:
+            timeout = self.timeout
+        else:
+            timeout = _check_seconds(timeout, "timeout")
+        return None if timeout is None else _monotonic() + timeout
+
+    def _link_failed(self, error):
+        """Count a failed operation and log the start of a failure streak."""
+        self._stats.failure(timeout=isinstance(error, LinkTimeoutError))
+        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
+        self._warned = True
+
+    def _fill(self, deadline, waiting_for, into=None):
+        """Receive more bytes, waiting until ``deadline``: into the buffer, or
+        straight into the writable memoryview ``into`` (returns the count)."""
+        sock = self.comm or self._ensure_connected()
+        room = self.max_read_size - len(self._buffer)
+        if into is None and room <= 0:
+            self._overflow()
+        if deadline is None:
+            remaining = -1
+        else:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                # past the deadline (or timeout=0): take what is already
+                # waiting on the socket, but do not wait for more
+                before = len(self._buffer)
+                self._pull_pending()
+                if len(self._buffer) > before:
+                    return 0
+                raise self._timeout(waiting_for)
+            remaining = math.ceil(remaining * 1000)
+        if self._poll_sock is not sock:
+            self._watch(sock)
+        if not self._poll.poll(remaining):
+            raise self._timeout(waiting_for)
+        try:
+            # poll said readable: a plain read(2) cannot block, and skips the
+            # second poll that socket.recv makes on a socket with a timeout
+            if into is None:
+                data = os.read(sock.fileno(), min(self.buffer_size, room))
+            else:
+                count = os.readv(sock.fileno(), (into,))
+                data = into[:count]
+        except (BlockingIOError, InterruptedError):
+            return 0  # spurious wake-up: the caller checks the buffer and waits again
+        except OSError as e:
+            self._close(f"receive failed: {e}")
+            raise LinkError(f"{self.name}: connection lost while waiting for {_describe(waiting_for)}: {e}") from e
+        if not data:
+            partial = self._buffer.peek()
+            self._close("device closed the connection")
+            raise PeerClosedError(
+                f"{self.name}: device closed the connection while waiting for {_describe(waiting_for)}"
+                + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
+                   if partial else ""), partial)
+        self._stats.bytes_in += len(data)
+        if self._debug:
+            log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
+        if into is None:
+            self._buffer.feed(data)
+        return len(data)
+
+    def _watch(self, sock):
+        """Make ``self._poll`` watch ``sock`` for input (data, end of stream
+        or an error).  One poll object per socket, so waiting costs one
+        system call."""
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._poll_sock = sock
+
+    def _readable(self, sock, wait):
+        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be readable."""
+        if self._poll_sock is not sock:
+            self._watch(sock)
+        return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
+
+    def _set_timeout(self, sock):
+        """Give ``sock`` the link's timeout, calling ``settimeout`` only when it
+        changed (drivers that use ``comm`` directly see the SOCS behaviour)."""
+        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
+            sock.settimeout(self.timeout)
+            self._timeout_sock = sock
+            self._timeout_value = self.timeout
+
+    def _timeout(self, waiting_for):
+        buffered = len(self._buffer)
+        return LinkTimeoutError(
+            f"{self.name}: timed out waiting for {_describe(waiting_for)}"
+            + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
+
+    def _overflow(self):
+        # The rest of the oversized data is still in flight: on this connection
+        # its tail would be taken as the start of the next reply, so the
+        # connection is closed too and the next operation starts on a new one.
+        dropped = self._buffer.drain()
+        self._close()
+        log.error("%s: discarded %d buffered bytes and closed the connection: over max_read_size=%d: %s",
+                  self.name, len(dropped), self.max_read_size, format_traffic(dropped, 64))
+        raise ReadOverflowError(
+            f"{self.name}: receive overflow: more than max_read_size={self.max_read_size} bytes arrived without "
+            f"completing the read; the {len(dropped)} buffered bytes were discarded and the connection was "
+            "closed (the next operation reconnects)")
+
+    def _pull_pending(self):
+        """Move bytes already waiting on the socket into the buffer, without
+        blocking.  Notices a connection the device has closed meanwhile."""
+        sock = self.comm
+        while sock is not None and self._readable(sock, 0):
+            room = self._buffer.room
+            if room <= 0:
+                return
+            try:
+                data = os.read(sock.fileno(), min(self.buffer_size, room))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._close(f"connection broken: {e}")
+                return
+            if not data:
+                self._close("device closed the connection")
+                return
+            self._stats.bytes_in += len(data)
+            if self._debug:
+                log.debug("%s < %s", self.name, format_traffic(data))
+            self._buffer.feed(data)
+
+    def _send_bytes(self, data):
+        """Send all of ``data``; on a dead connection reconnect once and resend."""
+        sock = self.comm
+        if sock is None or self._poll_sock is not sock or self._poll.poll(0):
+            # something is waiting (stale bytes or end of stream): take it
+            # first, so a device that closed the connection is noticed now
+            self._pull_pending()
+            sock = self._ensure_connected()
+        try:
+            self._sendall(sock, data)
+            return
+        except TimeoutError:
+            self._close("send timed out")
+            raise LinkTimeoutError(
+                f"{self.name}: sending {len(data)} bytes timed out after {self.timeout} s; "
+                "the connection was closed because part of the data may have been sent") from None
+        except OSError as e:
+            self._close(f"send failed: {e}")
+            first = e
+        self._reset()
+        if self.comm is None:
+            raise ConnectFailedError(
+                f"{self.name}: send failed ({first}) and reconnecting failed: {self._last_connect_error}") from first
+        try:
+            self._sendall(self.comm, data)
+        except OSError as e:
+            self._close(f"send failed again: {e}")
+            raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
+
+    def _sendall(self, sock, data):
+        """Write all of ``data`` within ``timeout``, one write(2) in the common case.
+
+        Raises:
+            TimeoutError: the device stopped reading before all was sent.
+            OSError: the connection is broken.
+        """
+        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
+            self._set_timeout(sock)
+        if self._debug:
+            log.debug("%s > %s", self.name, format_traffic(data))
+        fd = sock.fileno()
+        try:
+            sent = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent != len(data):
+            self._write_rest(fd, memoryview(data)[sent:])
+        self._stats.bytes_out += len(data)
+
+    def _write_rest(self, fd, view):
+        """Write ``view`` once the socket's send buffer has room, within ``timeout``."""
+        deadline = None if self.timeout is None else _monotonic() + self.timeout
+        while view:
+            wait = None if deadline is None else deadline - _monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError("send timed out")
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if not poller.poll(-1 if wait is None else math.ceil(wait * 1000)):
+                raise TimeoutError("send timed out")
+            try:
+                sent = os.write(fd, view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            view = view[sent:]
+
+    # ------------------------------------------------------------------
+    # input checking (before anything touches the socket)
+    def _encode(self, data, terminate=True):
+        if isinstance(data, str):
+            if self.encoding is None:
+                raise TypeError(f"{self.name}: this link has encoding=None, so data must be bytes, got str {data!r}")
+            raw = data.encode(self.encoding, self.encoding_errors)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        else:
+            raise TypeError(f"data must be str or bytes, got {type(data).__name__}: {data!r}")
+        return raw + self.write_termination if terminate else raw
+
+    def _decode(self, frame, strip=False):
+        if strip:
+            frame = frame.rstrip()
+        if self.encoding is None:
+            return frame
+        return frame.decode(self.encoding, self.encoding_errors)
+
+    def _terminators(self, eot):
+        if eot is None:
+            if self.read_termination is None:
+                raise ValueError(f"{self.name}: no eot given and the link has no read_termination")
+            return self.read_termination
+        if isinstance(eot, (str, bytes)):
+            return _terminators_cached(eot, self._text_encoding)
+        return parse_terminators(eot, self._text_encoding)
+
+    def _count(self, bytes_to_read):
+        if isinstance(bytes_to_read, bool) or not isinstance(bytes_to_read, int):
+            raise TypeError(f"bytes_to_read must be an int, got {type(bytes_to_read).__name__}: {bytes_to_read!r}")
+        if bytes_to_read < 0:
+            raise ValueError(f"bytes_to_read must be >= 0, got {bytes_to_read}")
+        if bytes_to_read > self.max_read_size:
+            raise ValueError(f"bytes_to_read={bytes_to_read} exceeds max_read_size={self.max_read_size}")
+        return bytes_to_read
+
+    def _pattern(self, pattern):
+        flags = 0
+        if isinstance(pattern, re.Pattern):
+            if isinstance(pattern.pattern, bytes):
+                return pattern
+            flags = pattern.flags & ~re.UNICODE
+            pattern = pattern.pattern
+        if isinstance(pattern, str):
+            pattern = pattern.encode(self._text_encoding)
+        if not isinstance(pattern, (bytes, bytearray)):
+            raise TypeError(f"pattern must be a str, bytes or compiled regex, got {type(pattern).__name__}: {pattern!r}")
+        try:
+            return re.compile(bytes(pattern), flags)
+        except re.error as e:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+
+    # ------------------------------------------------------------------
+    # the operation skeleton: lock, deadline, stats
+    def _run(self, send, extract, waiting_for, timeout):
+        """Optionally send ``send``, then receive until ``extract()`` returns
+        something other than ``None``, and return that."""
+        with self.lock:
+            started = _monotonic()
+            if timeout is None:
+                timeout = self.timeout
+            else:
+                timeout = _check_seconds(timeout, "timeout")
+            deadline = None if timeout is None else started + timeout
+            self._debug = log.isEnabledFor(logging.DEBUG)
+            try:
+                if send is not None:
+                    if self.drain_before_query and extract is not None:
+                        self._discard_stale()
+                    self._send_bytes(send)
+                frame = None
+                if extract is not None:
+                    buffer = self._buffer
+                    if buffer:
+                        frame = extract()
+                    while frame is None:
+                        self._fill(deadline, waiting_for)
+                        frame = extract()
+            except LinkTimeoutError as e:
+                if self.close_on_timeout and send is not None and extract is not None:
+                    self._close("no reply before the deadline: closed so that a late reply cannot answer "
+                                "a later query (close_on_timeout)")
+                    e = LinkTimeoutError(f"{e}; the connection was closed (close_on_timeout), the next "
+                                         "operation reconnects")
+                    self._link_failed(e)
+                    raise e from None
+                self._link_failed(e)
+                raise
+            except LinkError as e:
+                self._link_failed(e)
+                raise
+            self._stats.success(_monotonic() - started)
+            self._warned = False
+            return frame
+
+    def _drain_all(self):
+        """Discard everything received so far, buffered or waiting on the
+        socket, however much that is (up to 64 x ``max_read_size`` from a
+        device that never stops sending).  Returns ``(count, head)``: the
+        number of bytes discarded and the first ``max_read_size`` of them."""
+        head = bytearray()
+        count = 0
+        while count <= 64 * self.max_read_size:
+            self._pull_pending()
+            chunk = self._buffer.drain()
+            if not chunk:
+                break
+            count += len(chunk)
+            if len(head) < self.max_read_size:
+                head += chunk[:self.max_read_size - len(head)]
+        return count, bytes(head)
+
+    def _discard_stale(self):
+        count, head = self._drain_all()
+        if count:
+            log.warning("%s: discarded %d stale bytes before a query: %s", self.name, count,
+                        format_traffic(head, 64))
+
+    def _until(self, eot):
+        """``(extract, waiting_for)`` for a read up to a terminator of ``eot``
+        (``extract()`` returns ``(frame, terminator)``);
+        built once per ``eot`` string and link (the common case repeats it).
+        ``None`` is cached under the current ``read_termination``, which may
+        be changed."""
+        key = self.read_termination if eot is None else eot
+        try:
+            return self._until_cache[key]
+        except (KeyError, TypeError):  # TypeError: a list of terminators is not hashable
+            pass
+        terms = self._terminators(eot)
+        # extract() gives (frame, terminator): callers take [0] of the result
+        made = functools.partial(self._buffer.maybe_extract_until, terms), lambda: f"a terminator in {list(terms)}"
+        if isinstance(key, (str, bytes, tuple)) and len(self._until_cache) < 64:
+            self._until_cache[key] = made
+        return made
+
+    def _exact(self, n):
+        n = self._count(n)
+        buffer = self._buffer
+        return (lambda: buffer.maybe_extract_exact(n)), lambda: f"{n} bytes"
+
+    # ------------------------------------------------------------------
+    # SOCS-compatible primitives
+    def send(self, msg):
+        """Send all of ``msg`` (bytes).
+
+        If the connection is down or broken it is reset and the send is tried
+        once more, as in SOCS.
+
+        Raises:
+            TypeError: ``msg`` is not bytes-like (nothing is sent, no reconnect).
+            ConnectionError: a :class:`~socs_tcp.errors.LinkError` subclass if
+                the data could not be sent.
+        """
+        if not isinstance(msg, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send() needs bytes, got {type(msg).__name__}: {msg!r}; encode text first, "
+                            "e.g. msg.encode()")
+        self._run(bytes(msg), None, None, None)
+
+    def recv(self, bufsize=4096, reset_on_error=False):
+        """Return the bytes available now (at most ``bufsize``), waiting up to
+        ``timeout`` for the first one.
+
+        Raises:
+            LinkTimeoutError: nothing arrived in time.
+            PeerClosedError: the device closed the connection.
+            ConnectFailedError: not connected and connecting failed.
+
+        With ``reset_on_error=True`` the connection is reset before raising.
+        """
+        if isinstance(bufsize, bool) or not isinstance(bufsize, int) or bufsize < 1:
+            raise ValueError(f"bufsize must be a positive int, got {bufsize!r}")
+        buffer = self._buffer
+        try:
+            return self._run(None, lambda: buffer.extract_some(bufsize) if buffer else None, "data", None)
+        except LinkError:
+            if reset_on_error:
+                with self.lock:
+                    self._reset()
+            raise
+
+    # ------------------------------------------------------------------
+    # bus operations
+    def write(self, data):
+        """Write ``data`` (str or bytes) plus ``write_termination``.  Returns the byte count."""
+        raw = self._encode(data)
+        self._run(raw, None, None, None)
+        return len(raw)
+
+    def write_bin(self, data):
+        """Write hex ``data`` (``"0a0d"`` sends ``b"\\n\\r"``).  Returns the byte count."""
+        raw = hex_to_bytes(data)
+        self._run(raw, None, None, None)
+        return len(raw)
+
+    def read(self, bytes_to_read, timeout=None):
+        """Read exactly ``bytes_to_read`` bytes (decoded with ``encoding``).
+
+        On timeout the bytes received so far stay buffered.
+        """
+        extract, what = self._exact(bytes_to_read)
+        return self._decode(self._run(None, extract, what, timeout))
+
+    def read_bin(self, bytes_to_read, timeout=None):
+        """Like :meth:`read`, returning lowercase hex."""
+        extract, what = self._exact(bytes_to_read)
+        return bytes_to_hex(self._run(None, extract, what, timeout))
+
+    def read_bytes(self, bytes_to_read, timeout=None):
+        """Read exactly ``bytes_to_read`` bytes and return them as ``bytes``,
+        whatever the link's ``encoding``.
+
+        At most ``max_read_size`` bytes; use :meth:`readinto` for larger
+        binary transfers.  On timeout the bytes received so far stay buffered.
+        """
+        extract, what = self._exact(bytes_to_read)
+        return self._run(None, extract, what, timeout)
+
+    def readinto(self, buffer, timeout=None):
+        """Fill all of ``buffer`` with received bytes; return how many (its size).
+
+        For bulk binary data: bytes go from the socket straight into the
+        caller's writable buffer (``bytearray``, ``memoryview``, ``array``,
+        a contiguous NumPy array, ...), with no intermediate copies, so the
+        transfer is not limited by ``max_read_size``; the buffer's size is
+        the bound.  Bytes already buffered by earlier reads come first.
+
+        Args:
+            buffer: a writable, C-contiguous bytes-like object.
+            timeout: deadline for the whole transfer (default ``timeout``).
+
+        Raises:
+            TypeError: ``buffer`` is not writable bytes-like (nothing is read).
+            LinkTimeoutError: the buffer was not filled in time.  The bytes
+                received so far are put back in the link's buffer, if they
+                fit in ``max_read_size``, so a retry reads the stream in
+                order; otherwise the message says how many bytes of
+                ``buffer`` hold data.
+            PeerClosedError: the device closed the connection first; its
+                ``partial`` holds the bytes received.
+        """
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(f"readinto needs a writable bytes-like buffer, got {type(buffer).__name__}") from None
+        if view.readonly:
+            raise TypeError(f"readinto needs a writable buffer, got a read-only {type(buffer).__name__}")
+        if not view.c_contiguous:
+            raise TypeError(f"readinto needs a C-contiguous buffer, got a non-contiguous {type(buffer).__name__}")
+        view = view.cast("B")
+        total = len(view)
+        with self.lock:
+            deadline = self._deadline(timeout)
+            started = _monotonic()
+            self._debug = log.isEnabledFor(logging.DEBUG)
+            got = 0
+            source = self._buffer
+            what = f"{total} bytes"
+            try:
+                while got < total:
+                    if source:
+                        chunk = source.extract_some(total - got)
+                        view[got:got + len(chunk)] = chunk
+                        got += len(chunk)
+                    else:
+                        got += self._fill(deadline, what, view[got:])
+            except LinkError as e:
+                e = self._readinto_failed(e, view[:got], total)
+                self._link_failed(e)
+                raise e from None
+            self._stats.success(_monotonic() - started)
+            self._warned = False
+            return total
+
+    def _readinto_failed(self, error, received, total):
+        """The exception to raise when :meth:`readinto` stops after ``received``."""
+        got = len(received)
+        if isinstance(error, PeerClosedError):
+            return PeerClosedError(f"{error} after {got} of {total} bytes", bytes(received))
+        if not isinstance(error, LinkTimeoutError) or not got:
+            return error
+        try:
+            self._buffer.unread(received)
+        except ReadOverflowError:
+            return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; they are in "
+                                    f"the first {got} bytes of the buffer (too many to keep in max_read_size="
+                                    f"{self.max_read_size})")
+        return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; "
+                                "they stay buffered for the next read")
+
+    def read_until(self, eot=None, timeout=None):
+        """Read up to the first terminator of ``eot`` (default ``read_termination``).
+
+        The terminator is consumed but not returned; later bytes stay buffered.
+        """
+        extract, what = self._until(eot)
+        return self._decode(self._run(None, extract, what, timeout)[0], self.rstrip)
+
+    def read_bin_until(self, eot, timeout=None):
+        """Like :meth:`read_until`, returning lowercase hex."""
+        extract, what = self._until(eot)
+        return bytes_to_hex(self._run(None, extract, what, timeout)[0])
+
+    def wrnrd(self, data, bytes_to_read, timeout=None):
+        """Write ``data`` then read exactly ``bytes_to_read`` bytes, atomically."""
+        raw = self._encode(data)
+        extract, what = self._exact(bytes_to_read)
+        return self._decode(self._run(raw, extract, what, timeout))
+
+    def wrnrd_bin(self, data, bytes_to_read, timeout=None):
+        """Write hex ``data`` then read ``bytes_to_read`` bytes as hex, atomically."""
+        raw = hex_to_bytes(data)
+        extract, what = self._exact(bytes_to_read)
+        return bytes_to_hex(self._run(raw, extract, what, timeout))
+
+    def wrnrd_until(self, data, eot=None, timeout=None):
+        """Write ``data`` then read up to a terminator of ``eot``, atomically."""
+        raw = self._encode(data)
+        extract, what = self._until(eot)
+        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
+
+    def wrnrd_bin_until(self, data, eot, timeout=None):
+        """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
+        raw = hex_to_bytes(data)
+        extract, what = self._until(eot)
+        return bytes_to_hex(self._run(raw, extract, what, timeout)[0])
+
+    def expect(self, pattern, timeout=None):
+        """Read until the regular expression ``pattern`` matches.
+
+        The match may span any number of received chunks.  Returns everything
+        consumed, from the start of the buffer to the end of the match; later
+        bytes stay buffered.
+        """
+        regex = self._pattern(pattern)
+        buffer = self._buffer
+
+        def extract():
+            found = buffer.maybe_extract_match(regex)
+            return None if found is None else found[0]
+        return self._decode(self._run(None, extract, lambda: f"a match of {regex.pattern!r}", timeout))
+
+    def query(self, message, timeout=None):
+        """Write ``message`` (plus ``write_termination``) and read one reply up
+        to ``read_termination``, atomically."""
+        raw = self._encode(message)
+        extract, what = self._until(None)
+        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
+
+    def drain(self):
+        """Discard every byte already received (buffered or waiting on the
+        socket).  Returns what was discarded (its first ``max_read_size``
+        bytes if there was more); logs it if anything."""
+        with self.lock:
+            count, head = self._drain_all()
+            if count:
+                log.info("%s: drained %d bytes: %s", self.name, count, format_traffic(head, 64))
+            return head
