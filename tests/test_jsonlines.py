@@ -134,8 +134,13 @@ def test_classify_id():
 @pytest.mark.parametrize("kwargs, exc, needle", [
     ({"port": 0}, ValueError, "port"),
     ({"port": 70000}, ValueError, "70000"),
-    ({"port": True}, ValueError, "True"),
+    # wrong types are TypeError, bad values ValueError (socs_tcp.core.checks)
+    ({"port": True}, TypeError, "True"),
+    ({"port": "5000"}, TypeError, "'5000'"),
     ({"host": ""}, ValueError, "host"),
+    ({"host": 5}, TypeError, "5"),
+    ({"timeout": "1"}, TypeError, "'1'"),
+    ({"write_timeout": 0}, ValueError, "write_timeout"),
     ({"callback_process_message": "nope"}, TypeError, "'nope'"),
     ({"timeout": -1}, ValueError, "-1"),
     ({"sequence_generator": [1, 2]}, TypeError, "[1, 2]"),
@@ -200,10 +205,11 @@ def test_connect_timeout_is_a_connect_failure():
         listener.close()
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "5", None])
-def test_connect_rejects_bad_timeout(timeout):
+@pytest.mark.parametrize("timeout, error", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError),
+                                            ("5", TypeError), (None, TypeError)])
+def test_connect_rejects_bad_timeout(timeout, error):
     async def scenario():
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(error, match="timeout"):
             await new_client(5000).connect(timeout=timeout)
     run(scenario())
 
@@ -810,13 +816,13 @@ def test_close_fails_pending_commands():
     run(scenario())
 
 
-@pytest.mark.parametrize("timeout", [0, -2, "1"])
-def test_send_command_rejects_bad_timeout(timeout):
+@pytest.mark.parametrize("timeout, error", [(0, ValueError), (-2, ValueError), ("1", TypeError)])
+def test_send_command_rejects_bad_timeout(timeout, error):
     async def scenario():
         async with make_server() as server:
             client = new_client(server.port)
             await client.connect()
-            with pytest.raises(ValueError, match="timeout"):
+            with pytest.raises(error, match="timeout"):
                 await client.send_command("nothing", timeout=timeout)
             assert client.last_sequence_id == -1
             await client.close()

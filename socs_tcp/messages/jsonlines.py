@@ -38,12 +38,12 @@ import inspect
 import itertools
 import json
 import logging
-import math
 import os
 import socket
 import time
 from collections import deque
 
+from ..core.checks import check_host, check_port, check_seconds, format_host_port
 from ..core.framing import FrameDecodeError, MessageFramer
 from ..core.stats import LinkStats
 from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
@@ -158,18 +158,6 @@ def _join(header, body_json):
     if body_json == "{}":
         return head
     return head[:-1] + "," + body_json[1:]
-
-
-def _host_port(host, port):
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _check_positive(value, what, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 async def _call_hook(hook, *args):
@@ -293,10 +281,8 @@ class AsyncTCPClient:
     def __init__(self, host, port, callback_process_message, *args, log=None, sequence_generator=None,
                  name="tcp-client", check_message_rate=False, timeout=1.0, on_disconnect=None,
                  max_message_size=1 << 20, message_rate_interval=1.0, command_timeout=10.0, write_timeout=10.0):
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"host must be a non-empty string, got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an int between 1 and 65535, got {port!r}")
+        host = check_host(host)
+        check_port(port)
         if not callable(callback_process_message):
             raise TypeError(f"callback_process_message must be callable, got {callback_process_message!r}")
         if on_disconnect is not None and not callable(on_disconnect):
@@ -307,11 +293,11 @@ class AsyncTCPClient:
         self.port = port
         self.name = str(name)
         self.log = log if log is not None else globals()["log"]
-        self.timeout = _check_positive(timeout, "timeout")
+        self.timeout = check_seconds(timeout, "timeout", positive=True)
         self.check_message_rate = bool(check_message_rate)
-        self.message_rate_interval = _check_positive(message_rate_interval, "message_rate_interval")
-        self.command_timeout = _check_positive(command_timeout, "command_timeout")
-        self.write_timeout = _check_positive(write_timeout, "write_timeout")
+        self.message_rate_interval = check_seconds(message_rate_interval, "message_rate_interval", positive=True)
+        self.command_timeout = check_seconds(command_timeout, "command_timeout", positive=True)
+        self.write_timeout = check_seconds(write_timeout, "write_timeout", positive=True)
         self.on_disconnect = on_disconnect
         self.last_sequence_id = -1
         self.message_rate = None
@@ -342,7 +328,7 @@ class AsyncTCPClient:
     @property
     def address(self):
         """``"host:port"`` of the device."""
-        return _host_port(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
     @property
     def connected(self):
@@ -360,9 +346,10 @@ class AsyncTCPClient:
         Raises:
             ConnectFailedError: refused, unreachable, or not connected within
                 ``timeout``; the message names ``host:port`` and the reason.
-            ValueError: ``timeout`` is not a positive number.
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is not a positive, finite number.
         """
-        timeout = _check_positive(timeout, "timeout")
+        timeout = check_seconds(timeout, "timeout", positive=True)
         # one attempt at a time: a second caller waits, then finds the link up
         async with self._connect_lock:
             if not self.connected:
@@ -564,9 +551,11 @@ class AsyncTCPClient:
             CommandTimeoutError: no final status in time (its ``acked`` says
                 whether the ``ack`` came); a :class:`LinkTimeoutError`.
             LinkError: the connection ended while waiting.
-            ValueError, TypeError, RuntimeError: as :meth:`write_message`.
+            ValueError, TypeError, RuntimeError: as :meth:`write_message`;
+                also a ``timeout`` that is not a number (:class:`TypeError`)
+                or not positive (:class:`ValueError`).
         """
-        timeout = self.command_timeout if timeout is None else _check_positive(timeout, "timeout")
+        timeout = self.command_timeout if timeout is None else check_seconds(timeout, "timeout", positive=True)
         pending = _Pending(msg_name, None, asyncio.get_running_loop().create_future())
         try:
             await self._write(MsgType.COMMAND, msg_name, msg_details, pending=pending)
@@ -785,15 +774,14 @@ class JsonLinesServer:
 
     def __init__(self, host="127.0.0.1", port=0, *, name="jsonlines-server", log=None, prefix_ids=True,
                  max_message_size=1 << 20, write_timeout=5.0):
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
-            raise ValueError(f"port must be an int between 0 and 65535, got {port!r}")
+        check_port(port, lowest=0)
         self.host = host
         self._requested_port = port
         self.name = name
         self.log = log if log is not None else globals()["log"]
         self.prefix_ids = bool(prefix_ids)
         self.max_message_size = max_message_size
-        self.write_timeout = _check_positive(write_timeout, "write_timeout")
+        self.write_timeout = check_seconds(write_timeout, "write_timeout", positive=True)
         self.ack_delay = 0.0
         self.answer_commands = True
         self.received = deque(maxlen=1000)
@@ -809,7 +797,7 @@ class JsonLinesServer:
         self._client_event = None
 
     def __repr__(self):
-        where = _host_port(self.host, self._port) if self._port else "not started"
+        where = format_host_port(self.host, self._port) if self._port else "not started"
         return f"<{type(self).__name__} {self.name} {where} clients={len(self._connections)}>"
 
     @property
@@ -867,7 +855,7 @@ class JsonLinesServer:
         sockname = self._server.sockets[0].getsockname()
         self.host, self._port = sockname[0], sockname[1]
         self._worker = asyncio.create_task(self._run_commands(), name=f"{self.name}-commands")
-        self.log.info("%s listening on %s", self.name, _host_port(self.host, self._port))
+        self.log.info("%s listening on %s", self.name, format_host_port(self.host, self._port))
         return self
 
     async def close(self):
@@ -896,7 +884,7 @@ class JsonLinesServer:
             await asyncio.wait_for(server.wait_closed(), 5.0)
         except (asyncio.TimeoutError, TimeoutError):
             self.log.warning("%s: listener did not close within 5 s", self.name)
-        self.log.info("%s on %s stopped", self.name, _host_port(self.host, self._port))
+        self.log.info("%s on %s stopped", self.name, format_host_port(self.host, self._port))
 
     async def __aenter__(self):
         if self._server is None:
@@ -1009,7 +997,7 @@ class JsonLinesServer:
     # ------------------------------------------------------------------ serving
     async def _serve(self, reader, writer):
         peer = writer.get_extra_info("peername")
-        name = _host_port(peer[0], peer[1]) if peer else "client"
+        name = format_host_port(peer[0], peer[1]) if peer else "client"
         conn = _Connection(name, reader, writer, MessageFramer(TERMINATOR, "utf-8", self.max_message_size))
         conn.task = asyncio.current_task()
         self._connections.add(conn)

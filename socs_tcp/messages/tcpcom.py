@@ -99,7 +99,6 @@ Threads and callbacks
 
 import errno
 import logging
-import math
 import queue
 import selectors
 import socket
@@ -108,6 +107,7 @@ import time
 from collections import deque
 from importlib.metadata import PackageNotFoundError, version
 
+from ..core.checks import check_bool, check_host, check_port, check_seconds, format_host_port
 from ..core.codec import format_traffic
 from ..core.framing import FrameDecodeError, MessageFramer
 from ..errors import ReadOverflowError
@@ -155,46 +155,6 @@ def _check_callback(callback):
         raise TypeError(f"state_changed must be a callable taking (state, msg) or None, "
                         f"got {type(callback).__name__}: {callback!r}")
     return callback
-
-
-def _check_port(port, lowest):
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, got {type(port).__name__}: {port!r}")
-    if not lowest <= port <= 65535:
-        raise ValueError(f"port must be in {lowest}..65535, got {port!r}")
-    return port
-
-
-def _check_host(host, what):
-    if not isinstance(host, str):
-        raise TypeError(f"{what} must be a str (host name or IP address), got {type(host).__name__}: {host!r}")
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if not text:
-        raise ValueError(f"{what} must not be empty, got {host!r}")
-    return text
-
-
-def _check_seconds(value, what, *, allow_none=False, positive=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}: {value!r}")
-    if math.isnan(value) or value < 0 or math.isinf(value) or (positive and value == 0):
-        limit = "> 0" if positive else ">= 0"
-        raise ValueError(f"{what} must be a finite number of seconds {limit}, got {value!r}")
-    return float(value)
-
-
-def _check_bool(value, what):
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} must be True or False, got {type(value).__name__}: {value!r}")
-    return value
-
-
-def _format_address(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ----------------------------------------------------------------------------
@@ -380,23 +340,23 @@ class TCPServer:
                  stateChanged=None, isVerbose=None):
         if port is None:
             raise TypeError("TCPServer needs a port")
-        self._port = _check_port(port, 0)
+        self._port = check_port(port, lowest=0)
         self._state_changed = _check_callback(_pick("state_changed", state_changed, "stateChanged", stateChanged, None))
-        verbose = _check_bool(_pick("is_verbose", is_verbose, "isVerbose", isVerbose, False), "is_verbose")
+        verbose = check_bool(_pick("is_verbose", is_verbose, "isVerbose", isVerbose, False), "is_verbose")
         self._level = logging.INFO if verbose else logging.DEBUG
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}: {host!r}")
         self._host = host.strip()[1:-1] if host.strip().startswith("[") else host.strip()
-        self._handshake = _check_bool(handshake, "handshake")
-        self._send_timeout = _check_seconds(send_timeout, "send_timeout", positive=True)
-        self._linger = _check_seconds(linger, "linger")
+        self._handshake = check_bool(handshake, "handshake")
+        self._send_timeout = check_seconds(send_timeout, "send_timeout", positive=True)
+        self._linger = check_seconds(linger, "linger")
         if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
             raise ValueError(f"backlog must be an int >= 1, got {backlog!r}")
         self._framer_args = (_TERMINATOR, encoding, max_message_size)
         self._encoder = MessageFramer(*self._framer_args)  # validates encoding and size; used to encode only
         self._accepted = self._encoder.encode(HANDSHAKE_ACCEPTED)
         self._occupied = self._encoder.encode(HANDSHAKE_OCCUPIED)
-        self._name = f"TCPServer[{_format_address(self._host or '*', port)}]"
+        self._name = f"TCPServer[{format_host_port(self._host or '*', port)}]"
 
         self._lock = threading.Lock()
         self._current = None
@@ -428,7 +388,7 @@ class TCPServer:
             return
         self._listener = listener
         self._port = listener.getsockname()[1]
-        self._name = f"TCPServer[{_format_address(self._host or '*', self._port)}]"
+        self._name = f"TCPServer[{format_host_port(self._host or '*', self._port)}]"
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -802,18 +762,18 @@ class TCPClient:
             raise TypeError("TCPClient needs the server's ip_address")
         if port is None:
             raise TypeError("TCPClient needs the server's port")
-        self._host = _check_host(address, "ip_address")
-        self._port = _check_port(port, 1)
+        self._host = check_host(address, "ip_address")
+        self._port = check_port(port)
         self._state_changed = _check_callback(_pick("state_changed", state_changed, "stateChanged", stateChanged, None))
-        verbose = _check_bool(_pick("is_verbose", is_verbose, "isVerbose", isVerbose, False), "is_verbose")
+        verbose = check_bool(_pick("is_verbose", is_verbose, "isVerbose", isVerbose, False), "is_verbose")
         self._level = logging.INFO if verbose else logging.DEBUG
-        self._handshake_timeout = _check_seconds(handshake_timeout, "handshake_timeout")
-        self._late_window = _check_seconds(late_reply_window, "late_reply_window")
-        self._send_timeout = _check_seconds(send_timeout, "send_timeout", positive=True)
-        self._linger = _check_seconds(linger, "linger")
+        self._handshake_timeout = check_seconds(handshake_timeout, "handshake_timeout")
+        self._late_window = check_seconds(late_reply_window, "late_reply_window")
+        self._send_timeout = check_seconds(send_timeout, "send_timeout", positive=True)
+        self._linger = check_seconds(linger, "linger")
         self._framer_args = (_TERMINATOR, encoding, max_message_size)
         self._encoder = MessageFramer(*self._framer_args)
-        self._address = _format_address(self._host, self._port)
+        self._address = format_host_port(self._host, self._port)
         self._name = f"TCPClient[{self._address}]"
 
         self._lock = threading.Lock()
@@ -875,7 +835,7 @@ class TCPClient:
             TypeError: ``timeout`` is not a number.
             ValueError: ``timeout`` is negative or not finite.
         """
-        timeout = _check_seconds(timeout, "timeout", allow_none=True)
+        timeout = check_seconds(timeout, "timeout", allow_none=True)
         if timeout == 0:
             timeout = None
         with self._connect_lock:
@@ -960,7 +920,7 @@ class TCPClient:
             if response_time is None or isinstance(response_time, bool) or response_time != 0:
                 raise TypeError("give either response_time or responseTime, not both")
             response_time = responseTime
-        wait = _check_seconds(response_time, "response_time")
+        wait = check_seconds(response_time, "response_time")
         data = self._encoder.encode(msg)
         if wait == 0:
             link = self._link if self._connected else None

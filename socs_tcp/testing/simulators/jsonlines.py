@@ -38,6 +38,7 @@ import signal
 import sys
 import time
 
+from ...core.checks import check_seconds, format_host_port
 from ...messages.jsonlines import JsonLinesServer
 
 __all__ = ["ThermalControllerSimulator", "make_parser", "main"]
@@ -70,12 +71,9 @@ class ThermalControllerSimulator:
 
     def __init__(self, server, telemetry_interval=0.5, heartbeat_interval=1.0, setpoint=20.0, noise=0.01,
                  seed=None, clock=time.monotonic):
-        for name, value in (("telemetry_interval", telemetry_interval), ("heartbeat_interval", heartbeat_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.server = server
-        self.telemetry_interval = float(telemetry_interval)
-        self.heartbeat_interval = float(heartbeat_interval)
+        self.telemetry_interval = check_seconds(telemetry_interval, "telemetry_interval", positive=True)
+        self.heartbeat_interval = check_seconds(heartbeat_interval, "heartbeat_interval", positive=True)
         self.setpoint = float(setpoint)
         self.temperature = float(setpoint)
         self.noise = float(noise)
@@ -196,8 +194,7 @@ async def _serve(opts):
         return 2
     publisher = asyncio.create_task(sim.run())
     try:
-        host = f"[{server.host}]" if ":" in server.host else server.host
-        sys.stdout.write(f"listening on {host}:{server.port}\n")
+        sys.stdout.write(f"listening on {format_host_port(server.host, server.port)}\n")
         sys.stdout.flush()
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
