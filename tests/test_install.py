@@ -8,8 +8,9 @@ an environment whose autobahn serializers print errors on import.
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_SH = ROOT / "scripts" / "lib" / "venv.sh"
