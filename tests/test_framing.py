@@ -162,3 +162,73 @@ def test_arbitrary_bytes_raise_only_documented_errors(data, max_size):
             except FrameDecodeError:
                 continue
     assert framer.pending <= max_size
+
+
+# ---------------------------------------------------------------- text lines: "\n" and "\r\n" alike
+
+
+@pytest.mark.parametrize("terminator", ["\r\n", "\n"])
+def test_lines_mode_accepts_lf_and_crlf_in_any_mix(terminator):
+    framer = MessageFramer(terminator, lines=True)
+    framer.feed(b'{"a":1}\n{"b":2}\r\n{"c":3}\n\r\n')
+    assert list(framer) == ['{"a":1}', '{"b":2}', '{"c":3}', ""]
+    assert framer.pending == 0
+
+
+def test_lines_mode_strips_only_one_cr_and_only_before_lf():
+    framer = MessageFramer("\r\n", lines=True)
+    framer.feed(b"a\r\r\nb\rc\n")
+    assert list(framer) == ["a\r", "b\rc"]
+
+
+def test_lines_mode_cr_and_lf_split_across_reads():
+    framer = MessageFramer("\r\n", lines=True)
+    for piece in (b"par", b"tial\r", b"\n", b"next", b"\n"):
+        framer.feed(piece)
+    assert list(framer) == ["partial", "next"]
+
+
+@pytest.mark.parametrize("terminator, wire", [("\r\n", b"x\r\n"), ("\n", b"x\n")])
+def test_lines_mode_writes_its_own_terminator(terminator, wire):
+    assert MessageFramer(terminator, lines=True).encode("x") == wire
+
+
+@pytest.mark.parametrize("message", ["a\nb", "a\rb", "end\r"])
+def test_lines_mode_refuses_a_line_break_in_a_message(message):
+    with pytest.raises(ValueError, match="line break"):
+        MessageFramer("\n", lines=True).encode(message)
+
+
+def test_lines_mode_bad_utf8_costs_only_that_line():
+    framer = MessageFramer("\r\n", lines=True)
+    framer.feed(b"good1\n\xff\xfe\r\ngood2\n")
+    assert framer.next_message() == "good1"
+    with pytest.raises(FrameDecodeError):
+        framer.next_message()
+    assert framer.next_message() == "good2"
+
+
+def test_lines_mode_needs_a_line_terminator_and_a_bool():
+    with pytest.raises(ValueError, match=r"lines=True needs .*'\\x00'"):
+        MessageFramer("\0", lines=True)
+    with pytest.raises(TypeError, match="lines must be True or False"):
+        MessageFramer("\n", lines=1)
+
+
+def test_without_lines_mode_crlf_framing_is_unchanged():
+    framer = MessageFramer("\r\n")
+    framer.feed(b"a\nb\r\n")
+    assert list(framer) == ["a\nb"]
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+                        max_size=20), max_size=10),
+       st.lists(st.booleans(), min_size=10, max_size=10), st.integers(1, 7))
+def test_lines_mode_any_mix_of_endings_and_read_sizes(messages, crlf, chunk):
+    framer = MessageFramer("\r\n", lines=True)
+    wire = b"".join(m.encode() + (b"\r\n" if crlf[i] else b"\n") for i, m in enumerate(messages))
+    got = []
+    for i in range(0, len(wire), chunk):
+        framer.feed(wire[i:i + chunk])
+        got.extend(framer)
+    assert got == messages

@@ -26,9 +26,18 @@ Plan
     messages never needs more than ``max_size`` of buffer at once.  Frames are
     decoded when taken, so one bad frame does not hide the others.
 
+Text lines
+    With ``lines=True`` (terminator ``"\\n"`` or ``"\\r\\n"``) the framer
+    reads text lines the way most line-oriented peers write them: it cuts on
+    ``"\\n"`` alone and removes one ``"\\r"`` before it, so a peer that ends
+    its lines with ``"\\n"`` and one that ends them with ``"\\r\\n"`` give the
+    same messages.  ``encode`` still writes the terminator it was given, and
+    refuses a message with a line break (``"\\r"`` or ``"\\n"``) in it.
+
 The terminator must be ASCII and the encoding ASCII-compatible (UTF-8,
 Latin-1, ASCII): that is what makes cutting on the terminator's bytes safe.
-The tcpcom links use ``"\\0"``, the JSON-lines links ``"\\r\\n"``.
+The tcpcom links use ``"\\0"``, the JSON-lines links ``"\\r\\n"`` in lines
+mode.
 """
 
 import codecs
@@ -64,16 +73,21 @@ class MessageFramer:
         errors: how undecodable bytes are handled, as for :meth:`bytes.decode`.
             With ``"strict"`` (the default) a bad frame raises
             :class:`FrameDecodeError` from :meth:`next_message`.
+        lines: text-line mode (see the module documentation): received
+            frames end at ``"\\n"``, with one ``"\\r"`` before it removed.
+            Only with the terminator ``"\\n"`` or ``"\\r\\n"``.
 
     Raises:
-        TypeError: ``terminator`` is neither ``str`` nor ``bytes``.
+        TypeError: ``terminator`` is neither ``str`` nor ``bytes``, or
+            ``lines`` is not a bool.
         ValueError: an empty or non-ASCII terminator, an unknown or
-            non-ASCII-compatible encoding, or a bad ``max_size``.
+            non-ASCII-compatible encoding, a bad ``max_size``, or ``lines``
+            with another terminator.
     """
 
-    __slots__ = ("terminator", "_term_bytes", "_terms", "encoding", "errors", "_buffer", "_frames")
+    __slots__ = ("terminator", "lines", "_term_bytes", "_terms", "encoding", "errors", "_buffer", "_frames")
 
-    def __init__(self, terminator="\0", encoding="utf-8", max_size=1 << 20, errors="strict"):
+    def __init__(self, terminator="\0", encoding="utf-8", max_size=1 << 20, errors="strict", *, lines=False):
         if isinstance(terminator, str):
             raw = terminator.encode("utf-8", "surrogatepass")
         elif isinstance(terminator, bytes):
@@ -88,9 +102,14 @@ class MessageFramer:
             raise ValueError(f"unknown encoding {encoding!r}") from None
         if "A\0\r\n".encode(encoding, "strict") != b"A\0\r\n":
             raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; frames cannot be cut on bytes")
+        if not isinstance(lines, bool):
+            raise TypeError(f"lines must be True or False, got {type(lines).__name__}: {lines!r}")
+        if lines and raw not in (b"\n", b"\r\n"):
+            raise ValueError(f"lines=True needs the terminator '\\n' or '\\r\\n', got {terminator!r}")
         self.terminator = raw.decode("ascii")
+        self.lines = lines
         self._term_bytes = raw
-        self._terms = (raw,)
+        self._terms = (b"\n",) if lines else (raw,)
         self.encoding = encoding
         self.errors = errors
         self._buffer = ReceiveBuffer(max_size)
@@ -116,7 +135,10 @@ class MessageFramer:
         """
         if not isinstance(message, str):
             raise TypeError(f"message must be str, got {type(message).__name__} {message!r:.80}")
-        if self.terminator in message:
+        if self.lines:
+            if "\n" in message or "\r" in message:
+                raise ValueError(f"a line cannot contain a line break ('\\r' or '\\n'): {message!r:.80}")
+        elif self.terminator in message:
             raise ValueError(f"message contains the terminator {self.terminator!r}: {message!r:.80}")
         try:
             data = message.encode(self.encoding) + self._term_bytes
@@ -141,8 +163,13 @@ class MessageFramer:
             room = buffer.room
             buffer.feed(view[:room])
             view = view[room:]
-            while (found := buffer.maybe_extract_until(self._terms)) is not None:
-                self._frames.append(found[0])
+            if self.lines:
+                while (found := buffer.maybe_extract_until(self._terms)) is not None:
+                    frame = found[0]
+                    self._frames.append(frame[:-1] if frame.endswith(b"\r") else frame)
+            else:
+                while (found := buffer.maybe_extract_until(self._terms)) is not None:
+                    self._frames.append(found[0])
             if not view:
                 return
             if not buffer.room:
@@ -178,6 +205,8 @@ class MessageFramer:
         Returns:
             int: the number of bytes discarded.
         """
-        dropped = len(self._buffer.drain()) + sum(len(f) + len(self._term_bytes) for f in self._frames)
+        # (in lines mode a frame's stripped "\r" is not counted)
+        term = 1 if self.lines else len(self._term_bytes)
+        dropped = len(self._buffer.drain()) + sum(len(f) + term for f in self._frames)
         self._frames.clear()
         return dropped
