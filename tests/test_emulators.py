@@ -1,0 +1,275 @@
+"""The independent device emulators (tests/emulators) checked with plain sockets.
+
+Each test talks to an emulator the way the SOCS driver or the vendor manual
+says the real device is talked to, and checks the replies against facts from
+those sources (see each emulator module's docstring).  Nothing here uses
+socs_tcp: these tests prove the emulators, which then test the device files.
+"""
+
+import socket
+import time
+
+import pytest
+from emulators import TPG366Emulator
+
+TIMEOUT = 5.0
+
+
+class Client:
+    """A raw TCP client with deadline-bounded reads."""
+
+    def __init__(self, address, timeout=TIMEOUT):
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.timeout = timeout
+        self.pending = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete reply; have {self.pending!r}")
+        self.sock.settimeout(remaining)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed by the device; have {self.pending!r}")
+        self.pending += chunk
+
+    def read_until(self, terminator, timeout=None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while terminator not in self.pending:
+            self._fill(deadline)
+        index = self.pending.index(terminator) + len(terminator)
+        data, self.pending = self.pending[:index], self.pending[index:]
+        return data
+
+    def read_exactly(self, count, timeout=None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while len(self.pending) < count:
+            self._fill(deadline)
+        data, self.pending = self.pending[:count], self.pending[count:]
+        return data
+
+    def expect_nothing(self, wait=0.3):
+        """Nothing arrives within ``wait`` seconds (used only to show silence)."""
+        self.sock.settimeout(wait)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return True
+        self.pending += chunk
+        return False
+
+    def expect_closed(self, timeout=None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "connection still open"
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return
+            if not chunk:
+                return
+            self.pending += chunk
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def connect():
+    clients = []
+
+    def make(device):
+        client = Client(device.address)
+        clients.append(client)
+        return client
+    yield make
+    for client in clients:
+        client.close()
+
+
+def wait_until(predicate, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# -- common server behaviour (checked on one device) ------------------------------------------
+
+
+def test_address_port_and_clean_stop():
+    device = TPG366Emulator().start()
+    try:
+        assert device.port > 0
+        assert device.address == f"127.0.0.1:{device.port}"
+        client = Client(device.address)
+        assert device.wait_for_clients(1)
+    finally:
+        device.stop()
+    client.expect_closed()
+    client.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", device.port), timeout=1).close()
+    assert not any(t.is_alive() for t in device._threads)
+
+
+def test_context_manager_and_restart_of_listening():
+    with TPG366Emulator() as device:
+        port = device.port
+        device.refuse_connections(True)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        device.refuse_connections(False)
+        assert device.port == port
+        client = Client(device.address)
+        client.send(b"PR1\r\n")
+        assert client.read_until(b"\r\n") == b"\x06\r\n"
+        client.close()
+
+
+def test_drop_connections_closes_clients_and_keeps_listening(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        assert device.wait_for_clients(1)
+        device.drop_connections()
+        client.expect_closed()
+        again = connect(device)
+        again.send(b"PRX\r\n")
+        assert again.read_until(b"\r\n") == b"\x06\r\n"
+        assert device.connections == 2
+
+
+def test_go_silent_records_but_does_not_answer(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        device.go_silent(True)
+        client.send(b"SEN,1,0,0,0,0,0\r\n")
+        assert device.wait_for_requests(1)
+        assert client.expect_nothing()
+        assert device.gauge_on[0] is True  # not acted on either
+        device.go_silent(False)
+        client.send(b"PR1\r\n")
+        assert client.read_until(b"\r\n") == b"\x06\r\n"
+
+
+def test_delay_and_unsolicited(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        assert device.wait_for_clients(1)
+        device.send_unsolicited(b"junk\r")
+        assert client.read_until(b"\r") == b"junk\r"
+        device.set_delay(0.05)
+        client.send(b"PR1\r\n")
+        assert client.read_until(b"\r\n") == b"\x06\r\n"
+
+
+# -- Pfeiffer TPG366 -----------------------------------------------------------------------------
+
+
+def tpg_query(client, mnemonic, data_end=b"\r"):
+    client.send(mnemonic + b"\r\n")
+    assert client.read_until(b"\r\n") == b"\x06\r\n"
+    client.send(b"\x05")
+    return client.read_until(data_end)
+
+
+def test_tpg_prx_matches_socs_fixture(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        line = tpg_query(client, b"PRX")
+        assert line == (b"0,+1.2345E+01,0,+2.3456E+01,0,+3.4567E+01,"
+                        b"0,+4.5678E+01,0,+5.6789E+01,0,+6.7891E+01\r")
+        assert client.expect_nothing(0.1)  # data ends in CR, no LF
+
+
+def test_tpg_crlf_data_option_and_single_channel(connect):
+    with TPG366Emulator(data_terminator=b"\r\n") as device:
+        device.set_pressure(3, 1.0e-3)
+        client = connect(device)
+        assert tpg_query(client, b"PR3", b"\r\n") == b"0,+1.0000E-03\r\n"
+        client.send(b"\x05")  # a repeated ENQ reads the same mnemonic again
+        assert client.read_until(b"\r\n") == b"0,+1.0000E-03\r\n"
+
+
+def test_tpg_sen_switches_gauges_and_prx_reports_off(connect):
+    with TPG366Emulator(present=(True, True, True, True, True, False)) as device:
+        client = connect(device)
+        assert tpg_query(client, b"SEN,1,0,0,0,0,0") == b"1,2,2,2,2,0\r"
+        assert tpg_query(client, b"PR1") == b"4,+1.2345E+01\r"
+        fields = tpg_query(client, b"PRX").rstrip(b"\r").split(b",")
+        assert fields[0::2] == [b"4", b"0", b"0", b"0", b"0", b"5"]
+        assert fields[11] == b"+2.0000E-02"
+        assert tpg_query(client, b"SEN,2,0,0,0,0,0") == b"2,2,2,2,2,0\r"
+        assert tpg_query(client, b"SEN") == b"2,2,2,2,2,0\r"
+        assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
+
+
+def test_tpg_units_and_status_override(connect):
+    with TPG366Emulator() as device:
+        device.set_pressure(1, 1000.0)
+        device.set_status(2, 2)
+        client = connect(device)
+        assert tpg_query(client, b"UNI,2") == b"2\r"
+        assert tpg_query(client, b"PR1") == b"0,+1.0000E+05\r"
+        assert tpg_query(client, b"PR2").startswith(b"2,")
+
+
+def test_tpg_unknown_mnemonic_gets_nak_and_error_word(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        client.send(b"XYZ\r\n")
+        assert client.read_until(b"\r\n") == b"\x15\r\n"
+        client.send(b"SEN,7,0,0,0,0,0\r\n")
+        assert client.read_until(b"\r\n") == b"\x15\r\n"
+        assert tpg_query(client, b"ERR") == b"0001\r"
+        assert tpg_query(client, b"ERR") == b"0000\r"
+
+
+def test_tpg_mnemonic_split_across_writes_and_cr_only(connect):
+    with TPG366Emulator() as device:
+        client = connect(device)
+        client.send(b"PR")
+        client.send(b"2\r")
+        assert client.read_until(b"\r\n") == b"\x06\r\n"
+        client.send(b"\n\x05")
+        assert client.read_until(b"\r") == b"0,+2.3456E+01\r"
+
+
+def test_tpg_continuous_output_stopped_by_single_enq(connect):
+    with TPG366Emulator() as device:
+        device.start_continuous(0.02)
+        client = connect(device)
+        first = client.read_until(b"\r")
+        assert first.startswith(b"0,+1.2345E+01,")
+        client.send(b"\x05")  # the startup ENQ of the SOCS driver
+        assert wait_until(lambda: not device.continuous)
+        # drain whatever was in flight, then the stream has stopped
+        client.expect_nothing(0.2)
+        client.pending = b""
+        assert client.expect_nothing(0.2)
+        assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
+
+
+def test_tpg_missed_ack_then_resend(connect):
+    with TPG366Emulator() as device:
+        device.miss_ack(1)
+        client = connect(device)
+        client.send(b"PRX\r\n")
+        assert client.expect_nothing()
+        client.send(b"PRX\r\n")  # the resend is acknowledged
+        assert client.read_until(b"\r\n") == b"\x06\r\n"
+        device.miss_ack(1, mode="junk")
+        client.send(b"PR1\r\n")
+        junk = client.read_until(b"\r")
+        assert junk.startswith(b"0,+1.2345E+01,0,")  # a PRX data line, not an ACK
+        assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
+    with pytest.raises(ValueError, match="'loud'"):
+        device.miss_ack(1, mode="loud")
