@@ -2,14 +2,13 @@
 
 The device sends telemetry and events whenever it likes and answers commands
 with ``ack`` then ``success`` or ``fail`` (``noack`` for a command it does not
-know).  The agent holds one :class:`~socs_tcp.jsonlines.AsyncTCPClient`,
-running in an asyncio event loop on a thread of its own; OCS operations (which
-run in worker threads) hand coroutines to that loop and wait for them.
+know).  The agent owns a
+:class:`~socs_tcp_agents.message_link.drivers.MessageLinkDriver`, which holds
+the connection and its event loop; the agent's operations call the driver's
+blocking methods and never touch the link itself.
 """
 
 import argparse
-import asyncio
-import concurrent.futures
 import json
 import math
 import re
@@ -21,20 +20,25 @@ from ocs import ocs_agent, site_config
 from ocs.ocs_twisted import TimeoutLock
 from twisted.internet import reactor
 
-from socs_tcp.core.policy import ReconnectPolicy
-from socs_tcp.errors import LinkTimeoutError
-from socs_tcp.jsonlines import AsyncTCPClient, CommandError, CommandTimeoutError, MsgType, classify_id
+from socs_tcp.jsonlines import CommandError, CommandTimeoutError, MsgType, classify_id
 
 from ..common import (
+    Outage,
+    Poller,
     add_access_arguments,
     add_device_arguments,
+    add_reconnect_arguments,
+    check_positive,
     device_address,
-    health_fields,
     log_access_control,
+    reconnect_policy,
+    register_feeds,
     route_library_logs,
+    run_op,
     start_logging,
     write_privs,
 )
+from .drivers import MessageLinkDriver
 
 #: The task that sends client-supplied commands to the device: registered with
 #: ``min_privs`` = ``--write-privs`` when the agent has an access policy.
@@ -150,10 +154,9 @@ class MessageLinkAgent:
         agent (OCSAgent): the OCS agent.
         log (txaio.interfaces.ILogger): the agent log.
         lock (TimeoutLock): held by ``monitor`` while it runs.
-        client (socs_tcp.jsonlines.AsyncTCPClient): the device link; use it
-            only from :attr:`loop`.
-        loop (asyncio.AbstractEventLoop): the event loop of the link, run by
-            a daemon thread.
+        driver (socs_tcp_agents.message_link.drivers.MessageLinkDriver): the
+            device link.
+        poller (socs_tcp_agents.common.Poller): the body of ``monitor``.
     """
 
     def __init__(self, agent, host, port, timeout=5.0, telemetry_ids=(), reconnect_policy=None,
@@ -163,55 +166,27 @@ class MessageLinkAgent:
         self.lock = TimeoutLock()
         self.timeout = float(timeout)
         self.telemetry_ids = frozenset(telemetry_ids)
-        self.policy = ReconnectPolicy.coerce(reconnect_policy)
         self.update_interval = float(update_interval)
         self.max_fields = int(max_fields)
-        self.client = AsyncTCPClient(host, port, self._on_message, name=f"link-{host}:{port}",
-                                     check_message_rate=True, timeout=1.0, on_disconnect=self._on_disconnect,
-                                     command_timeout=self.timeout, max_message_size=max_message_size)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="message-link-loop", daemon=True)
-        self._thread.start()
         self._data_lock = threading.Lock()
         self._latest = {MsgType.TELEMETRY: {}, MsgType.EVENT: {}}
         self._counts = {}
         self._blocks = {}
         self._warned_truncated = set()
         self._publishing = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._link_error = None
-        agg_params = {"frame_length": 60}
-        for feed in ("telemetry", "events", "link_health"):
-            self.agent.register_feed(feed, record=True, agg_params=agg_params, buffer_time=1.0)
+        self.driver = MessageLinkDriver(host, port, self._on_message, timeout=self.timeout,
+                                        reconnect_policy=reconnect_policy, max_message_size=max_message_size,
+                                        on_disconnect=self._on_disconnect)
+        self.poller = Poller(self, self.driver, self.driver.ensure_connected, None, None, process="monitor",
+                             outage=Outage(self.log, "monitor", down="device link down", up="device link up again"),
+                             session_data=self._session_data)
+        register_feeds(self.agent, "telemetry", "events", "link_health")
 
-    # ------------------------------------------------------------------ event loop plumbing
-    def _run_loop(self):
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _call(self, coro, timeout):
-        """Run ``coro`` on the link's loop and wait for it (from an OCS worker thread)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except (concurrent.futures.TimeoutError, TimeoutError):
-            if future.done():  # the coroutine itself raised a timeout
-                raise
-            future.cancel()
-            raise LinkTimeoutError(f"the link's event loop did not finish within {timeout:g} s") from None
-
-    async def _snapshot(self):
-        return self.client.snapshot()
-
-    def _connected(self):
-        return self.client.connected
-
-    # ------------------------------------------------------------------ received messages (loop thread)
+    # ------------------------------------------------------------------ received messages (driver's thread)
     def _on_message(self, message):
         kind, name = classify_id(message.get("id"))
         if kind == "reply":
-            return  # matched to its command by the client
+            return  # matched to its command by the driver
         if kind is MsgType.COMMAND or not isinstance(name, str) or not name:
             self.log.debug("ignoring message {msg}", msg=message)
             return
@@ -231,7 +206,7 @@ class MessageLinkAgent:
             self._latest[kind][name] = {"timestamp": now, "values": fields}
         if self._publishing:
             feed = FEEDS[kind]
-            # OCS publishes from the reactor thread or its pool threads only; this is the link's thread
+            # OCS publishes from the reactor thread or its pool threads only; this is the driver's thread
             reactor.callFromThread(self.agent.publish_to_feed, feed, {
                 "block_name": self._block_name(feed, name, fields), "timestamp": now, "data": fields})
 
@@ -246,32 +221,22 @@ class MessageLinkAgent:
             known[keys] = block
         return block
 
-    def _on_disconnect(self, client, error):
-        self._link_error = str(error)
-        self._wake.set()
+    def _on_disconnect(self, error):
+        self.poller.wake()   # retry at once: the backoff allows an immediate attempt after a loss
 
     # ------------------------------------------------------------------ monitor
-    def _connect(self, timeout):
-        self._call(self.client.connect(timeout=timeout), timeout + 5.0)
-
-    def _monitor_data(self, down_since, last_error):
-        stats = self._call(self._snapshot(), 5.0)
+    def _session_data(self, stats):
         with self._data_lock:
             telemetry = dict(self._latest[MsgType.TELEMETRY])
             events = dict(self._latest[MsgType.EVENT])
-        return stats, {
-            "connected": bool(stats["connected"]),
-            "degraded": down_since is not None,
-            "down_since": down_since,
-            "last_error": last_error,
-            "address": self.client.address,
+        return {
+            "address": self.driver.address,
             "telemetry": telemetry,
             "events": events,
             "messages_received": stats["messages_received"],
             "invalid_messages": stats["invalid_messages"],
             "message_rate": stats["message_rate"],
             "timestamp": time.time(),
-            "stats": stats,
         }
 
     @ocs_agent.param("test_mode", default=False, type=bool)
@@ -308,69 +273,19 @@ class MessageLinkAgent:
                      'values': {'counter': 42, 'uptime': 41.0}}},
                  'messages_received': 130, 'invalid_messages': 0,
                  'message_rate': 3.0, 'timestamp': 1700000001.0,
+                 'cycles': 5, 'missed_cycles': 0,
                  'stats': {'connected': True, 'connects': 1, 'latency_last': 0.0011, ...}}
         """
-        with self.lock.acquire_timeout(timeout=0, job="monitor") as acquired:
-            if not acquired:
-                return False, f"monitor is already running (lock held by {self.lock.job})"
-            return self._monitor(session, once=params["test_mode"])
-
-    def _monitor(self, session, once):
         self._publishing = True
-        failures = 0
-        next_attempt = 0.0
-        down_since = None
-        last_error = None
-        next_update = time.monotonic()
         try:
-            while not self._stop.is_set():
-                self._wake.clear()
-                now = time.monotonic()
-                if not self._connected() and now >= next_attempt:
-                    try:
-                        self._connect(self.timeout)
-                    except ConnectionError as e:
-                        failures += 1
-                        next_attempt = time.monotonic() + self.policy.delay(failures)
-                        last_error = str(e)
-                        if down_since is None:
-                            down_since = time.time()
-                            reason = f"{self._link_error}; {last_error}" if self._link_error else last_error
-                            self.log.error("device link down, monitor degraded: {err}", err=reason)
-                        session.degraded = True
-                if self._connected():
-                    failures = 0
-                    next_attempt = 0.0
-                    if down_since is not None:
-                        self.log.info("device link up again after {t:.1f} s; monitor no longer degraded",
-                                      t=time.time() - down_since)
-                        down_since = None
-                        last_error = None
-                    self._link_error = None
-                    session.degraded = False
-                now = time.monotonic()
-                if now >= next_update or once:
-                    stats, data = self._monitor_data(down_since, last_error)
-                    session.data = data
-                    self.agent.publish_to_feed("link_health", {
-                        "block_name": "health", "timestamp": time.time(), "data": health_fields(stats)})
-                    next_update = now + self.update_interval
-                if once:
-                    break
-                wait = next_update - now
-                if not self._connected():
-                    wait = min(wait, max(0.0, next_attempt - now))
-                self._wake.wait(max(0.001, wait))
+            return self.poller.run_exclusive(self.lock, session, 1.0 / self.update_interval,
+                                             once=params["test_mode"])
         finally:
             self._publishing = False
-            self._stop.clear()
-        return True, "monitor stopped"
 
     def stop_monitor(self, session, params):
         """Stop function of ``monitor``."""
-        self._stop.set()
-        self._wake.set()
-        return True, "stopping monitor"
+        return self.poller.stop_process(session, params)
 
     # ------------------------------------------------------------------ command
     @ocs_agent.param("name", type=str, check=_valid_command_name)
@@ -407,36 +322,30 @@ class MessageLinkAgent:
             timeout).
         """
         name = params["name"]
-        details = params["details"]
         timeout = params["timeout"] or self.timeout
+        what = f"command {name!r}"
         started = time.time()
         t0 = time.perf_counter()
 
         def record(status, sequence_id, reply, acked):
-            session.data = {"name": name, "sequence_id": sequence_id, "status": status, "acked": acked,
-                            "reply": reply, "elapsed": time.perf_counter() - t0, "timestamp": started}
+            return {"name": name, "sequence_id": sequence_id, "status": status, "acked": acked,
+                    "reply": reply, "elapsed": time.perf_counter() - t0, "timestamp": started}
 
-        if not self._connected():
-            try:
-                self._connect(min(timeout, self.timeout))
-            except ConnectionError as e:
-                return False, f"command {name!r}: device unreachable ({type(e).__name__}): {e}"
-        try:
-            reply = self._call(self.client.send_command(name, details, timeout=timeout), timeout + 5.0)
-        except (ValueError, TypeError) as e:
-            return False, f"command {name!r}: bad parameter: {e}"
-        except CommandError as e:
-            record(e.status, e.sequence_id, e.reply, e.status == "fail")
-            return False, str(e)
-        except CommandTimeoutError as e:
-            record("timeout", e.sequence_id, None, e.acked)
-            return False, str(e)
-        except RuntimeError as e:  # the link dropped between the check and the write
-            return False, f"command {name!r}: device unreachable: {e}"
-        except ConnectionError as e:
-            return False, f"command {name!r}: device error ({type(e).__name__}): {e}"
-        record("success", reply.get("sequence_id"), reply, True)
-        return True, f"command {name!r} (sequence_id {reply.get('sequence_id')}) succeeded"
+        def on_error(e):
+            if isinstance(e, CommandError):
+                session.data = record(e.status, e.sequence_id, e.reply, e.status == "fail")
+                return str(e)
+            if isinstance(e, CommandTimeoutError):
+                session.data = record("timeout", e.sequence_id, None, e.acked)
+                return str(e)
+            if isinstance(e, ConnectionError) and not self.driver.connected:
+                return f"{what}: device unreachable ({type(e).__name__}): {e}"
+            return None
+
+        return run_op(session, what, lambda: self.driver.command(name, params["details"], timeout),
+                      device_errors=(CommandError,), on_error=on_error,
+                      data=lambda reply, elapsed, _: record("success", reply.get("sequence_id"), reply, True),
+                      done=lambda reply, _: f"{what} (sequence_id {reply.get('sequence_id')}) succeeded")
 
 
 def make_parser(parser=None):
@@ -451,9 +360,7 @@ def make_parser(parser=None):
                         help="Message ids without a tel_/evt_ prefix that are telemetry; other bare ids are events.")
     pgroup.add_argument("--update-interval", type=float, default=1.0,
                         help="Seconds between updates of the monitor session data and the link_health feed.")
-    pgroup.add_argument("--reconnect-initial", type=float, default=0.2,
-                        help="Delay after the first failed reconnect attempt, seconds (doubles per failure).")
-    pgroup.add_argument("--reconnect-cap", type=float, default=5.0, help="Longest delay between reconnect attempts.")
+    add_reconnect_arguments(pgroup, initial=0.2, cap=5.0)
     pgroup.add_argument("--mode", choices=["idle", "monitor"], default="monitor",
                         help="'monitor' starts the monitor process at startup.")
     return parser
@@ -465,11 +372,8 @@ def main(args=None):
     args = site_config.parse_args(agent_class="MessageLinkAgent", parser=parser, args=args)
     try:
         host, port = device_address(args)
-        for option in ("timeout", "update_interval"):
-            value = getattr(args, option)
-            if not 0 < value < math.inf:
-                raise ValueError(f"--{option.replace('_', '-')} must be > 0, got {value}")
-        policy = ReconnectPolicy(initial=args.reconnect_initial, cap=args.reconnect_cap)
+        check_positive(args, "timeout", "update_interval")
+        policy = reconnect_policy(args)
         for ident in args.telemetry_ids:
             if not ident or any(c.isspace() for c in ident):
                 raise ValueError(f"--telemetry-ids {ident!r} is not a message id")

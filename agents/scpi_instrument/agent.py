@@ -1,7 +1,6 @@
 """ScpiInstrumentAgent: a SCPI power supply or multimeter over TCP, in OCS."""
 
 import argparse
-import time
 
 from ocs import ocs_agent, site_config
 from ocs.ocs_twisted import TimeoutLock
@@ -11,10 +10,13 @@ from ..common import (
     add_access_arguments,
     add_device_arguments,
     as_feed_value,
+    check_positive,
     device_address,
     log_access_control,
     parse_assignments,
+    register_feeds,
     route_library_logs,
+    run_op,
     start_logging,
     write_privs,
 )
@@ -51,9 +53,7 @@ class ScpiInstrumentAgent:
         self.sample_rate = sample_rate
         self.identity = None
         self.poller = Poller(self, instrument, self._poll, "scpi", "measurements")
-        agg_params = {"frame_length": 60}
-        self.agent.register_feed("scpi", record=True, agg_params=agg_params, buffer_time=1.0)
-        self.agent.register_feed("link_health", record=True, agg_params=agg_params, buffer_time=1.0)
+        register_feeds(self.agent, "scpi", "link_health")
 
     def _poll(self):
         try:
@@ -65,22 +65,16 @@ class ScpiInstrumentAgent:
         return {name: as_feed_value(reply) for name, reply in replies.items()}
 
     def _run(self, session, what, call):
-        started = time.time()
-        try:
-            result = call()
-        except ScpiError as e:
-            return False, f"{what}: {e}"
-        except (ValueError, TypeError) as e:
-            return False, f"{what}: bad parameter: {e}"
-        except ConnectionError as e:
-            return False, f"{what}: device error ({type(e).__name__}): {e}"
-        session.data = {"response": result, "timestamp": started, "elapsed": time.time() - started}
-        return True, f"{what} done"
+        # an instrument error is the instrument's answer: "<what>: instrument rejected ..."
+        return run_op(session, what, call, device_errors=(ScpiError,))
 
     def init(self, session, params):
         """init()
 
         **Task** - Identify the instrument (``*IDN?``) and clear its error queue.
+
+        Parameters:
+            None.
 
         Notes:
             >>> response.session['data']
@@ -138,6 +132,9 @@ class ScpiInstrumentAgent:
         health to the ``link_health`` feed.  A lost instrument sets
         ``session.degraded``; the first good reading clears it.
 
+        Parameters:
+            test_mode (bool): run one cycle and stop (for testing).
+
         Notes:
             >>> response.session['data']
             {'values': {'voltage': 2.5, 'current': 0.05, 'temperature': 25.1},
@@ -172,8 +169,7 @@ def main(args=None):
     args = site_config.parse_args(agent_class="ScpiInstrumentAgent", parser=parser, args=args)
     try:
         measurements = parse_assignments(args.measure or DEFAULT_MEASUREMENTS, "--measure")
-        if not args.sample_rate > 0:
-            raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
+        check_positive(args, "sample_rate", "timeout")
         host, port = device_address(args)
         instrument = ScpiInstrument(host, port, args.timeout, connect=False, max_read_size=args.max_read_size)
         privs = write_privs(args)

@@ -6,7 +6,6 @@ a fixed list of queries each cycle and publishes the replies.
 """
 
 import argparse
-import time
 
 from ocs import ocs_agent, site_config
 from ocs.ocs_twisted import TimeoutLock
@@ -18,10 +17,13 @@ from ..common import (
     add_access_arguments,
     add_device_arguments,
     as_feed_value,
+    check_positive,
     log_access_control,
     make_link,
     parse_assignments,
+    register_feeds,
     route_library_logs,
+    run_op,
     start_logging,
     write_privs,
 )
@@ -57,9 +59,7 @@ class TCPBusAgent:
         self.acq_queries = list(acq_queries)
         self.sample_rate = sample_rate
         self.poller = Poller(self, link, self._poll, "tcp_bus", "queries")
-        agg_params = {"frame_length": 60}
-        self.agent.register_feed("tcp_bus", record=True, agg_params=agg_params, buffer_time=1.0)
-        self.agent.register_feed("link_health", record=True, agg_params=agg_params, buffer_time=1.0)
+        register_feeds(self.agent, "tcp_bus", "link_health")
 
     # ------------------------------------------------------------------ acq
     def _poll(self):
@@ -102,17 +102,8 @@ class TCPBusAgent:
 
     # ------------------------------------------------------------------ tasks
     def _bus(self, session, op, call):
-        started = time.time()
-        t0 = time.perf_counter()
-        try:
-            response = call()
-        except (ValueError, TypeError) as e:
-            return False, f"{op}: bad parameter: {e}"
-        except ConnectionError as e:
-            return False, f"{op}: device error ({type(e).__name__}): {e}"
-        elapsed = time.perf_counter() - t0
-        session.data = {"response": response, "elapsed": elapsed, "timestamp": started}
-        return True, f"{op} done in {elapsed * 1000:.1f} ms"
+        # bad input -> "bad parameter", link failures -> "device error (...)"
+        return run_op(session, op, call)
 
     @ocs_agent.param("data", type=str)
     def write(self, session, params):
@@ -172,6 +163,10 @@ class TCPBusAgent:
 
         **Task** - Read exactly ``bytes_to_read`` bytes, returned as lowercase hex.
 
+        Parameters:
+            bytes_to_read (int): how many bytes.
+            timeout (float): deadline in seconds (default: the link's).
+
         Notes:
             >>> response.session['data']
             {'response': '0a0d', 'elapsed': 0.002, 'timestamp': 1700000000.0}
@@ -188,6 +183,10 @@ class TCPBusAgent:
         with escapes (``"\\n"``, ``"\\r\\n,\\x03"``).  The terminator is not
         returned.
 
+        Parameters:
+            eot (str): the terminator(s), comma-separated, escapes allowed.
+            timeout (float): deadline in seconds (default: the link's).
+
         Notes:
             >>> response.session['data']
             {'response': 'READY', 'elapsed': 0.01, 'timestamp': 1700000000.0}
@@ -200,6 +199,10 @@ class TCPBusAgent:
         """read_bin_until(eot, timeout=None)
 
         **Task** - Like ``read_until``, returning lowercase hex.
+
+        Parameters:
+            eot (str): the terminator(s), comma-separated, escapes allowed.
+            timeout (float): deadline in seconds (default: the link's).
 
         Notes:
             >>> response.session['data']
@@ -217,6 +220,12 @@ class TCPBusAgent:
         **Task** - Write ``data`` then read exactly ``bytes_to_read`` bytes,
         as one transaction.
 
+        Parameters:
+            data (str): text to send.
+            bytes_to_read (int): how many bytes of reply.
+            timeout (float): deadline of the whole transaction in seconds
+                (default: the link's).
+
         Notes:
             >>> response.session['data']
             {'response': 'ACME', 'elapsed': 0.001, 'timestamp': 1700000000.0}
@@ -231,6 +240,12 @@ class TCPBusAgent:
         """wrnrd_bin(data, bytes_to_read, timeout=None)
 
         **Task** - Write hex ``data`` then read ``bytes_to_read`` bytes as hex.
+
+        Parameters:
+            data (str): hex digits, even length.
+            bytes_to_read (int): how many bytes of reply.
+            timeout (float): deadline of the whole transaction in seconds
+                (default: the link's).
 
         Notes:
             >>> response.session['data']
@@ -247,6 +262,12 @@ class TCPBusAgent:
 
         **Task** - Write ``data`` then read until a terminator of ``eot``, as
         one transaction.
+
+        Parameters:
+            data (str): text to send.
+            eot (str): the reply terminator(s), comma-separated, escapes allowed.
+            timeout (float): deadline of the whole transaction in seconds
+                (default: the link's).
 
         Notes:
             >>> response.session['data']
@@ -265,6 +286,12 @@ class TCPBusAgent:
         **Task** - Write hex ``data`` then read until a terminator of ``eot``,
         returned as hex.
 
+        Parameters:
+            data (str): hex digits, even length.
+            eot (str): the reply terminator(s), comma-separated, escapes allowed.
+            timeout (float): deadline of the whole transaction in seconds
+                (default: the link's).
+
         Notes:
             >>> response.session['data']
             {'response': '1020', 'elapsed': 0.001, 'timestamp': 1700000000.0}
@@ -280,6 +307,10 @@ class TCPBusAgent:
         **Task** - Read until the regular expression ``pattern`` matches;
         ``response`` is everything consumed up to the end of the match.
 
+        Parameters:
+            pattern (str): a Python regular expression.
+            timeout (float): deadline in seconds (default: the link's).
+
         Notes:
             >>> response.session['data']
             {'response': 'boot ok\\nREADY>', 'elapsed': 0.2, 'timestamp': 1700000000.0}
@@ -290,6 +321,9 @@ class TCPBusAgent:
         """connect()
 
         **Task** - Connect to the device now (cmd_tcp ``config``).
+
+        Parameters:
+            None.
 
         Notes:
             >>> response.session['data']
@@ -302,6 +336,9 @@ class TCPBusAgent:
 
         **Task** - Close the connection (cmd_tcp ``inval``); the next
         operation reconnects.
+
+        Parameters:
+            None.
 
         Notes:
             >>> response.session['data']
@@ -352,8 +389,7 @@ def main(args=None):
         write_term = decode_escapes(args.write_termination)
         if not read_term:
             raise ValueError("--read-termination must not be empty")
-        if not args.sample_rate > 0:
-            raise ValueError(f"--sample-rate must be > 0, got {args.sample_rate}")
+        check_positive(args, "sample_rate", "timeout")
         # a reply that arrives after its deadline must never become the answer
         # to a later write-and-read (plain read tasks still see everything)
         link = make_link(args, drain_before_query=True, close_on_timeout=True)
