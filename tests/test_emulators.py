@@ -7,10 +7,12 @@ socs_tcp: these tests prove the emulators, which then test the device files.
 """
 
 import socket
+import struct
 import time
 
 import pytest
-from emulators import TPG366Emulator
+from emulators import CryomechCPAEmulator, TPG366Emulator
+from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
 
 TIMEOUT = 5.0
 
@@ -273,3 +275,111 @@ def test_tpg_missed_ack_then_resend(connect):
         assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
     with pytest.raises(ValueError, match="'loud'"):
         device.miss_ack(1, mode="loud")
+
+
+# -- Cryomech CPA (Modbus TCP) -------------------------------------------------------------------
+
+# SOCS tests/integration/test_cryomech_cpa_agent_integration.py: init_msg, the power commands
+SOCS_READ = b"\t\x99\x00\x00\x00\x06\x01\x04\x00\x01\x005"
+SOCS_POWER_ON = b"\t\x99\x00\x00\x00\x06\x01\x06\x00\x01\x00\x01"
+SOCS_POWER_OFF = b"\t\x99\x00\x00\x00\x06\x01\x06\x00\x01\x00\xff"
+
+
+def modbus_reply(client):
+    header = client.read_exactly(7)
+    length = struct.unpack(">H", header[4:6])[0]
+    return header + client.read_exactly(length - 1)
+
+
+def socs_float(frame, locs):
+    """Decode the way SOCS breakdownReplyData does: bytes at the given frame offsets, '>f'."""
+    return struct.unpack(">f", bytes(frame[i] for i in locs))[0]
+
+
+def test_cryomech_read_reproduces_socs_captured_reply(connect):
+    with CryomechCPAEmulator() as device:
+        client = connect(device)
+        client.send(SOCS_READ)
+        reply = modbus_reply(client)
+        assert reply == SOCS_CAPTURED_REPLY
+        assert len(reply) == 115 and reply[7] == 0x04 and reply[8] == 0x6A
+        assert socs_float(reply, [23, 24, 21, 22]) == pytest.approx(65.627, abs=1e-3)  # Coolant_In_Temp
+        assert socs_float(reply, [63, 64, 61, 62]) == pytest.approx(10613.5)  # Hours_of_Operation
+        assert struct.unpack(">H", reply[69:71])[0] == 10556  # Serial_Number
+
+
+def test_cryomech_power_echo_and_state(connect):
+    with CryomechCPAEmulator() as device:
+        client = connect(device)
+        client.send(SOCS_POWER_ON)
+        assert modbus_reply(client) == SOCS_POWER_ON
+        assert device.compressor_on
+        client.send(SOCS_READ)
+        reply = modbus_reply(client)
+        assert struct.unpack(">H", reply[9:11])[0] == 3  # Operating_State
+        assert struct.unpack(">H", reply[11:13])[0] == 1  # Compressor_State
+        client.send(SOCS_POWER_OFF)
+        assert modbus_reply(client) == SOCS_POWER_OFF
+        client.send(SOCS_READ)
+        reply = modbus_reply(client)
+        assert struct.unpack(">H", reply[11:13])[0] == 0
+        assert device.writes == [(1, 1), (1, 0xFF)]
+
+
+def test_cryomech_values_change_and_transaction_id_is_echoed(connect):
+    with CryomechCPAEmulator() as device:
+        device.set_value("Helium_Temp", 80.5)
+        device.set_value("Model", (4, 24))
+        assert device.get_value("Helium_Temp") == pytest.approx(80.5)
+        client = connect(device)
+        client.send(b"\x12\x34" + SOCS_READ[2:])
+        reply = modbus_reply(client)
+        assert reply[:2] == b"\x12\x34"
+        assert socs_float(reply, [35, 36, 33, 34]) == pytest.approx(80.5)
+        assert reply[71:73] == b"\x04\x18"
+        # a partial range: registers 7..8 are Coolant_In_Temp, low word first
+        client.send(b"\x00\x01\x00\x00\x00\x06\x01\x04\x00\x07\x00\x02")
+        reply = modbus_reply(client)
+        assert reply[8] == 4 and struct.unpack(">f", reply[11:13] + reply[9:11])[0] == pytest.approx(65.627, abs=1e-3)
+    with pytest.raises(KeyError, match="'Bogus'"):
+        device.set_value("Bogus", 1)
+
+
+def test_cryomech_exceptions(connect):
+    with CryomechCPAEmulator() as device:
+        client = connect(device)
+        client.send(b"\x00\x07\x00\x00\x00\x06\x01\x03\x00\x01\x00\x01")  # FC 3: not supported
+        assert modbus_reply(client) == b"\x00\x07\x00\x00\x00\x03\x01\x83\x01"
+        client.send(b"\x00\x08\x00\x00\x00\x06\x01\x04\x00\x30\x00\x10")  # past the last register
+        assert modbus_reply(client) == b"\x00\x08\x00\x00\x00\x03\x01\x84\x02"
+        client.send(b"\x00\x09\x00\x00\x00\x06\x01\x06\x00\x01\x00\x02")  # neither on nor off
+        assert modbus_reply(client) == b"\x00\x09\x00\x00\x00\x03\x01\x86\x03"
+        client.send(b"\x00\x0a\x00\x00\x00\x06\x01\x06\x00\x05\x00\x01")  # not the power register
+        assert modbus_reply(client) == b"\x00\x0a\x00\x00\x00\x03\x01\x86\x02"
+        assert device.writes == []
+
+
+def test_cryomech_protocol_id_and_length_checks(connect):
+    with CryomechCPAEmulator() as device:
+        client = connect(device)
+        client.send(b"\x09\x99\x00\x01\x00\x06\x01\x04\x00\x01\x005")  # protocol id 1: dropped
+        assert client.expect_nothing()
+        client.send(SOCS_READ[:5])  # split frame
+        client.send(SOCS_READ[5:])
+        assert modbus_reply(client) == SOCS_CAPTURED_REPLY
+        client.send(b"\x09\x99\x00\x00\x01\x00\x01\x04")  # length 256: cannot resync
+        client.expect_closed()
+
+
+def test_cryomech_faults_short_reply_and_wrong_tid(connect):
+    with CryomechCPAEmulator() as device:
+        client = connect(device)
+        device.corrupt_next_reply()
+        client.send(SOCS_READ)
+        short = modbus_reply(client)
+        assert len(short) < len(SOCS_CAPTURED_REPLY)
+        device.wrong_transaction_id_once()
+        client.send(SOCS_READ)
+        assert modbus_reply(client)[:2] == b"\x09\x9a"
+        client.send(SOCS_READ)
+        assert modbus_reply(client) == SOCS_CAPTURED_REPLY

@@ -12,6 +12,7 @@ with ``start()``/``stop()``, use as a context manager, ``.port``,
 ``set_delay(seconds)``, ``send_unsolicited(bytes)`` plus device-specific ones.
 """
 
+from .cryomech_cpa import CryomechCPAEmulator
 from .tpg366 import TPG366Emulator
 
-__all__ = ["TPG366Emulator"]
+__all__ = ["CryomechCPAEmulator", "TPG366Emulator"]
