@@ -6,9 +6,14 @@
 #   docker build -t socs-tcp .
 #   docker run --rm -v "$PWD/deploy:/config:ro" -e INSTANCE_ID=tcp-bus -e SITE_HOST=docker socs-tcp
 
+# The Python 3.11 image both stages start from.  Real builds keep the default;
+# the compose test (tests/test_docker_site.py) builds on a locally made
+# Debian image with Python 3.11, as no image registry can be reached there.
+ARG BASE_IMAGE=python:3.11-slim
+
 # ---- build stage: install into a virtualenv, with a compiler at hand for any
 # dependency that has no wheel for the target platform.
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
@@ -33,7 +38,7 @@ COPY socs_tcp_stack ./socs_tcp_stack
 RUN pip install . dumb-init
 
 # ---- runtime stage: the virtualenv only, run by an unprivileged user.
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 
 # uid/gid 9000, as the ocs user of the OCS images
 RUN groupadd --gid 9000 ocs \

@@ -41,7 +41,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 #: Instance ids the site must have (the dashboards and the docs use the same ones).
 SITE_INSTANCES = {"registry": "RegistryAgent", "influxdb-publisher": "InfluxDBAgent",
-                  "scpi-psu": "ScpiInstrumentAgent", "tcp-bus": "TCPBusAgent"}
+                  "scpi-psu": "ScpiInstrumentAgent", "tcp-bus": "TCPBusAgent", "message-link": "MessageLinkAgent"}
 #: Image of OCS's own agents: it has only the ``ocs`` plugin installed.
 OCS_IMAGE = "simonsobs/ocs"
 LOOPBACK_IPS = ("127.0.0.1", "::1")
@@ -444,9 +444,22 @@ def dockerfile_problems(text, root):
     """What the runtime stage of the Dockerfile must have, and COPY sources that do not exist."""
     problems = []
     instructions = dockerfile_instructions(text)
+    # ARGs declared before the first FROM may be used in FROM lines; their defaults are what real builds get
+    global_args = {}
+    for word, args in instructions:
+        if word == "FROM":
+            break
+        if word == "ARG":
+            key, _, value = args.partition("=")
+            global_args[key.strip()] = value.strip().strip('"')
+
+    def expand(value):
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args.get(m.group(1) or m.group(2), m.group(0)), value)
+
     stages = []
     for word, args in instructions:
         if word == "FROM":
+            args = expand(args)
             stages.append([])
         if stages:
             stages[-1].append((word, args))
@@ -591,7 +604,8 @@ def test_docker_compose_accepts_the_file(compose):
         pytest.skip("docker-compose is not installed; cannot validate docker-compose.yml")
     rendered = compose_config(COMPOSE_FILE, exe)
     assert set(services(rendered)) == set(services(compose))
-    # The health check scripts must reach the containers as written: no "$" interpolated away.
+    # The health check scripts must reach the containers as written: no "$" interpolated away
+    # ("docker-compose config" prints a "$$" escape as written; the container gets one "$").
     for name, svc in services(compose).items():
         assert services(rendered)[name]["healthcheck"]["test"] == svc["healthcheck"]["test"], name
 
@@ -1001,7 +1015,9 @@ def test_repository_crossbar_config_runs_the_site(tmp_path, compose, site, cross
         (stack.crossbar.cbdir / "config.json").write_text(json.dumps(config, indent=2))
         stack.start()
 
-        crossbar_check = _rewrite_once(_healthcheck_script(compose, "crossbar"), ":8001/", f":{stack.port}/")
+        # the check reads crossbar's port from the config that the compose file mounts
+        crossbar_check = _rewrite_once(_healthcheck_script(compose, "crossbar"), '"/ocs/.crossbar/config.json"',
+                                       repr(str(stack.crossbar.cbdir / "config.json")))
         proc = _run_check(crossbar_check)
         assert proc.returncode == 0, proc.stderr
 
@@ -1027,10 +1043,16 @@ def test_repository_crossbar_config_runs_the_site(tmp_path, compose, site, cross
         assert proc.returncode != 0
         assert f"{hub['address_root']}.registry" in proc.stderr
 
+        # the check reads the simulator's port from its command line (/proc/1/cmdline in the container)
         sim_check = _healthcheck_script(compose, "scpi-sim")
-        proc = _run_check(_rewrite_once(sim_check, "5025", str(sim.port)))
+        argv_file = tmp_path / "cmdline"
+        argv = ["dumb-init", "python3", "-m", "socs_tcp.simulators.scpi", "--host", "0.0.0.0", "--port"]
+        argv_file.write_bytes("\0".join([*argv, str(sim.port), ""]).encode())
+        sim_check = _rewrite_once(sim_check, '"/proc/1/cmdline"', repr(str(argv_file)))
+        proc = _run_check(sim_check)
         assert proc.returncode == 0, proc.stderr
-        proc = _run_check(_rewrite_once(sim_check, "5025", str(port)))  # nothing listens there
+        argv_file.write_bytes("\0".join([*argv, str(port), ""]).encode())  # nothing listens there
+        proc = _run_check(sim_check)
         assert proc.returncode != 0
     finally:
         stack.stop()
