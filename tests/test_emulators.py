@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from emulators import CryomechCPAEmulator, TPG366Emulator
+from emulators import CryomechCPAEmulator, DS378Emulator, TPG366Emulator
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
 
 TIMEOUT = 5.0
@@ -383,3 +383,117 @@ def test_cryomech_faults_short_reply_and_wrong_tid(connect):
         assert modbus_reply(client)[:2] == b"\x09\x9a"
         client.send(SOCS_READ)
         assert modbus_reply(client) == SOCS_CAPTURED_REPLY
+
+
+# -- Devantech dS378 ------------------------------------------------------------------------------
+
+
+def socs_relays(reply):
+    """Unpack the way SOCS DS378.get_relays does."""
+    return [(reply[4 - i // 8] >> (i % 8)) & 1 for i in range(32)]
+
+
+def test_ds378_status_bytes_match_the_manual_example(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        client.send(b"\x30")
+        reply = client.read_exactly(8)
+        assert reply == bytes([35, 2, 18, 1, 2, 0x7D, 0x01, 0x0B])
+        assert reply[5] / 10 == 12.5
+        assert int.from_bytes(reply[6:8], "big", signed=True) / 10 == 26.7
+        assert client.expect_nothing(0.1)  # exactly 8 bytes
+
+
+def test_ds378_negative_temperature_is_signed(connect):
+    with DS378Emulator(temperature=-5.3, supply_volts=24.0) as device:
+        client = connect(device)
+        client.send(b"\x30")
+        reply = client.read_exactly(8)
+        assert reply[5] == 240
+        assert int.from_bytes(reply[6:8], "big", signed=True) == -53
+
+
+def test_ds378_relays_set_and_read_back(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        for relay in (1, 3, 8):
+            client.send(bytes([0x31, relay, 1, 0, 0, 0, 0]))
+            assert client.read_exactly(1) == b"\x00"
+        client.send(b"\x33\x01")
+        states = socs_relays(client.read_exactly(5))
+        assert states[:8] == [1, 0, 1, 0, 0, 0, 0, 1] and not any(states[8:])
+        client.send(bytes([0x31, 3, 0, 0, 0, 0, 0]))
+        assert client.read_exactly(1) == b"\x00"
+        client.send(b"\x33\x01")
+        assert socs_relays(client.read_exactly(5))[:8] == [1, 0, 0, 0, 0, 0, 0, 1]
+        client.send(bytes([0x31, 9, 1, 0, 0, 0, 0]))  # relay 9 does not exist: NACK = its number
+        assert client.read_exactly(1) == b"\x09"
+
+
+def test_ds378_pulse_turns_relay_on_then_off(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        client.send(bytes([0x31, 5, 0]) + (300).to_bytes(4, "big"))
+        assert client.read_exactly(1) == b"\x00"
+        client.send(b"\x33\x01")
+        assert socs_relays(client.read_exactly(5))[4] == 1
+        assert wait_until(lambda: not device.relay_states()[4])
+        client.send(b"\x33\x01")
+        assert socs_relays(client.read_exactly(5))[4] == 0
+
+
+def test_ds378_outputs_inputs_analog_counters(connect):
+    with DS378Emulator() as device:
+        device.set_analog(1, 574)
+        device.set_analog(7, 0x032C)
+        device.set_input(2, True)
+        device.set_counter(2, 123456, 789)
+        client = connect(device)
+        client.send(b"\x32\x04\x01")
+        assert client.read_exactly(1) == b"\x00"
+        client.send(b"\x32\x08\x01")  # I/O 8 does not exist
+        assert client.read_exactly(1) != b"\x00"
+        client.send(b"\x34\x01")
+        inputs = client.read_exactly(2)
+        assert [(inputs[1] >> i) & 1 for i in range(7)] == [0, 1, 0, 1, 0, 0, 0]
+        client.send(b"\x35")
+        analog = client.read_exactly(14)
+        values = [int.from_bytes(analog[2 * i:2 * i + 2], "big") for i in range(7)]
+        assert values == [574, 0, 0, 0, 0, 0, 812]
+        client.send(b"\x36\x02")
+        counters = client.read_exactly(8)
+        assert int.from_bytes(counters[:4], "big") == 123456
+        assert int.from_bytes(counters[4:], "big") == 789
+
+
+def test_ds378_request_split_across_writes(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        client.send(b"\x31\x02")
+        client.send(b"\x01\x00\x00\x00\x00\x33")
+        assert client.read_exactly(1) == b"\x00"
+        client.send(b"\x01")
+        assert socs_relays(client.read_exactly(5))[1] == 1
+
+
+def test_ds378_partial_reply_once_then_whole(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        device.partial_reply_once()
+        client.send(b"\x35")
+        short = client.read_exactly(13)
+        assert client.expect_nothing(0.2)  # 13 of 14 bytes: a wrong-length reply
+        assert len(short) == 13
+        client.send(b"\x35")  # the retry gets the full reply
+        assert len(client.read_exactly(14)) == 14
+        assert client.expect_nothing(0.1)
+
+
+def test_ds378_unknown_command_is_ignored(connect):
+    with DS378Emulator() as device:
+        client = connect(device)
+        client.send(b"\x7f")
+        assert client.expect_nothing()
+        assert device.received[-1] == b"\x7f"
+        client.send(b"\x30")
+        assert client.read_exactly(8)[0] == 35
