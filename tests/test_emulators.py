@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from emulators import CryomechCPAEmulator, DS378Emulator, TPG366Emulator
+from emulators import CryomechCPAEmulator, DS378Emulator, PCR500MAEmulator, TPG366Emulator
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
 
 TIMEOUT = 5.0
@@ -497,3 +497,96 @@ def test_ds378_unknown_command_is_ignored(connect):
         assert device.received[-1] == b"\x7f"
         client.send(b"\x30")
         assert client.read_exactly(8)[0] == 35
+
+
+# -- Kikusui PCR500MA (SCPI) ----------------------------------------------------------------------
+
+
+def scpi(client, command):
+    client.send(command.encode() + b"\n")
+    return client.read_until(b"\n").decode()
+
+
+def test_pcr_idn_and_socs_command_set(connect):
+    with PCR500MAEmulator(load_ohms=10.0) as device:
+        client = connect(device)
+        assert scpi(client, "*IDN?").startswith("KIKUSUI,PCR500MA,")
+        assert scpi(client, "OUTP?") == "0\n"
+        client.send(b"VOLT 20.5\nFREQ 60\nCURR 4\nCURR:OFFS 1.5\nOUTP:COUP ACDC\n")
+        assert float(scpi(client, "VOLT?")) == 20.5
+        assert float(scpi(client, "FREQ?")) == 60.0
+        assert float(scpi(client, "CURR?")) == 4.0
+        assert float(scpi(client, "CURR:OFFS?")) == 1.5
+        assert scpi(client, "OUTP:COUP?") == "ACDC\n"
+        assert float(scpi(client, "MEAS:VOLT:AC?")) == 0.0  # output off
+        client.send(b"OUTP 1\n")
+        assert scpi(client, "OUTP?") == "1\n"
+        assert float(scpi(client, "MEAS:VOLT:AC?")) == 20.5
+        assert float(scpi(client, "MEAS:CURR:AC?")) == pytest.approx(2.05)
+        assert float(scpi(client, "MEAS:POW:AC?")) == pytest.approx(42.025)
+        assert float(scpi(client, "MEAS:FREQ?")) == 60.0
+        assert scpi(client, "SYST:ERR?") == '0,"No error"\n'
+
+
+def test_pcr_long_forms_case_and_compound(connect):
+    with PCR500MAEmulator() as device:
+        client = connect(device)
+        client.send(b"source:voltage 12;:OUTPut:STATe ON\n")
+        assert scpi(client, "VOLTage?;OUTP?") == "+1.20000E+01;1\n"
+        assert scpi(client, "measure:scalar:voltage:ac?") == "+1.20000E+01\n"
+        assert scpi(client, "SYSTem:ERRor:NEXT?") == '0,"No error"\n'
+
+
+def test_pcr_error_queue(connect):
+    with PCR500MAEmulator() as device:
+        client = connect(device)
+        client.send(b"VOLT 151\n")  # above the 150 V range
+        client.send(b"BOGUS 1\n")
+        client.send(b"VOLT abc\n")
+        client.send(b"VOLT\n")
+        assert scpi(client, "SYST:ERR?") == '-222,"Data out of range"\n'
+        assert scpi(client, "SYST:ERR?") == '-113,"Undefined header"\n'
+        assert scpi(client, "SYST:ERR?") == '-104,"Data type error"\n'
+        assert scpi(client, "SYST:ERR?") == '-109,"Missing parameter"\n'
+        assert scpi(client, "SYST:ERR?") == '0,"No error"\n'
+        assert float(scpi(client, "VOLT?")) == 0.0  # nothing applied
+        client.send(b"NOPE?\n")
+        assert scpi(client, "SYST:ERR?") == '-113,"Undefined header"\n'
+        client.send(b"FREQ 0.5\n*CLS\n")
+        assert scpi(client, "SYST:ERR?") == '0,"No error"\n'
+
+
+def test_pcr_voltage_window_from_volt_with_limits(connect):
+    with PCR500MAEmulator() as device:
+        client = connect(device)
+        client.send(b"VOLT 10,0,51\n")  # the SOCS driver's form with its 51 V soft limit
+        assert float(scpi(client, "VOLT?")) == 10.0
+        client.send(b"VOLT 52\n")
+        assert scpi(client, "SYST:ERR?") == '-222,"Data out of range"\n'
+        client.send(b"VOLT 51\n")
+        assert float(scpi(client, "VOLT?")) == 51.0
+        client.send(b"VOLT 60,0,50\n")
+        assert scpi(client, "SYST:ERR?") == '-222,"Data out of range"\n'
+
+
+def test_pcr_queue_overflow_and_reset(connect):
+    with PCR500MAEmulator() as device:
+        client = connect(device)
+        client.send(b"X\n" * 300)
+        assert device.wait_for_requests(300)
+        assert len(device.errors) == 255 and device.errors[-1] == (-350, "Queue overflow")
+        client.send(b"VOLT 5\nOUTP 1\n*RST\n")
+        assert scpi(client, "OUTP?;VOLT?") == "0;+0.00000E+00\n"
+
+
+def test_pcr_protection_trip(connect):
+    with PCR500MAEmulator() as device:
+        client = connect(device)
+        client.send(b"OUTP 1\n")
+        assert scpi(client, "OUTP?") == "1\n"
+        device.trip_protection()
+        assert scpi(client, "OUTP?") == "0\n"
+        client.send(b"OUTP 1\n")
+        assert scpi(client, "SYST:ERR?") == '-221,"Settings conflict"\n'
+        client.send(b"OUTP:PROT:CLE\nOUTP 1\n")
+        assert scpi(client, "OUTP?") == "1\n"

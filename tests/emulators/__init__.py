@@ -14,6 +14,7 @@ with ``start()``/``stop()``, use as a context manager, ``.port``,
 
 from .cryomech_cpa import CryomechCPAEmulator
 from .ds378 import DS378Emulator
+from .pcr500ma import PCR500MAEmulator
 from .tpg366 import TPG366Emulator
 
-__all__ = ["CryomechCPAEmulator", "DS378Emulator", "TPG366Emulator"]
+__all__ = ["CryomechCPAEmulator", "DS378Emulator", "PCR500MAEmulator", "TPG366Emulator"]
