@@ -101,6 +101,16 @@ class DeviceEmulator:
         log.info("device emulator listening on %s:%d", self.host, self.port)
         return self
 
+    @classmethod
+    def from_recording(cls, path, **options):
+        """An emulator that replays the recording at ``path``: a
+        :class:`~socs_tcp.testing.replay.ReplayServer` (a subclass, with the
+        same fault methods), not started.  ``options`` are those of
+        :class:`~socs_tcp.testing.replay.ReplayServer` (``match``, ``timing``,
+        ``at_end``, ``on_unexpected``, ``error_reply``, ``host``, ``port``)."""
+        from .replay import ReplayServer
+        return ReplayServer(path, **options)
+
     # compatibility with socs.testing: create_tcp_relay(port)
     def create_tcp_relay(self, port=0):
         """Start listening on ``port`` (SOCS emulator name for :meth:`start`)."""

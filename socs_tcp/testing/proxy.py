@@ -27,13 +27,31 @@ import logging
 import selectors
 import socket
 import threading
+import time
 
 from ..core.checks import check_host, check_port, check_seconds, format_host_port
 from .recording import RecordingWriter
 
-__all__ = ["RecordingProxy"]
+__all__ = ["RecordingProxy", "linger_close"]
 
 log = logging.getLogger("socs_tcp.testing")
+
+
+def linger_close(sock, timeout=1.0):
+    """Close ``sock`` so the peer sees a clean end of stream: send FIN, then
+    discard what the peer still sends until it closes too (or ``timeout``
+    seconds pass).  Closing with unread bytes would send a reset instead,
+    which the peer reports as a lost connection, not a close."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class RecordingProxy:
@@ -196,12 +214,16 @@ class RecordingProxy:
         with self._lock:
             self._sockets.discard(client)
             self._sockets.discard(device)
-        for sock in (client, device):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        if by == "device":
+            device.close()
+            linger_close(client)  # the client sees the device's close, not a reset
+        else:
+            for sock in (client, device):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
 
     def _pump(self, conn, client, device):
         """Forward until one side closes.  Returns (by, reason)."""

@@ -62,6 +62,7 @@ import threading
 from ..core.checks import check_host, check_port
 from ..core.codec import format_traffic
 from .emulator import DeviceEmulator
+from .proxy import linger_close
 from .recording import Recording, read_recording
 
 __all__ = ["ReplayServer", "Session", "Step", "build_sessions", "replay_fixture"]
@@ -293,7 +294,10 @@ class ReplayServer(DeviceEmulator):
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            conn.close()
+            if self._running:
+                linger_close(conn)  # a clean end of stream, not a reset, even with unread requests
+            else:
+                conn.close()
 
     def _replay(self, conn):
         number, session = self._pick_session()
