@@ -15,6 +15,9 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = 1.0      # device timeout given to the agents
 RATE = 5.0         # acq cycles per second
+#: generous bound for "acq notices a lost device": a few device timeouts and
+#: cycles plus the OCS round trips, so a loaded machine still passes
+NOTICE = 3 * (TIMEOUT + 1 / RATE) + 5
 
 
 def wait_for(condition, timeout, what):
@@ -135,8 +138,8 @@ def test_acq_publishes_and_survives_a_device_outage(bus, device, stack):
 
         device.refuse_connections()              # the device goes away
         killed = time.monotonic()
-        wait_for(lambda: acq_data(bus)["degraded"], TIMEOUT + 1 / RATE + 2, "degraded to be set")
-        assert time.monotonic() - killed < TIMEOUT + 1 / RATE + 2
+        wait_for(lambda: acq_data(bus)["degraded"], NOTICE, "degraded to be set")
+        assert time.monotonic() - killed < NOTICE
         session = acq_data(bus)
         assert session["status"] == "running"
         assert session["data"]["connected"] is False and session["data"]["last_error"]
@@ -144,13 +147,13 @@ def test_acq_publishes_and_survives_a_device_outage(bus, device, stack):
 
         started = time.monotonic()
         message = failed(bus.wrnrd_until(data="x\n", eot="\\n"))
-        assert time.monotonic() - started < TIMEOUT + 1.0, "tasks must fail fast while the device is down"
+        assert time.monotonic() - started < 5 * TIMEOUT, "tasks must fail fast while the device is down"
         assert "device error" in message and "ConnectFailedError" in message
 
         device.refuse_connections(False)         # the device is back
         last_ts = session["data"].get("timestamp", 0)
         wait_for(lambda: not acq_data(bus)["degraded"], 10, "degraded to clear")
-        wait_for(lambda: acq_data(bus)["data"].get("timestamp", 0) > last_ts, 5, "new feed data")
+        wait_for(lambda: acq_data(bus)["data"].get("timestamp", 0) > last_ts, 10, "new feed data")
         assert acq_data(bus)["data"]["values"]["volt"] == 1.25
         log = stack.agents["bus"].log_text()
         assert log.count("device unreachable, acq degraded") == 1, "an outage is logged once, not every cycle"
@@ -190,13 +193,17 @@ def test_tasks_during_acq_never_cross_replies(bus, device):
             t.start()
         for t in threads:
             t.join()
-        data = acq_data(bus)["data"]
+        # acq kept cycling after the tasks: how many cycles fit in the tasks' time is the
+        # machine's business, so wait for one more instead of counting them
+        cycles = acq_data(bus)["data"]["cycles"]
+        data = wait_for(lambda: (lambda d: d if d["cycles"] > cycles else None)(acq_data(bus)["data"]),
+                        10 + 2 / RATE, "an acq cycle after the tasks")
     finally:
         bus.acq.stop()
         bus.acq.wait(timeout=10)
     assert errors == [] and crossed == []
     assert data["values"] == {"volt": 1.25, "idn": "ACME,BUS,1"}, "acq never read a task's reply"
-    assert data["cycles"] > 1 and data["degraded"] is False
+    assert data["degraded"] is False
 
 
 # ---------------------------------------------------------------- SCPI agent
@@ -222,7 +229,7 @@ def test_scpi_acq_degrades_and_recovers(psu, simulator, stack):
         assert all(isinstance(v, float) for v in values.values())
         port = simulator.port
         simulator.stop()
-        wait_for(lambda: acq_data(psu)["degraded"], TIMEOUT + 1 / RATE + 2, "degraded")
+        wait_for(lambda: acq_data(psu)["degraded"], NOTICE, "degraded")
         assert stack.agents["psu"].alive()
         replacement = ScpiSimulator(port=port).start()
         try:

@@ -57,7 +57,9 @@ class FakeLink:
 
 
 def run_until(poller, condition, timeout=10.0):
-    thread = threading.Thread(target=poller.run, args=(FakeSession(), 0.2), daemon=True)  # period 5 s
+    # period 100 s: far longer than any stall of a loaded machine, so a cycle seen
+    # within a test can only be the first one or an early retry
+    thread = threading.Thread(target=poller.run, args=(FakeSession(), 0.01), daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     try:
@@ -76,7 +78,7 @@ def test_degraded_poller_retries_when_the_backoff_allows_not_a_period_later():
     poller = Poller(obj, link, link.poll, "data", "block")
     run_until(poller, lambda: any(feed == "data" for feed, _ in obj.published))
     recovered = next(t for t in link.calls if t >= link.up_at)
-    assert recovered - link.up_at < 1.0, "recovery waited for the 5 s period"
+    assert recovered - link.up_at < 10.0, "recovery waited for the 100 s period"
     assert [level for level, _ in obj.log.lines] == ["error", "info"], "one line per outage and one on recovery"
     assert poller.missed == 0, "early retries are not missed cycles"
 

@@ -48,10 +48,25 @@ def test_late_reply_is_neither_taken_as_the_error_queue_nor_as_the_next_answer(d
 
 
 def test_instrument_out_of_step_is_a_link_error_not_a_crash(make_emulator):
+    """Answers every line, commands too.  Whether the stray answer to ``VOLT 1`` is
+    drained before ``SYST:ERR?`` or read as its answer depends on timing: both
+    must end in the same LinkError (once this raised LinkTimeoutError instead)."""
     nonsense = make_emulator(default_response=lambda line: "hello", write_termination="\n")
     psu = ScpiInstrument("127.0.0.1", nonsense.port, 2.0)
     with pytest.raises(LinkError, match="out of step"):
         psu.command("VOLT 1")
+
+
+def test_one_nonsense_answer_to_the_error_query_is_out_of_step_after_the_timeout(make_emulator):
+    """The deterministic form of the path that raced: the only line that comes is
+    the nonsense answer to ``SYST:ERR?``, and nothing follows it."""
+    nonsense = make_emulator(default_response=lambda line: "hello" if line == "SYST:ERR?" else None,
+                             write_termination="\n")
+    psu = ScpiInstrument("127.0.0.1", nonsense.port, 0.3)
+    with pytest.raises(LinkError, match=r"answered 'hello', not an error-queue entry.*out of step") as info:
+        psu.command("VOLT 1")
+    assert not isinstance(info.value, LinkTimeoutError)
+    assert nonsense.received == ["VOLT 1", "SYST:ERR?"]
 
 
 @pytest.mark.parametrize("reply, expected", [

@@ -80,17 +80,28 @@ class ScpiInstrument(TCPInterface):
 
     def _error_entry(self):
         reply = self.query("SYST:ERR?")
-        for attempt in range(2):
+        try:
+            return parse_error(reply)
+        except ValueError:
+            pass
+        # most likely a late reply to an earlier query, just ahead of the answer: skip it once
+        log.warning("%s: skipped %r while reading the error queue (a late reply to an earlier query)",
+                    self.name, reply)
+        skipped = reply
+        try:
+            reply = self.read_until()
+        except LinkTimeoutError:
+            # the skipped line was the only answer (it arrived before the query was sent and
+            # was not drained, or the instrument answers nonsense): out of step all the same
+            reply = None
+        else:
             try:
                 return parse_error(reply)
             except ValueError:
-                if attempt:
-                    break
-                log.warning("%s: skipped %r while reading the error queue (a late reply to an earlier query)",
-                            self.name, reply)
-                reply = self.read_until()
+                pass
         self.drain()
-        raise LinkError(f"{self.name}: SYST:ERR? answered {reply!r}, not an error-queue entry; "
+        answered = f"{skipped!r}" if reply is None else f"{skipped!r} then {reply!r}"
+        raise LinkError(f"{self.name}: SYST:ERR? answered {answered}, not an error-queue entry; "
                         "the instrument is out of step (input drained)")
 
     def command(self, command):
