@@ -11,8 +11,9 @@ import struct
 import time
 
 import pytest
-from emulators import CryomechCPAEmulator, DS378Emulator, PCR500MAEmulator, TPG366Emulator
+from emulators import CryomechCPAEmulator, DS378Emulator, LS372Emulator, PCR500MAEmulator, TPG366Emulator
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
+from emulators.ls372 import STATUS_BITS
 
 TIMEOUT = 5.0
 
@@ -590,3 +591,76 @@ def test_pcr_protection_trip(connect):
         assert scpi(client, "SYST:ERR?") == '-221,"Settings conflict"\n'
         client.send(b"OUTP:PROT:CLE\nOUTP 1\n")
         assert scpi(client, "OUTP?") == "1\n"
+
+
+# -- Lake Shore 372 -------------------------------------------------------------------------------
+
+
+def ls_query(client, message):
+    client.send(message.encode() + b"\r\n")
+    return client.read_until(b"\r\n").decode()
+
+
+def test_ls372_socs_fixture_replies(connect):
+    with LS372Emulator() as device:
+        client = connect(device)
+        assert ls_query(client, "*IDN?") == "LSCI,MODEL372,LSA23JD,1.3\r\n"
+        assert ls_query(client, "SCAN?") == "01,1\r\n"
+        assert ls_query(client, "INSET? A") == "0,010,003,00,1\r\n"
+        assert ls_query(client, "INSET? 16") == "1,007,003,21,1\r\n"
+        assert ls_query(client, "INTYPE? 3") == "0,07,1,10,0,1\r\n"
+        assert ls_query(client, "INTYPE? A") == "1,04,0,15,0,2\r\n"
+        assert ls_query(client, "INNAME? 2") == "Channel 02\r\n"
+        assert ls_query(client, "KRDG? 1") == "+293.873E+00\r\n"
+        assert ls_query(client, "SRDG? 1") == "+108.278E+00\r\n"
+        assert ls_query(client, "RDGK? 1") == "+293.873E+00\r\n"
+        assert ls_query(client, "RDGR? 1") == "+108.278E+00\r\n"
+        assert ls_query(client, "TLIMIT? 1") == "+0000\r\n"
+
+
+def test_ls372_reading_format_and_status_bits(connect):
+    with LS372Emulator() as device:
+        device.set_reading(5, kelvin=0.0123, ohms=2.5e6, status=128 + 16 + 1)
+        client = connect(device)
+        assert ls_query(client, "KRDG? 5") == "+012.300E-03\r\n"
+        assert ls_query(client, "RDGR? 05") == "+002.500E+06\r\n"
+        status = int(ls_query(client, "RDGST? 5"))
+        assert status == 145
+        assert [name for bit, name in STATUS_BITS.items() if status & bit] == ["CS OVL", "R. OVER", "T. UNDER"]
+        assert ls_query(client, "RDGST? 1") == "000\r\n"
+        assert ls_query(client, "KRDG? A") == "+000.000E+00\r\n"  # no curve on the control input
+
+
+def test_ls372_commands_get_no_reply_and_change_state(connect):
+    with LS372Emulator() as device:
+        client = connect(device)
+        client.send(b"INSET 3,0,10,5,2,2\r\n")
+        client.send(b'INNAME 3,"Mixing chamber"\r\n')
+        client.send(b"SCAN 3,0\r\n")
+        assert client.expect_nothing()
+        assert ls_query(client, "INSET? 3") == "0,010,005,02,2\r\n"
+        assert ls_query(client, "INNAME? 3") == "Mixing chamber\r\n"
+        assert ls_query(client, "SCAN?") == "03,0\r\n"
+        assert ls_query(client, "RDGR? 3") == "+000.000E+00\r\n"  # disabled channel
+        client.send(b"INSET 3,1,10,5,2,2\r\n")
+        assert float(ls_query(client, "RDGR? 3")) == 1300.0
+
+
+def test_ls372_bad_input_is_ignored(connect):
+    with LS372Emulator() as device:
+        client = connect(device)
+        client.send(b"KRDG? 17\r\n")  # no channel 17
+        client.send(b"KRDG? B\r\n")
+        client.send(b"FOO?\r\n")
+        client.send(b"INSET 2,1,500,3,1,1\r\n")  # dwell above 200 s
+        assert client.expect_nothing()
+        assert ls_query(client, "INSET? 2") == "1,007,003,21,1\r\n"
+
+
+def test_ls372_stale_reply_fault(connect):
+    with LS372Emulator() as device:
+        client = connect(device)
+        device.stale_reply_once("+001.000E+00")
+        assert ls_query(client, "KRDG? 1") == "+001.000E+00\r\n"
+        assert client.read_until(b"\r\n") == b"+293.873E+00\r\n"
+        assert ls_query(client, "KRDG? 1") == "+293.873E+00\r\n"
