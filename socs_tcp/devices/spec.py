@@ -1,0 +1,1896 @@
+"""The device-file model and its loader.
+
+A device file is YAML.  :func:`load` reads it with ``yaml.compose`` (so every
+node keeps its line), checks every key against the format, and builds a
+:class:`DeviceSpec`.  Nothing is ignored: an unknown key, a wrong type, an
+unknown reference or a contradiction is a :class:`DeviceFileProblem` naming
+the file, the line and the dotted key, and all problems of a file are
+reported together in one :class:`DeviceFileError`.
+
+The model is plain data (dataclasses); the driver
+(:mod:`socs_tcp.devices.driver`), the simulator, the agent and the generators
+all read the same objects.  The format itself is described key by key in
+``docs/devices/format.rst``.
+"""
+
+import dataclasses
+import math
+import pathlib
+import re
+import string
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+
+from .errors import DeviceFileError, DeviceFileProblem
+
+__all__ = [
+    "load", "find", "list_devices", "files_dir",
+    "DeviceSpec", "ConnectionSpec", "OperationSpec", "ArgSpec", "FieldSpec", "ReplySpec", "ArraySpec",
+    "StatusSpec", "SimSpec", "Step", "TransactionSpec", "ReplyErrorSpec", "ErrorQueueSpec", "ModbusSpec",
+    "RequestItem", "PollSpec", "PollItem", "AgentSpec", "TaskSpec", "REQUIRED",
+    "ARG_TYPES", "FIELD_TYPES", "WIRE_TYPES", "BYTE_ORDERS",
+]
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+#: default of an argument that must be given
+REQUIRED = _Required()
+
+ARG_TYPES = ("int", "float", "str", "bool", "enum")
+FIELD_TYPES = ("float", "int", "str", "bool")
+#: binary encodings: name -> (size in bytes, struct code)
+WIRE_TYPES = {
+    "u8": (1, "B"), "i8": (1, "b"), "u16": (2, "H"), "i16": (2, "h"), "u32": (4, "I"), "i32": (4, "i"),
+    "u64": (8, "Q"), "i64": (8, "q"), "f32": (4, "f"), "f64": (8, "d"),
+}
+#: byte orders of multi-byte values: big (ABCD), little (DCBA), word-swapped big (CDAB), byte-swapped words (BADC)
+BYTE_ORDERS = ("big", "little", "ABCD", "DCBA", "CDAB", "BADC")
+PROTOCOLS = ("text", "binary", "modbus")
+STALE_INPUT = ("drain", "keep", "close")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+_DIR = pathlib.Path(__file__).resolve().parent / "files"
+
+
+def files_dir():
+    """The folder of the shipped device files."""
+    return _DIR
+
+
+# ----------------------------------------------------------------------
+# the model
+
+@dataclasses.dataclass
+class ArgSpec:
+    """One argument of an operation."""
+
+    name: str
+    type: str
+    default: object = REQUIRED
+    min: float = None
+    max: float = None
+    #: enum keys (what callers pass), in order
+    choices: list = None
+    #: enum key -> text (or number) sent to the device
+    values: dict = None
+    unit: str = None
+    description: str = ""
+    #: Python format spec applied to the value on the wire (text protocol), e.g. ``.3f``
+    format: str = None
+    true_text: str = "1"
+    false_text: str = "0"
+    max_length: int = None
+    pattern: str = None
+    line: int = 0
+
+    @property
+    def required(self):
+        return self.default is REQUIRED
+
+    def check(self, value):
+        """Return ``value`` normalised for this argument.
+
+        Raises:
+            TypeError: wrong type (names the argument and the value).
+            ValueError: outside the limits or not a choice.
+        """
+        name = self.name
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError(f"argument {name!r} must be True or False, got {type(value).__name__}: {value!r}")
+        if self.type == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise TypeError(f"argument {name!r} must be an int, got {type(value).__name__}: {value!r}")
+            self._check_range(value)
+            return value
+        if self.type == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"argument {name!r} must be a number, got {type(value).__name__}: {value!r}")
+            value = float(value)
+            if math.isnan(value) or math.isinf(value):
+                raise ValueError(f"argument {name!r} must be a finite number, got {value!r}")
+            self._check_range(value)
+            return value
+        if self.type == "str":
+            if not isinstance(value, str):
+                raise TypeError(f"argument {name!r} must be a str, got {type(value).__name__}: {value!r}")
+            if self.max_length is not None and len(value) > self.max_length:
+                raise ValueError(f"argument {name!r} must be at most {self.max_length} characters, "
+                                 f"got {len(value)}: {value!r}")
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                raise ValueError(f"argument {name!r} must match {self.pattern!r}, got {value!r}")
+            return value
+        # enum
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TypeError(f"argument {name!r} must be one of {self.choices}, got {type(value).__name__}: {value!r}")
+        key = value if isinstance(value, str) else str(value)
+        if key not in self.values:
+            folded = {k.lower(): k for k in self.values}
+            if key.lower() in folded:
+                return folded[key.lower()]
+            raise ValueError(f"argument {name!r} must be one of {self.choices}, got {value!r}")
+        return key
+
+    def _check_range(self, value):
+        if self.min is not None and value < self.min:
+            raise ValueError(f"argument {self.name!r} must be >= {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"argument {self.name!r} must be <= {self.max}, got {value!r}")
+
+    def wire(self, value):
+        """The value as sent: enum keys become their wire value, bools their text."""
+        if self.type == "enum":
+            return self.values[value]
+        if self.type == "bool":
+            return self.true_text if value else self.false_text
+        return value
+
+    def text(self, value):
+        """The value as text on the wire (text protocol)."""
+        wire = self.wire(value)
+        if self.format:
+            return format(wire, self.format)
+        if isinstance(wire, float):
+            return repr(wire) if abs(wire) < 1e16 else f"{wire:g}"
+        return str(wire)
+
+
+@dataclasses.dataclass
+class ArraySpec:
+    """A field that repeats: ``count`` times, or as often as the device says (at most ``max``)."""
+
+    count: int = None
+    max: int = None
+    labels: list = None
+
+    @property
+    def size(self):
+        """The most elements there can be."""
+        return self.count if self.count is not None else self.max
+
+
+@dataclasses.dataclass
+class StatusSpec:
+    """A status item that comes with each value and can mark it invalid."""
+
+    position: str = "before"
+    valid: list = None
+    invalid_value: object = None
+    field: str = None
+    map: dict = None
+
+
+@dataclasses.dataclass
+class SimSpec:
+    """How the simulator makes a value: a state variable, a sample value, a range, noise."""
+
+    value: object = None
+    range: tuple = None
+    noise: float = 0.0
+    state: str = None
+
+
+@dataclasses.dataclass
+class FieldSpec:
+    """One named, typed value parsed from a reply."""
+
+    name: str
+    type: str = "str"
+    unit: str = None
+    description: str = ""
+    alarm: tuple = None
+    warning: tuple = None
+    map: dict = None
+    flags: dict = None
+    flag_type: str = "bool"
+    array: ArraySpec = None
+    status: StatusSpec = None
+    scale: float = None
+    offset: float = None
+    true_text: str = None
+    false_text: str = None
+    wire: str = None
+    byte: int = None
+    register: int = None
+    order: str = "big"
+    sim: SimSpec = None
+    #: for a field derived from another one (a flag, a status): that field's name
+    source: str = None
+    line: int = 0
+
+    def renamed(self, name, **changes):
+        return dataclasses.replace(self, name=name, **changes)
+
+
+@dataclasses.dataclass
+class ReplySpec:
+    """How a reply is parsed: one value, separated items, a regex, or fixed binary positions."""
+
+    mode: str = "single"
+    split: str = None
+    regex: object = None
+    format: str = None
+    strip: bool = True
+    length: int = None
+    fields: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Step:
+    """One step of a transaction."""
+
+    action: str
+    value: object = None
+    terminator: object = None
+    timeout: float = None
+    line: int = 0
+
+
+@dataclasses.dataclass
+class TransactionSpec:
+    name: str
+    steps: list
+    attempts: int = 1
+    line: int = 0
+
+
+@dataclasses.dataclass
+class RequestItem:
+    """One part of a binary request: a literal byte string or an encoded argument."""
+
+    literal: bytes = None
+    arg: str = None
+    wire: str = "u8"
+    order: str = "big"
+
+
+@dataclasses.dataclass
+class ModbusSpec:
+    function: int
+    address: int
+    count: int = None
+    value: object = None
+
+
+@dataclasses.dataclass
+class OperationSpec:
+    """A command or query of a device."""
+
+    name: str
+    kind: str
+    description: str = ""
+    args: list = dataclasses.field(default_factory=list)
+    fields: list = dataclasses.field(default_factory=list)
+    writes: bool = False
+    request: object = None
+    reply: ReplySpec = None
+    transaction: TransactionSpec = None
+    timeout: float = None
+    attempts: int = 1
+    check_errors: bool = None
+    sim_sets: dict = None
+    modbus: ModbusSpec = None
+    line: int = 0
+
+    @property
+    def arg_map(self):
+        return {a.name: a for a in self.args}
+
+    def check_args(self, **kwargs):
+        """Check and normalise arguments; fill defaults.
+
+        Raises:
+            TypeError: an unknown or missing argument, or a value of the wrong type.
+            ValueError: a value outside the limits.
+        """
+        known = self.arg_map
+        for key in kwargs:
+            if key not in known:
+                raise TypeError(f"{self.name}: unknown argument {key!r} (arguments: "
+                                f"{', '.join(known) or 'none'})")
+        out = {}
+        for arg in self.args:
+            if arg.name in kwargs and kwargs[arg.name] is not None:
+                out[arg.name] = arg.check(kwargs[arg.name])
+            elif arg.required:
+                raise TypeError(f"{self.name}: missing required argument {arg.name!r}")
+            else:
+                out[arg.name] = None if arg.default is None else arg.check(arg.default)
+        return out
+
+    @property
+    def value_fields(self):
+        """The fields as parsed (arrays and flag parents, before expansion)."""
+        return [] if self.reply is None else self.reply.fields
+
+
+@dataclasses.dataclass
+class ConnectionSpec:
+    port: int
+    protocol: str = "text"
+    encoding: str = "ascii"
+    out_terminator: str = "\n"
+    in_terminator: list = dataclasses.field(default_factory=lambda: ["\n"])
+    timeout: float = 5.0
+    connect_timeout: float = None
+    min_gap: float = 0.0
+    stale_input: str = "drain"
+    strip: bool = True
+    init: list = dataclasses.field(default_factory=list)
+    query_transaction: TransactionSpec = None
+    command_transaction: TransactionSpec = None
+    unit: int = 1
+    transaction_id: object = "increment"
+
+
+@dataclasses.dataclass
+class ReplyErrorSpec:
+    """An error token in place of a reply, and how to recover from it."""
+
+    terminator: str = None
+    match: object = None
+    query: str = None
+    parse: object = None
+    format: str = None
+    recover: dict = None
+    attempts: int = 1
+    sim_code: object = None
+    sim_message: str = ""
+
+
+@dataclasses.dataclass
+class ErrorQueueSpec:
+    """A queue of error entries read after commands (SCPI ``SYST:ERR?``)."""
+
+    query: str
+    parse: object
+    format: str = None
+    ok: list = dataclasses.field(default_factory=lambda: ["0"])
+    after: str = "commands"
+
+
+@dataclasses.dataclass
+class PollItem:
+    operation: str
+    args: dict
+    #: reply field -> feed field name (a template with ``{n}``/``{label}`` for arrays)
+    fields: dict
+    #: feed field name -> (alarm, warning) overrides
+    limits: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PollSpec:
+    feed: str
+    block: str
+    rate: float = 1.0
+    frame_length: float = 60
+    items: list = dataclasses.field(default_factory=list)
+    feed_fields: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """An extra OCS operation name: an alias of an operation, ``init`` or ``stop``."""
+
+    name: str
+    kind: str = "alias"
+    operation: str = None
+    #: alias argument name -> operation argument name
+    args: dict = dataclasses.field(default_factory=dict)
+    #: arguments of the task itself (for an alias: the renamed operation arguments)
+    params: list = dataclasses.field(default_factory=list)
+    description: str = ""
+
+
+@dataclasses.dataclass
+class AgentSpec:
+    agent_class: str = "DeviceAgent"
+    tasks: dict = dataclasses.field(default_factory=dict)
+    acq_args: dict = dataclasses.field(default_factory=lambda: {"rate": "sampling_frequency"})
+    hide: list = dataclasses.field(default_factory=list)
+    modes: dict = dataclasses.field(default_factory=dict)
+    default_mode: str = None
+
+
+@dataclasses.dataclass
+class DeviceSpec:
+    name: str
+    title: str
+    description: str
+    path: pathlib.Path
+    source_lines: int
+    connection: ConnectionSpec
+    operations: dict
+    replaces: dict = None
+    polling: PollSpec = None
+    agent: AgentSpec = dataclasses.field(default_factory=AgentSpec)
+    enums: dict = dataclasses.field(default_factory=dict)
+    transactions: dict = dataclasses.field(default_factory=dict)
+    reply_error: ReplyErrorSpec = None
+    error_queue: ErrorQueueSpec = None
+    sim_state: dict = dataclasses.field(default_factory=dict)
+    sim_unknown: str = None
+
+    @property
+    def queries(self):
+        return {k: v for k, v in self.operations.items() if v.kind == "query"}
+
+    @property
+    def commands(self):
+        return {k: v for k, v in self.operations.items() if v.kind == "command"}
+
+
+# ----------------------------------------------------------------------
+# finding files
+
+def list_devices():
+    """Short names of the shipped device files, sorted."""
+    return sorted(p.stem for p in _DIR.glob("*.yaml"))
+
+
+def find(name_or_path):
+    """The path of a device file given by short name or path.
+
+    Raises:
+        FileNotFoundError: no such file (the message lists the shipped names).
+    """
+    if isinstance(name_or_path, pathlib.Path) or (isinstance(name_or_path, str) and (
+            "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")))):
+        path = pathlib.Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"device file {str(name_or_path)!r} does not exist")
+        return path
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise TypeError(f"a device file is named by a short name or a path, got {name_or_path!r}")
+    path = _DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        local = pathlib.Path(name_or_path)
+        if local.is_file():
+            return local
+        raise FileNotFoundError(f"no shipped device file {name_or_path!r}; shipped: {', '.join(list_devices())}")
+    return path
+
+
+def load(name_or_path):
+    """Load and check a device file; return its :class:`DeviceSpec`.
+
+    Raises:
+        DeviceFileError: the file has problems (all of them are listed).
+        FileNotFoundError: no such file.
+    """
+    path = find(name_or_path)
+    shown = path.name if path.parent == _DIR else str(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    return loads(text, shown, path)
+
+
+def loads(text, file="<string>", path=None):
+    """Load a device file from its text (``file`` names it in errors)."""
+    loader = _Loader(file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise DeviceFileError([DeviceFileProblem(file, line, "", f"not valid YAML: {e.problem or e}")]) from None
+    except yaml.YAMLError as e:
+        raise DeviceFileError([DeviceFileProblem(file, 1, "", f"not valid YAML: {e}")]) from None
+    if node is None:
+        raise DeviceFileError([DeviceFileProblem(file, 1, "", "the file is empty")])
+    spec = loader.device(node, pathlib.Path(path) if path else pathlib.Path(file), text)
+    if loader.problems:
+        raise DeviceFileError(sorted(loader.problems, key=lambda p: p.line))
+    return spec
+
+
+def _source_lines(text):
+    return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+# ----------------------------------------------------------------------
+# the loader
+
+class _Skip(Exception):
+    """A problem was recorded; give up on this part of the file."""
+
+
+_constructor = SafeConstructor()
+
+
+class _Loader:
+    def __init__(self, file):
+        self.file = file
+        self.problems = []
+
+    # -- reporting ---------------------------------------------------
+    def problem(self, node, key, message):
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(DeviceFileProblem(self.file, line, key, message))
+
+    def fail(self, node, key, message):
+        self.problem(node, key, message)
+        raise _Skip
+
+    # -- node helpers ------------------------------------------------
+    def mapping(self, node, key, allowed, required=()):
+        """Keys of a mapping node: {name: (key_node, value_node)}; unknown keys are problems."""
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key, f"must be a mapping, got {self.describe(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                self.problem(knode, key, "keys must be plain names")
+                continue
+            name = knode.value
+            if name in out:
+                self.problem(knode, _join(key, name), "duplicate key")
+                continue
+            if allowed is not None and name not in allowed:
+                self.problem(knode, _join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
+                continue
+            out[name] = (knode, vnode)
+        for name in required:
+            if name not in out:
+                self.problem(node, key, f"missing required key {name!r}")
+        return out
+
+    def items(self, node, key):
+        """A mapping whose keys are names chosen by the file (operations, fields, ...)."""
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key, f"must be a mapping, got {self.describe(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            name = knode.value if isinstance(knode, yaml.ScalarNode) else None
+            if name is None:
+                self.problem(knode, key, "keys must be plain names")
+                continue
+            if name in out:
+                self.problem(knode, _join(key, name), "duplicate name")
+                continue
+            out[name] = (knode, vnode)
+        return out
+
+    def seq(self, node, key):
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, key, f"must be a list, got {self.describe(node)}")
+        return node.value
+
+    @staticmethod
+    def describe(node):
+        if isinstance(node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        return repr(node.value)
+
+    def value(self, node, key):
+        """The Python value of a scalar node."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, key, f"must be a single value, got {self.describe(node)}")
+        try:
+            return _constructor.construct_object(node, deep=True)
+        except ConstructorError as e:
+            self.fail(node, key, f"bad value: {e.problem}")
+
+    def plain(self, node, key):
+        """Any value: scalars, lists and mappings as Python objects."""
+        if isinstance(node, yaml.ScalarNode):
+            return self.value(node, key)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(n, f"{key}[{i}]") for i, n in enumerate(node.value)]
+        return {self.value(k, key): self.plain(v, _join(key, str(k.value))) for k, v in node.value}
+
+    def string(self, node, key, allow_empty=True):
+        v = self.value(node, key)
+        if not isinstance(v, str):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return node.value
+            self.fail(node, key, f"must be text, got {self.describe(node)}")
+        if not allow_empty and not v:
+            self.fail(node, key, "must not be empty")
+        return v
+
+    def name(self, node, key):
+        v = self.string(node, key)
+        if not _NAME.match(v):
+            self.fail(node, key, f"{v!r} is not a valid name (a letter, then letters, digits or _)")
+        return v
+
+    def number(self, node, key, integer=False, minimum=None, allow_none=False):
+        v = self.value(node, key)
+        if v is None and allow_none:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            what = "an integer" if integer else "a number"
+            self.fail(node, key, f"must be {what}, got {self.describe(node)}")
+        if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+            self.fail(node, key, f"must be a finite number, got {node.value!r}")
+        if minimum is not None and v < minimum:
+            self.fail(node, key, f"must be >= {minimum}, got {v!r}")
+        return v
+
+    def boolean(self, node, key):
+        v = self.value(node, key)
+        if not isinstance(v, bool):
+            self.fail(node, key, f"must be true or false, got {self.describe(node)}")
+        return v
+
+    def choice(self, node, key, options, what="value"):
+        v = self.string(node, key)
+        if v not in options:
+            self.fail(node, key, f"unknown {what} {v!r} (one of: {', '.join(options)})")
+        return v
+
+    def regex(self, node, key):
+        text = self.string(node, key)
+        try:
+            return re.compile(text)
+        except re.error as e:
+            self.fail(node, key, f"not a valid regular expression: {e}")
+
+    def pair(self, node, key):
+        """[low, high] with null for an open side."""
+        items = self.seq(node, key)
+        if len(items) != 2:
+            self.fail(node, key, f"must be [low, high], got {len(items)} items")
+        low = self.number(items[0], key, allow_none=True)
+        high = self.number(items[1], key, allow_none=True)
+        if low is not None and high is not None and low > high:
+            self.fail(node, key, f"low {low} is above high {high}")
+        return (low, high)
+
+    def attempt(self, func, *args, default=None):
+        try:
+            return func(*args)
+        except _Skip:
+            return default
+
+    # -- the document ------------------------------------------------
+    TOP = ("device", "title", "description", "replaces", "connection", "enums", "transactions", "errors",
+           "queries", "commands", "polling", "agent", "sim")
+
+    def device(self, node, path, text):
+        try:
+            top = self.mapping(node, "", self.TOP, required=("device", "connection"))
+        except _Skip:
+            return None
+        get = top.get
+        name = self.attempt(self.name, get("device", (None, None))[1], "device") if "device" in top else None
+        title = self.attempt(self.string, top["title"][1], "title", default="") if "title" in top else (name or "")
+        description = self.attempt(self.string, top["description"][1], "description", default="") \
+            if "description" in top else ""
+        replaces = self.attempt(self.replaces, top["replaces"][1]) if "replaces" in top else None
+        self.enums = self.attempt(self.enum_table, top["enums"][1], default={}) if "enums" in top else {}
+        self.transactions = {}
+        if "transactions" in top:
+            self.attempt(self.transaction_table, top["transactions"][1])
+        connection = self.attempt(self.connection, top["connection"][1]) if "connection" in top else None
+        protocol = connection.protocol if connection else "text"
+        self.protocol = protocol
+        self.connection_spec = connection
+        reply_error = queue = None
+        if "errors" in top:
+            reply_error, queue = self.attempt(self.errors, top["errors"][1], default=(None, None))
+        operations = {}
+        for section, kind in (("queries", "query"), ("commands", "command")):
+            if section not in top:
+                continue
+            try:
+                entries = self.items(top[section][1], section)
+            except _Skip:
+                continue
+            for op_name, (knode, vnode) in entries.items():
+                key = f"{section}.{op_name}"
+                if not _NAME.match(op_name):
+                    self.problem(knode, key, f"{op_name!r} is not a valid name (a letter, then letters, digits or _)")
+                    continue
+                if op_name in operations:
+                    self.problem(knode, key, f"{op_name!r} is already defined as a {operations[op_name].kind}")
+                    continue
+                op = self.attempt(self.operation, vnode, key, op_name, kind, connection)
+                if op is not None:
+                    operations[op_name] = op
+        if not operations and "queries" not in top and "commands" not in top:
+            self.problem(node, "", "a device needs at least one of 'queries' or 'commands'")
+        sim_state, sim_unknown = {}, None
+        if "sim" in top:
+            sim_state, sim_unknown = self.attempt(self.sim_section, top["sim"][1], default=({}, None))
+        polling = self.attempt(self.polling, top["polling"][1], operations) if "polling" in top else None
+        agent = self.attempt(self.agent, top["agent"][1], operations, polling) if "agent" in top else None
+        if connection is None or name is None:
+            return None
+        return DeviceSpec(
+            name=name, title=title, description=description, path=path, source_lines=_source_lines(text),
+            connection=connection, operations=operations, replaces=replaces, polling=polling,
+            agent=agent or AgentSpec(), enums=self.enums, transactions=self.transactions,
+            reply_error=reply_error, error_queue=queue, sim_state=sim_state, sim_unknown=sim_unknown)
+
+    def replaces(self, node):
+        m = self.mapping(node, "replaces", ("agent", "socs_lines", "docs_lines", "socs_path"))
+        out = {}
+        for k, (_, v) in m.items():
+            out[k] = self.attempt(self.plain, v, f"replaces.{k}")
+        return out
+
+    def enum_table(self, node):
+        out = {}
+        for name, (knode, vnode) in self.items(node, "enums").items():
+            key = f"enums.{name}"
+            if not _NAME.match(name):
+                self.problem(knode, key, f"{name!r} is not a valid name")
+                continue
+            table = self.attempt(self.enum_values, vnode, key)
+            if table is not None:
+                out[name] = table
+        return out
+
+    def enum_values(self, node, key):
+        """An enum: a mapping key -> wire value, or a list of keys sent as themselves."""
+        if isinstance(node, yaml.SequenceNode):
+            out = {}
+            for item in node.value:
+                text = self.string(item, key)
+                m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", text)
+                if m:
+                    lo, hi = int(m.group(1)), int(m.group(2))
+                    if lo > hi:
+                        self.fail(item, key, f"range {text!r} is empty")
+                    for i in range(lo, hi + 1):
+                        out[str(i)] = str(i)
+                else:
+                    if text in out:
+                        self.fail(item, key, f"duplicate choice {text!r}")
+                    out[text] = text
+            if not out:
+                self.fail(node, key, "must list at least one choice")
+            return out
+        entries = self.items(node, key)
+        out = {}
+        seen = {}
+        for k, (_knode, vnode) in entries.items():
+            v = self.value(vnode, f"{key}.{k}")
+            if isinstance(v, (dict, list)) or v is None:
+                self.fail(vnode, f"{key}.{k}", "must be the text or number sent for this choice")
+            wire = str(v) if not isinstance(v, bool) else ("1" if v else "0")
+            if wire in seen:
+                self.problem(vnode, f"{key}.{k}", f"wire value {wire!r} is already used by {seen[wire]!r}")
+            seen[wire] = k
+            out[k] = v
+        if not out:
+            self.fail(node, key, "must have at least one choice")
+        return out
+
+    # -- transactions --------------------------------------------------
+    def transaction_table(self, node):
+        for name, (_knode, vnode) in self.items(node, "transactions").items():
+            key = f"transactions.{name}"
+            t = self.attempt(self.transaction, vnode, key, name)
+            if t is not None:
+                self.transactions[name] = t
+
+    def transaction(self, node, key, name):
+        m = self.mapping(node, key, ("steps", "attempts", "description"), required=("steps",))
+        if "steps" not in m:
+            raise _Skip
+        steps = self.steps(m["steps"][1], f"{key}.steps", in_transaction=True)
+        attempts = self.number(m["attempts"][1], f"{key}.attempts", integer=True, minimum=1) if "attempts" in m else 1
+        replies = [s for s in steps if s.action == "reply"]
+        if len(replies) > 1:
+            self.problem(node, f"{key}.steps", "at most one 'reply' step")
+        if not any(s.action == "send" for s in steps):
+            self.problem(node, f"{key}.steps", "needs a 'send' step")
+        return TransactionSpec(name, steps, attempts, node.start_mark.line + 1)
+
+    STEP_ACTIONS = ("send", "expect", "reply", "read", "discard", "pause")
+
+    def steps(self, node, key, in_transaction):
+        out = []
+        for i, item in enumerate(self.seq(node, key)):
+            k = f"{key}[{i}]"
+            step = self.attempt(self.step, item, k, in_transaction)
+            if step is not None:
+                out.append(step)
+        return out
+
+    def step(self, node, key, in_transaction):
+        m = self.mapping(node, key, self.STEP_ACTIONS + ("terminator", "timeout"))
+        actions = [a for a in self.STEP_ACTIONS if a in m]
+        if len(actions) != 1:
+            self.fail(node, key, f"a step has exactly one of {', '.join(self.STEP_ACTIONS)}"
+                      + (f", got {', '.join(actions)}" if actions else ""))
+        action = actions[0]
+        vnode = m[action][1]
+        if action in ("send", "expect"):
+            value = self.string(vnode, f"{key}.{action}")
+            if action == "send" and "{" in value:
+                names = self.placeholders(vnode, f"{key}.send", value)
+                allowed = {"request"} if in_transaction else set()
+                bad = [n for n in names if n not in allowed]
+                if bad:
+                    self.fail(vnode, f"{key}.send", f"unknown placeholder {{{bad[0]}}}"
+                              + (" (only {request} in a transaction)" if in_transaction else ""))
+        elif action in ("discard", "pause"):
+            value = self.number(vnode, f"{key}.{action}", minimum=0)
+        else:
+            if isinstance(vnode, yaml.ScalarNode) and vnode.value in ("", "~", "null", "true"):
+                value = None
+            else:
+                self.fail(vnode, f"{key}.{action}", "takes no value (use 'terminator' and 'timeout' beside it)")
+            if action == "reply" and not in_transaction:
+                self.fail(m[action][0], f"{key}.reply", "'reply' only in a transaction; use 'read' here")
+        terminator = None
+        if "terminator" in m:
+            terminator = self.terminators(m["terminator"][1], f"{key}.terminator")
+        timeout = self.number(m["timeout"][1], f"{key}.timeout", minimum=0) if "timeout" in m else None
+        return Step(action, value, terminator, timeout, node.start_mark.line + 1)
+
+    def terminators(self, node, key):
+        if isinstance(node, yaml.SequenceNode):
+            terms = [self.string(n, key) for n in node.value]
+            if not terms or any(t == "" for t in terms):
+                self.fail(node, key, "a list of terminators must not be empty or contain ''")
+            return terms
+        text = self.string(node, key)
+        return [text] if text else []
+
+    def placeholders(self, node, key, template):
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as e:
+            self.fail(node, key, f"bad template {template!r}: {e} (write {{{{ and }}}} for literal braces)")
+        names = []
+        for _, fname, spec, conv in parsed:
+            if fname is None:
+                continue
+            if not _NAME.match(fname or ""):
+                self.fail(node, key, f"placeholder {{{fname}}} in {template!r} is not an argument name")
+            if conv:
+                self.fail(node, key, f"placeholder {{{fname}!{conv}}}: conversions are not allowed")
+            if spec and "{" in spec:
+                self.fail(node, key, f"placeholder {{{fname}:{spec}}}: nested fields are not allowed")
+            names.append(fname)
+        return names
+
+    # -- connection ----------------------------------------------------
+    CONNECTION = ("port", "protocol", "encoding", "out_terminator", "in_terminator", "timeout", "connect_timeout",
+                  "min_gap", "stale_input", "strip", "init", "query_transaction", "command_transaction", "unit",
+                  "transaction_id")
+
+    def connection(self, node):
+        m = self.mapping(node, "connection", self.CONNECTION, required=("port",))
+        c = ConnectionSpec(port=0)
+        for k, (_knode, v) in m.items():
+            key = f"connection.{k}"
+            try:
+                if k == "port":
+                    c.port = self.number(v, key, integer=True, minimum=1)
+                    if c.port > 65535:
+                        self.fail(v, key, f"must be in 1..65535, got {c.port}")
+                elif k == "protocol":
+                    c.protocol = self.choice(v, key, PROTOCOLS, "protocol")
+                elif k == "encoding":
+                    c.encoding = self.string(v, key)
+                    try:
+                        "".encode(c.encoding)
+                    except LookupError:
+                        self.fail(v, key, f"unknown encoding {c.encoding!r}")
+                elif k == "out_terminator":
+                    c.out_terminator = self.string(v, key)
+                elif k == "in_terminator":
+                    c.in_terminator = self.terminators(v, key)
+                elif k in ("timeout", "connect_timeout", "min_gap"):
+                    setattr(c, k, self.number(v, key, minimum=0))
+                elif k == "stale_input":
+                    c.stale_input = self.choice(v, key, STALE_INPUT, "stale_input mode")
+                elif k == "strip":
+                    c.strip = self.boolean(v, key)
+                elif k == "init":
+                    c.init = self.steps(v, key, in_transaction=False)
+                elif k in ("query_transaction", "command_transaction"):
+                    setattr(c, k, self.transaction_ref(v, key))
+                elif k == "unit":
+                    c.unit = self.number(v, key, integer=True, minimum=0)
+                    if c.unit > 255:
+                        self.fail(v, key, f"must be in 0..255, got {c.unit}")
+                elif k == "transaction_id":
+                    tid = self.value(v, key)
+                    if tid != "increment" and (isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid <= 0xFFFF):
+                        self.fail(v, key, f"must be 'increment' or a fixed id in 0..65535, got {v.value!r}")
+                    c.transaction_id = tid
+            except _Skip:
+                pass
+        if c.protocol != "modbus":
+            for k in ("unit", "transaction_id"):
+                if k in m:
+                    self.problem(m[k][0], f"connection.{k}", "only for protocol: modbus")
+        if c.protocol != "text":
+            for k in ("out_terminator", "in_terminator", "query_transaction", "command_transaction"):
+                if k in m:
+                    self.problem(m[k][0], f"connection.{k}", f"only for protocol: text (this is {c.protocol})")
+        elif not c.in_terminator:
+            self.problem(m["in_terminator"][1], "connection.in_terminator", "a text device needs an in_terminator")
+        return c
+
+    def transaction_ref(self, node, key):
+        name = self.string(node, key)
+        if name not in self.transactions:
+            self.fail(node, key, f"unknown transaction {name!r}"
+                      + (f" (defined: {', '.join(self.transactions)})" if self.transactions else
+                         " (none defined under 'transactions')"))
+        return self.transactions[name]
+
+    # -- errors ------------------------------------------------------
+    def errors(self, node):
+        m = self.mapping(node, "errors", ("reply", "queue"))
+        reply = queue = None
+        if "reply" in m:
+            reply = self.attempt(self.reply_error, m["reply"][1])
+        if "queue" in m:
+            queue = self.attempt(self.error_queue, m["queue"][1])
+        return reply, queue
+
+    def reply_error(self, node):
+        key = "errors.reply"
+        m = self.mapping(node, key, ("terminator", "match", "query", "parse", "format", "recover", "attempts",
+                                     "sim_code", "sim_message"))
+        r = ReplyErrorSpec()
+        if "terminator" in m:
+            r.terminator = self.string(m["terminator"][1], f"{key}.terminator", allow_empty=False)
+        if "match" in m:
+            r.match = self.regex(m["match"][1], f"{key}.match")
+        if r.terminator is None and r.match is None:
+            self.fail(node, key, "needs 'terminator' (the reply ended with it) or 'match' (a regex on the reply)")
+        if "query" in m:
+            r.query = self.string(m["query"][1], f"{key}.query", allow_empty=False)
+            if "parse" not in m:
+                self.problem(node, key, "'query' needs 'parse' (a regex with groups code and message)")
+        if "parse" in m:
+            r.parse = self.regex(m["parse"][1], f"{key}.parse")
+            self.check_error_regex(m["parse"][1], f"{key}.parse", r.parse)
+            r.format = self.sim_format(m, key, r.parse)
+        if "recover" in m:
+            r.recover = {}
+            for code, (_knode, vnode) in self.items(m["recover"][1], f"{key}.recover").items():
+                r.recover[str(code)] = self.string(vnode, f"{key}.recover.{code}", allow_empty=False)
+        if "attempts" in m:
+            r.attempts = self.number(m["attempts"][1], f"{key}.attempts", integer=True, minimum=1)
+        if "sim_code" in m:
+            r.sim_code = str(self.value(m["sim_code"][1], f"{key}.sim_code"))
+        if "sim_message" in m:
+            r.sim_message = self.string(m["sim_message"][1], f"{key}.sim_message")
+        return r
+
+    def error_queue(self, node):
+        key = "errors.queue"
+        m = self.mapping(node, key, ("query", "parse", "format", "ok", "after"), required=("query", "parse"))
+        if "query" not in m or "parse" not in m:
+            raise _Skip
+        q = ErrorQueueSpec(self.string(m["query"][1], f"{key}.query", allow_empty=False),
+                           self.regex(m["parse"][1], f"{key}.parse"))
+        self.check_error_regex(m["parse"][1], f"{key}.parse", q.parse)
+        q.format = self.sim_format(m, key, q.parse)
+        if "ok" in m:
+            v = m["ok"][1]
+            q.ok = [str(self.value(n, f"{key}.ok")) for n in v.value] if isinstance(v, yaml.SequenceNode) \
+                else [str(self.value(v, f"{key}.ok"))]
+        if "after" in m:
+            q.after = self.choice(m["after"][1], f"{key}.after", ("commands", "all"), "'after' value")
+        return q
+
+    def check_error_regex(self, node, key, regex):
+        if "code" not in regex.groupindex:
+            self.problem(node, key, "needs a named group 'code' (and optionally 'message')")
+
+    def sim_format(self, m, key, regex):
+        if "format" in m:
+            fmt = self.string(m["format"][1], f"{key}.format")
+            names = self.placeholders(m["format"][1], f"{key}.format", fmt)
+            for n in names:
+                if n not in regex.groupindex:
+                    self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex")
+            return fmt
+        fmt = _format_from_regex(regex.pattern)
+        if fmt is None:
+            node = m.get("parse", m.get("regex", (None, None)))[1]
+            self.problem(node, key, "this regex is too complex to derive the simulator's reply from; "
+                                    "add 'format' (e.g. '{code},\"{message}\"')")
+        return fmt
+
+    # -- operations ----------------------------------------------------
+    OP = ("description", "request", "args", "reply", "transaction", "timeout", "attempts", "writes",
+          "check_errors", "sim", "modbus")
+
+    def operation(self, node, key, name, kind, connection):
+        m = self.mapping(node, key, self.OP)
+        protocol = connection.protocol if connection else "text"
+        op = OperationSpec(name=name, kind=kind, writes=(kind == "command"), line=node.start_mark.line + 1)
+        if "description" in m:
+            op.description = self.attempt(self.string, m["description"][1], f"{key}.description", default="")
+        if "args" in m:
+            op.args = self.attempt(self.args, m["args"][1], f"{key}.args", protocol, default=[])
+        names = {a.name for a in op.args}
+        if protocol == "modbus":
+            if "request" in m:
+                self.problem(m["request"][0], f"{key}.request", "a modbus operation uses 'modbus', not 'request'")
+            if "modbus" not in m:
+                self.problem(node, key, "missing required key 'modbus' (function, address, count or value)")
+            else:
+                op.modbus = self.attempt(self.modbus_request, m["modbus"][1], f"{key}.modbus", kind, names)
+        else:
+            if "modbus" in m:
+                self.problem(m["modbus"][0], f"{key}.modbus", f"only for protocol: modbus (this is {protocol})")
+            if "request" not in m:
+                self.problem(node, key, "missing required key 'request'")
+            elif protocol == "text":
+                op.request = self.attempt(self.text_request, m["request"][1], f"{key}.request", names)
+            else:
+                op.request = self.attempt(self.binary_request, m["request"][1], f"{key}.request", op.arg_map)
+        if "reply" in m:
+            op.reply = self.attempt(self.reply, m["reply"][1], f"{key}.reply", name, protocol, op)
+        elif kind == "query":
+            if protocol != "modbus" or (op.modbus and op.modbus.function in (3, 4)):
+                self.problem(node, key, "a query needs a 'reply'")
+        if op.reply is not None:
+            op.fields = self.expand_fields(op.reply.fields)
+        if op.modbus and op.modbus.function == 6 and op.reply is not None and op.reply.fields:
+            self.problem(m["reply"][0], f"{key}.reply", "a modbus write (function 6) has no reply fields: the "
+                                                         "reply is the echo of the request")
+        if protocol == "text":
+            default_t = connection.query_transaction if kind == "query" else connection.command_transaction
+            if "transaction" in m:
+                op.transaction = self.attempt(self.transaction_ref, m["transaction"][1], f"{key}.transaction")
+            else:
+                op.transaction = default_t
+            t = op.transaction
+            if t is not None:
+                has_reply = any(s.action == "reply" for s in t.steps)
+                if kind == "query" and not has_reply:
+                    self.problem(node, key, f"transaction {t.name!r} has no 'reply' step, so a query cannot use it")
+                if kind == "command" and has_reply and op.reply is None:
+                    self.problem(node, key, f"transaction {t.name!r} reads a reply: give the command a 'reply'")
+        elif "transaction" in m:
+            self.problem(m["transaction"][0], f"{key}.transaction", "only for protocol: text")
+        if kind == "command" and op.reply is not None and protocol == "text" and op.transaction is None:
+            pass  # a command with a reply: send, then read the reply
+        if "timeout" in m:
+            op.timeout = self.attempt(self.number, m["timeout"][1], f"{key}.timeout", False, 0)
+        if "attempts" in m:
+            op.attempts = self.attempt(self.number, m["attempts"][1], f"{key}.attempts", True, 1, default=1)
+        if "writes" in m:
+            w = self.attempt(self.boolean, m["writes"][1], f"{key}.writes")
+            if w is not None:
+                if kind == "command" and not w:
+                    self.problem(m["writes"][1], f"{key}.writes", "a command always writes; use a query for a read")
+                op.writes = w
+        if "check_errors" in m:
+            op.check_errors = self.attempt(self.boolean, m["check_errors"][1], f"{key}.check_errors")
+        if "sim" in m:
+            op.sim_sets = self.attempt(self.op_sim, m["sim"][1], f"{key}.sim", names, default=None)
+        return op
+
+    def op_sim(self, node, key, names):
+        m = self.mapping(node, key, ("sets",))
+        out = {}
+        if "sets" in m:
+            for var, (knode, vnode) in self.items(m["sets"][1], f"{key}.sets").items():
+                expr = self.plain(vnode, f"{key}.sets.{var}")
+                if isinstance(expr, str) and expr.startswith("{") and expr.endswith("}"):
+                    arg = expr[1:-1]
+                    if arg not in names:
+                        self.problem(vnode, f"{key}.sets.{var}", f"unknown argument {{{arg}}}")
+                self.state_template(knode, f"{key}.sets.{var}", var, names)
+                out[var] = expr
+        return out
+
+    def state_template(self, node, key, template, names):
+        for n in self.placeholders(node, key, template):
+            if n not in names:
+                self.fail(node, key, f"state name {template!r} uses {{{n}}}, which is not an argument")
+
+    ARG = ("type", "default", "min", "max", "choices", "enum", "unit", "description", "format", "true_text",
+           "false_text", "max_length", "pattern")
+
+    def args(self, node, key, protocol):
+        out = []
+        for name, (knode, vnode) in self.items(node, key).items():
+            k = f"{key}.{name}"
+            if not _NAME.match(name):
+                self.problem(knode, k, f"{name!r} is not a valid name (a letter, then letters, digits or _)")
+                continue
+            if name == "request":
+                self.problem(knode, k, "'request' is reserved (it stands for the formatted request in transactions)")
+                continue
+            arg = self.attempt(self.arg, vnode, k, name)
+            if arg is not None:
+                out.append(arg)
+        return out
+
+    def arg(self, node, key, name):
+        if isinstance(node, yaml.ScalarNode):
+            t = self.string(node, key)
+            if t not in ARG_TYPES:
+                self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(ARG_TYPES)})")
+            if t == "enum":
+                self.fail(node, key, "an enum argument needs 'choices' or 'enum'")
+            return ArgSpec(name, t, line=node.start_mark.line + 1)
+        m = self.mapping(node, key, self.ARG)
+        t = None
+        if "type" in m:
+            t = self.string(m["type"][1], f"{key}.type")
+            if t not in ARG_TYPES:
+                self.fail(m["type"][1], key, f"unknown type {t!r} (one of: {', '.join(ARG_TYPES)})")
+        elif "choices" in m or "enum" in m:
+            t = "enum"
+        else:
+            self.fail(node, key, "missing required key 'type'")
+        a = ArgSpec(name, t, line=node.start_mark.line + 1)
+        if t == "enum":
+            if "choices" in m and "enum" in m:
+                self.fail(node, key, "give 'choices' or 'enum', not both")
+            if "choices" in m:
+                a.values = self.enum_values(m["choices"][1], f"{key}.choices")
+            elif "enum" in m:
+                ename = self.string(m["enum"][1], f"{key}.enum")
+                if ename not in self.enums:
+                    self.fail(m["enum"][1], f"{key}.enum", f"unknown enum {ename!r}"
+                              + (f" (defined: {', '.join(self.enums)})" if self.enums else " (no 'enums' section)"))
+                a.values = self.enums[ename]
+            else:
+                self.fail(node, key, "an enum argument needs 'choices' or 'enum'")
+            a.choices = list(a.values)
+        else:
+            for k in ("choices", "enum"):
+                if k in m:
+                    self.problem(m[k][0], f"{key}.{k}", f"only for type enum (this is {t})")
+        for k in ("min", "max"):
+            if k in m:
+                if t not in ("int", "float"):
+                    self.problem(m[k][0], f"{key}.{k}", f"only for int and float (this is {t})")
+                else:
+                    setattr(a, k, self.number(m[k][1], f"{key}.{k}", integer=(t == "int")))
+        if a.min is not None and a.max is not None and a.min > a.max:
+            self.problem(node, key, f"min {a.min} is above max {a.max}")
+        for k in ("true_text", "false_text"):
+            if k in m:
+                if t != "bool":
+                    self.problem(m[k][0], f"{key}.{k}", f"only for type bool (this is {t})")
+                else:
+                    setattr(a, k, self.string(m[k][1], f"{key}.{k}"))
+        for k in ("max_length", "pattern"):
+            if k in m:
+                if t != "str":
+                    self.problem(m[k][0], f"{key}.{k}", f"only for type str (this is {t})")
+                elif k == "max_length":
+                    a.max_length = self.number(m[k][1], f"{key}.{k}", integer=True, minimum=1)
+                else:
+                    a.pattern = self.regex(m[k][1], f"{key}.{k}").pattern
+        if "unit" in m:
+            a.unit = self.string(m["unit"][1], f"{key}.unit")
+        if "description" in m:
+            a.description = self.string(m["description"][1], f"{key}.description")
+        if "format" in m:
+            a.format = self.string(m["format"][1], f"{key}.format")
+            sample = {"int": 1, "float": 1.5, "str": "x", "bool": "1"}.get(t)
+            if t == "enum":
+                sample = next(iter(a.values.values()))
+            try:
+                format(sample, a.format)
+            except (ValueError, TypeError) as e:
+                self.fail(m["format"][1], f"{key}.format", f"bad format {a.format!r} for a {t}: {e}")
+        if "default" in m:
+            v = self.value(m["default"][1], f"{key}.default")
+            if v is not None:
+                try:
+                    v = a.check(v)
+                except (TypeError, ValueError) as e:
+                    self.fail(m["default"][1], f"{key}.default", f"bad default: {e}")
+            a.default = v
+        return a
+
+    def text_request(self, node, key, names):
+        template = self.string(node, key, allow_empty=False)
+        used = self.placeholders(node, key, template)
+        for n in used:
+            if n not in names:
+                self.fail(node, key, f"placeholder {{{n}}} is not an argument"
+                          + (f" (arguments: {', '.join(sorted(names))})" if names else " (this operation has none)"))
+        return template
+
+    def binary_request(self, node, key, args):
+        """A list of items: a byte (0..255), a hex string 'hex: 3001', or {arg, wire, order}."""
+        items = []
+        for i, item in enumerate(self.seq(node, key)):
+            k = f"{key}[{i}]"
+            if isinstance(item, yaml.ScalarNode):
+                v = self.value(item, k)
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+                    self.fail(item, k, f"a literal byte must be an integer 0..255, got {item.value!r}")
+                items.append(RequestItem(literal=bytes([v])))
+                continue
+            m = self.mapping(item, k, ("arg", "wire", "order", "hex"))
+            if "hex" in m:
+                if len(m) != 1:
+                    self.fail(item, k, "'hex' stands alone")
+                text = self.string(m["hex"][1], f"{k}.hex")
+                try:
+                    items.append(RequestItem(literal=bytes.fromhex(text)))
+                except ValueError:
+                    self.fail(m["hex"][1], f"{k}.hex", f"not hex digits: {text!r}")
+                continue
+            if "arg" not in m:
+                self.fail(item, k, "an item is a byte, {hex: ...} or {arg: NAME, wire: TYPE}")
+            aname = self.string(m["arg"][1], f"{k}.arg")
+            if aname not in args:
+                self.fail(m["arg"][1], f"{k}.arg", f"unknown argument {aname!r}")
+            wire = self.choice(m["wire"][1], f"{k}.wire", tuple(WIRE_TYPES), "wire type") if "wire" in m else "u8"
+            order = self.choice(m["order"][1], f"{k}.order", BYTE_ORDERS, "byte order") if "order" in m else "big"
+            arg = args[aname]
+            if wire.startswith("f") and arg.type not in ("float", "int"):
+                self.fail(item, k, f"argument {aname!r} is {arg.type}; a {wire} needs int or float")
+            if not wire.startswith("f"):
+                self.check_int_fits(item, k, arg, wire)
+            items.append(RequestItem(arg=aname, wire=wire, order=order))
+        if not items:
+            self.fail(node, key, "a binary request needs at least one byte")
+        return items
+
+    def check_int_fits(self, node, key, arg, wire):
+        size = WIRE_TYPES[wire][0]
+        signed = wire.startswith("i")
+        lo, hi = (-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1) if signed else (0, (1 << (8 * size)) - 1)
+        if arg.type == "int":
+            if arg.min is None or arg.max is None or arg.min < lo or arg.max > hi:
+                self.problem(node, key, f"argument {arg.name!r} needs min and max within {lo}..{hi} to fit a {wire}")
+        elif arg.type == "enum":
+            for k, v in arg.values.items():
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                    self.problem(node, key, f"choice {k!r} of {arg.name!r} sends {v!r}, not an integer for a {wire}")
+                    break
+        elif arg.type == "bool":
+            pass
+        else:
+            self.problem(node, key, f"argument {arg.name!r} is {arg.type}; a {wire} needs int, enum or bool")
+
+    def modbus_request(self, node, key, kind, names):
+        m = self.mapping(node, key, ("function", "address", "count", "value"), required=("function", "address"))
+        if "function" not in m or "address" not in m:
+            raise _Skip
+        fn = self.number(m["function"][1], f"{key}.function", integer=True)
+        if fn not in (3, 4, 6):
+            self.fail(m["function"][1], f"{key}.function",
+                      f"unsupported function {fn} (3 read holding registers, 4 read input registers, 6 write register)")
+        addr = self.number(m["address"][1], f"{key}.address", integer=True, minimum=0)
+        if addr > 0xFFFF:
+            self.fail(m["address"][1], f"{key}.address", f"must be in 0..65535, got {addr}")
+        spec = ModbusSpec(fn, addr)
+        if fn in (3, 4):
+            if "count" not in m:
+                self.fail(node, key, f"function {fn} needs 'count' (registers to read)")
+            spec.count = self.number(m["count"][1], f"{key}.count", integer=True, minimum=1)
+            if spec.count > 125:
+                self.fail(m["count"][1], f"{key}.count", f"at most 125 registers per read, got {spec.count}")
+            if "value" in m:
+                self.problem(m["value"][0], f"{key}.value", "only for function 6")
+        else:
+            if "value" not in m:
+                self.fail(node, key, "function 6 needs 'value' (a number or {argument})")
+            v = self.value(m["value"][1], f"{key}.value")
+            if isinstance(v, str):
+                if not (v.startswith("{") and v.endswith("}") and v[1:-1] in names):
+                    self.fail(m["value"][1], f"{key}.value", f"must be a number or {{argument}}, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0xFFFF:
+                self.fail(m["value"][1], f"{key}.value", f"must be 0..65535 or {{argument}}, got {v!r}")
+            spec.value = v
+            if "count" in m:
+                self.problem(m["count"][0], f"{key}.count", "only for functions 3 and 4")
+        return spec
+
+    # -- replies ---------------------------------------------------------
+    REPLY = ("split", "regex", "format", "strip", "fields", "length")
+    FIELD = ("type", "unit", "description", "alarm", "warning", "map", "enum", "flags", "flag_type", "array",
+             "status", "scale", "offset", "true_text", "false_text", "wire", "byte", "register", "order", "sim")
+
+    def reply(self, node, key, op_name, protocol, op):
+        if isinstance(node, yaml.ScalarNode):
+            # shorthand: the type of one field named after the operation
+            t = self.string(node, key)
+            if t not in FIELD_TYPES:
+                self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(FIELD_TYPES)})")
+            if protocol != "text":
+                self.fail(node, key, "a binary reply needs 'length' and 'fields'")
+            return ReplySpec("single", fields=[FieldSpec(op_name, t, line=node.start_mark.line + 1)])
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key, f"must be a type or a mapping, got {self.describe(node)}")
+        keys = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        if "fields" not in keys and not keys & {"split", "regex", "length"}:
+            # shorthand: one field described in place
+            f = self.field(node, key, op_name, protocol, op)
+            return ReplySpec("single", fields=[f])
+        m = self.mapping(node, key, self.REPLY, required=("fields",))
+        if "fields" not in m:
+            raise _Skip
+        r = ReplySpec()
+        if protocol == "text":
+            if "length" in m:
+                self.problem(m["length"][0], f"{key}.length", "only for protocol: binary")
+            if "split" in m and "regex" in m:
+                self.fail(node, key, "give 'split' or 'regex', not both")
+            if "split" in m:
+                r.mode = "split"
+                r.split = self.string(m["split"][1], f"{key}.split", allow_empty=False)
+            elif "regex" in m:
+                r.mode = "regex"
+                r.regex = self.regex(m["regex"][1], f"{key}.regex")
+            if "strip" in m:
+                r.strip = self.boolean(m["strip"][1], f"{key}.strip")
+        else:
+            r.mode = protocol
+            for k in ("split", "regex", "strip"):
+                if k in m:
+                    self.problem(m[k][0], f"{key}.{k}", "only for protocol: text")
+            if protocol == "binary":
+                if "length" not in m:
+                    self.fail(node, key, "a binary reply needs 'length' (bytes)")
+                r.length = self.number(m["length"][1], f"{key}.length", integer=True, minimum=1)
+            elif "length" in m:
+                self.problem(m["length"][0], f"{key}.length", "a modbus reply's length follows from 'count'")
+        entries = self.items(m["fields"][1], f"{key}.fields")
+        if not entries:
+            self.fail(m["fields"][1], f"{key}.fields", "needs at least one field")
+        for fname, (knode, vnode) in entries.items():
+            k = f"{key}.fields.{fname}"
+            if not _NAME.match(fname):
+                self.problem(knode, k, f"{fname!r} is not a valid field name (a letter, then letters, digits or _)")
+                continue
+            f = self.attempt(self.field, vnode, k, fname, protocol, op)
+            if f is not None:
+                r.fields.append(f)
+        if r.mode == "regex":
+            groups = set(r.regex.groupindex)
+            for f in r.fields:
+                if f.name not in groups:
+                    self.problem(m["regex"][1], f"{key}.regex", f"has no group (?P<{f.name}>...) for field {f.name!r}")
+            if "format" in m:
+                r.format = self.string(m["format"][1], f"{key}.format")
+                for n in self.placeholders(m["format"][1], f"{key}.format", r.format):
+                    if n not in groups:
+                        self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex")
+            else:
+                r.format = _format_from_regex(r.regex.pattern)
+                if r.format is None:
+                    self.problem(m["regex"][1], f"{key}.regex",
+                                 "too complex to derive the simulator's reply from; add 'format' (e.g. '{a},{b}')")
+        elif "format" in m:
+            self.problem(m["format"][0], f"{key}.format", "only with 'regex'")
+        if r.mode == "split":
+            arrays = [f for f in r.fields if f.array is not None and f.array.count is None]
+            if arrays and r.fields[-1] is not arrays[-1] or len(arrays) > 1:
+                self.problem(node, f"{key}.fields", "a field whose length the device decides (array without 'count') "
+                                                    "must be the last field")
+        if r.mode in ("single", "regex"):
+            for f in r.fields:
+                if f.array is not None or f.status is not None:
+                    self.problem(node, f"{key}.fields.{f.name}", "'array' and 'status' need 'split'")
+        if r.mode == "binary":
+            for f in r.fields:
+                size = WIRE_TYPES[f.wire][0] * (f.array.size if f.array else 1)
+                if f.byte + size > r.length:
+                    self.problem(node, f"{key}.fields.{f.name}",
+                                 f"bytes {f.byte}..{f.byte + size - 1} are beyond the reply length {r.length}")
+        if r.mode == "modbus" and op.modbus is not None and op.modbus.count is not None:
+            start, count = op.modbus.address, op.modbus.count
+            for f in r.fields:
+                regs = WIRE_TYPES[f.wire][0] // 2 or 1
+                regs *= f.array.size if f.array else 1
+                if f.register < start or f.register + regs > start + count:
+                    self.problem(node, f"{key}.fields.{f.name}",
+                                 f"registers {f.register}..{f.register + regs - 1} are outside the ones read "
+                                 f"({start}..{start + count - 1})")
+        self.check_unique(node, key, r.fields)
+        return r
+
+    def check_unique(self, node, key, fields):
+        seen = set()
+        for f in self.expand_fields(fields):
+            if f.name in seen:
+                self.problem(node, key, f"field name {f.name!r} is used twice (flags and status fields are fields too)")
+            seen.add(f.name)
+
+    def field(self, node, key, name, protocol, op):
+        if isinstance(node, yaml.ScalarNode):
+            t = self.string(node, key)
+            if protocol != "text":
+                self.fail(node, key, "a binary field needs 'wire' and a position")
+            if t not in FIELD_TYPES:
+                self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(FIELD_TYPES)})")
+            return FieldSpec(name, t, line=node.start_mark.line + 1)
+        m = self.mapping(node, key, self.FIELD)
+        f = FieldSpec(name, line=node.start_mark.line + 1)
+        explicit_type = None
+        if "type" in m:
+            explicit_type = self.string(m["type"][1], f"{key}.type")
+            if explicit_type not in FIELD_TYPES:
+                self.fail(m["type"][1], key, f"unknown type {explicit_type!r} (one of: {', '.join(FIELD_TYPES)})")
+        if protocol == "text":
+            for k in ("wire", "byte", "register", "order"):
+                if k in m:
+                    self.problem(m[k][0], f"{key}.{k}", "only for binary and modbus replies")
+            f.type = explicit_type or "str"
+        else:
+            if "wire" not in m:
+                self.fail(node, key, f"missing required key 'wire' (one of: {', '.join(WIRE_TYPES)})")
+            f.wire = self.choice(m["wire"][1], f"{key}.wire", tuple(WIRE_TYPES), "wire type")
+            pos = "byte" if protocol == "binary" else "register"
+            other = "register" if protocol == "binary" else "byte"
+            if other in m:
+                self.problem(m[other][0], f"{key}.{other}", f"a {protocol} field is placed by '{pos}'")
+            if pos not in m:
+                self.fail(node, key, f"missing required key {pos!r}")
+            setattr(f, pos, self.number(m[pos][1], f"{key}.{pos}", integer=True, minimum=0))
+            if "order" in m:
+                f.order = self.choice(m["order"][1], f"{key}.order", BYTE_ORDERS, "byte order")
+                if f.order in ("CDAB", "BADC") and WIRE_TYPES[f.wire][0] != 4:
+                    self.problem(m["order"][1], f"{key}.order", f"{f.order} is for 32-bit values, not {f.wire}")
+            if protocol == "modbus" and f.wire in ("u8", "i8"):
+                self.problem(m["wire"][1], f"{key}.wire", "modbus registers are 16 bits: use u16/i16 or wider")
+            default_type = "float" if f.wire.startswith("f") else "int"
+            if ("scale" in m or "offset" in m) and explicit_type is None:
+                default_type = "float"
+            f.type = explicit_type or default_type
+        if "true_text" in m or "false_text" in m:
+            if f.type != "bool":
+                k = "true_text" if "true_text" in m else "false_text"
+                self.problem(m[k][0], f"{key}.{k}", f"only for type bool (this is {f.type})")
+            f.true_text = self.string(m["true_text"][1], f"{key}.true_text") if "true_text" in m else None
+            f.false_text = self.string(m["false_text"][1], f"{key}.false_text") if "false_text" in m else None
+        if "unit" in m:
+            f.unit = self.string(m["unit"][1], f"{key}.unit")
+        if "description" in m:
+            f.description = self.string(m["description"][1], f"{key}.description")
+        for k in ("alarm", "warning"):
+            if k in m:
+                setattr(f, k, self.attempt(self.pair, m[k][1], f"{key}.{k}"))
+        for k in ("scale", "offset"):
+            if k in m:
+                setattr(f, k, self.number(m[k][1], f"{key}.{k}"))
+                if f.type not in ("float", "int"):
+                    self.problem(m[k][0], f"{key}.{k}", f"only for numbers (this is {f.type})")
+        if "map" in m and "enum" in m:
+            self.fail(node, key, "give 'map' or 'enum', not both")
+        if "map" in m or "enum" in m:
+            if "map" in m:
+                table = {}
+                for wk, (_wknode, wv) in self.items(m["map"][1], f"{key}.map").items():
+                    table[str(wk)] = self.string(wv, f"{key}.map.{wk}")
+                f.map = table
+            else:
+                ename = self.string(m["enum"][1], f"{key}.enum")
+                if ename not in self.enums:
+                    self.fail(m["enum"][1], f"{key}.enum", f"unknown enum {ename!r}"
+                              + (f" (defined: {', '.join(self.enums)})" if self.enums else " (no 'enums' section)"))
+                f.map = {_wire_key(v): k for k, v in self.enums[ename].items()}
+            if explicit_type not in (None, "str"):
+                self.problem(m["type"][1], f"{key}.type", "a mapped field is a str (its names)")
+            f.type = "str"
+        if "flags" in m:
+            flags = {}
+            for fl, (fknode, fv) in self.items(m["flags"][1], f"{key}.flags").items():
+                if not _NAME.match(fl):
+                    self.problem(fknode, f"{key}.flags.{fl}", f"{fl!r} is not a valid field name")
+                    continue
+                bit = self.attempt(self.number, fv, f"{key}.flags.{fl}", True, 0)
+                if bit is not None:
+                    if bit in flags.values():
+                        self.problem(fv, f"{key}.flags.{fl}", f"bit {bit} is already named")
+                    flags[fl] = bit
+            if f.type != "int":
+                self.problem(m["flags"][0], f"{key}.flags", f"flags need an int field (this is {f.type})")
+            if f.wire and any(b >= 8 * WIRE_TYPES[f.wire][0] for b in flags.values()):
+                self.problem(m["flags"][0], f"{key}.flags", f"a bit number is beyond the {f.wire}")
+            f.flags = flags
+            if "flag_type" in m:
+                f.flag_type = self.choice(m["flag_type"][1], f"{key}.flag_type", ("bool", "int"), "flag type")
+        elif "flag_type" in m:
+            self.problem(m["flag_type"][0], f"{key}.flag_type", "only with 'flags'")
+        if "array" in m:
+            f.array = self.array(m["array"][1], f"{key}.array")
+        if "status" in m:
+            if protocol != "text":
+                self.problem(m["status"][0], f"{key}.status", "only for text replies")
+            else:
+                f.status = self.status(m["status"][1], f"{key}.status")
+        if "sim" in m:
+            f.sim = self.field_sim(m["sim"][1], f"{key}.sim", f, op)
+        return f
+
+    def array(self, node, key):
+        m = self.mapping(node, key, ("count", "max", "labels"))
+        a = ArraySpec()
+        if "count" in m and "max" in m:
+            self.fail(node, key, "give 'count' (always that many) or 'max' (the device decides, up to max)")
+        if "count" in m:
+            a.count = self.number(m["count"][1], f"{key}.count", integer=True, minimum=1)
+        elif "max" in m:
+            a.max = self.number(m["max"][1], f"{key}.max", integer=True, minimum=1)
+        else:
+            self.fail(node, key, "needs 'count' or 'max'")
+        if "labels" in m:
+            labels = [str(self.value(n, f"{key}.labels")) for n in self.seq(m["labels"][1], f"{key}.labels")]
+            if len(labels) != a.size:
+                self.fail(m["labels"][1], f"{key}.labels", f"has {len(labels)} labels for {a.size} elements")
+            a.labels = labels
+        return a
+
+    def status(self, node, key):
+        m = self.mapping(node, key, ("position", "valid", "invalid_value", "field", "map", "enum"), required=("valid",))
+        s = StatusSpec()
+        if "position" in m:
+            s.position = self.choice(m["position"][1], f"{key}.position", ("before", "after"), "position")
+        if "valid" in m:
+            v = m["valid"][1]
+            s.valid = [str(self.value(n, f"{key}.valid")) for n in v.value] if isinstance(v, yaml.SequenceNode) \
+                else [str(self.value(v, f"{key}.valid"))]
+        if "invalid_value" in m:
+            s.invalid_value = self.value(m["invalid_value"][1], f"{key}.invalid_value")
+        if "field" in m:
+            s.field = self.name(m["field"][1], f"{key}.field")
+        if "map" in m:
+            s.map = {str(k): self.string(v, f"{key}.map.{k}") for k, (_, v) in self.items(m["map"][1], f"{key}.map").items()}
+        if "enum" in m:
+            ename = self.string(m["enum"][1], f"{key}.enum")
+            if ename not in self.enums:
+                self.fail(m["enum"][1], f"{key}.enum", f"unknown enum {ename!r}")
+            s.map = {_wire_key(v): k for k, v in self.enums[ename].items()}
+        if s.map:
+            for v in s.valid or []:
+                if v not in s.map and v not in s.map.values():
+                    self.problem(m["valid"][1], f"{key}.valid", f"{v!r} is not a status value or name")
+        return s
+
+    def field_sim(self, node, key, f, op):
+        m = self.mapping(node, key, ("value", "range", "noise", "state"))
+        s = SimSpec()
+        if "value" in m:
+            s.value = self.plain(m["value"][1], f"{key}.value")
+        if "range" in m:
+            s.range = self.pair(m["range"][1], f"{key}.range")
+        if "noise" in m:
+            s.noise = self.number(m["noise"][1], f"{key}.noise", minimum=0)
+        if "state" in m:
+            s.state = self.string(m["state"][1], f"{key}.state", allow_empty=False)
+            names = {a.name for a in op.args}
+            self.state_template(m["state"][1], f"{key}.state", s.state, names)
+        return s
+
+    def expand_fields(self, fields):
+        """The fields a call returns: each value field, its status field, its flags."""
+        out = []
+        for f in fields:
+            out.append(f)
+            if f.status is not None and f.status.field:
+                out.append(FieldSpec(f.status.field, "str" if f.status.map else "int", description=f"status of {f.name}",
+                                     array=f.array, source=f.name, line=f.line))
+            for flag in (f.flags or {}):
+                out.append(FieldSpec(flag, f.flag_type, description=f"bit {f.flags[flag]} of {f.name}",
+                                     source=f.name, line=f.line))
+        return out
+
+    # -- simulator section ---------------------------------------------
+    def sim_section(self, node):
+        m = self.mapping(node, "sim", ("state", "unknown"))
+        state = {}
+        if "state" in m:
+            for k, (_, v) in self.items(m["state"][1], "sim.state").items():
+                state[k] = self.plain(v, f"sim.state.{k}")
+        unknown = self.string(m["unknown"][1], "sim.unknown") if "unknown" in m else None
+        return state, unknown
+
+    # -- polling ---------------------------------------------------------
+    def polling(self, node, operations):
+        m = self.mapping(node, "polling", ("feed", "block", "rate", "frame_length", "items"), required=("feed", "items"))
+        if "feed" not in m or "items" not in m:
+            raise _Skip
+        p = PollSpec(self.name(m["feed"][1], "polling.feed"), "")
+        p.block = self.name(m["block"][1], "polling.block") if "block" in m else p.feed
+        if "rate" in m:
+            p.rate = self.number(m["rate"][1], "polling.rate")
+            if p.rate <= 0:
+                self.problem(m["rate"][1], "polling.rate", f"must be > 0 (Hz), got {p.rate}")
+        if "frame_length" in m:
+            p.frame_length = self.number(m["frame_length"][1], "polling.frame_length", minimum=0)
+        seen = {}
+        for i, item in enumerate(self.seq(m["items"][1], "polling.items")):
+            key = f"polling.items[{i}]"
+            pi = self.attempt(self.poll_item, item, key, operations)
+            if pi is None:
+                continue
+            p.items.append(pi)
+            op = operations[pi.operation]
+            by_name = {f.name: f for f in op.fields}
+            for src, template in pi.fields.items():
+                f = by_name[src]
+                names = _feed_names(template, f)
+                lim = pi.limits.get(src, {})
+                for n in names:
+                    if not _NAME.match(n):
+                        self.problem(item, key, f"feed field name {n!r} is not valid (a letter, then letters, digits, _)")
+                        continue
+                    if n in seen:
+                        self.problem(item, key, f"feed field {n!r} is also published by item {seen[n]}")
+                        continue
+                    seen[n] = i
+                    p.feed_fields.append(f.renamed(n, array=None, alarm=lim.get("alarm", f.alarm),
+                                                   warning=lim.get("warning", f.warning), source=f.source or None))
+        return p
+
+    def poll_item(self, node, key, operations):
+        m = self.mapping(node, key, ("query", "args", "fields"), required=("query",))
+        if "query" not in m:
+            raise _Skip
+        name = self.string(m["query"][1], f"{key}.query")
+        op = operations.get(name)
+        if op is None:
+            self.fail(m["query"][1], f"{key}.query", f"unknown operation {name!r}")
+        if op.writes:
+            self.fail(m["query"][1], f"{key}.query", f"{name!r} changes the device (writes); acq polls reads only")
+        if not op.fields:
+            self.fail(m["query"][1], f"{key}.query", f"{name!r} has no reply fields to publish")
+        args = {}
+        if "args" in m:
+            raw = {k: self.plain(v, f"{key}.args.{k}") for k, (_, v) in self.items(m["args"][1], f"{key}.args").items()}
+            try:
+                args = op.check_args(**raw)
+            except (TypeError, ValueError) as e:
+                self.fail(m["args"][1], f"{key}.args", str(e))
+        else:
+            try:
+                args = op.check_args()
+            except (TypeError, ValueError) as e:
+                self.fail(node, key, f"{e}: give it under 'args'")
+        by_name = {f.name: f for f in op.fields}
+        fields, limits = {}, {}
+        if "fields" in m:
+            v = m["fields"][1]
+            if isinstance(v, yaml.SequenceNode):
+                for n in v.value:
+                    fname = self.string(n, f"{key}.fields")
+                    if fname not in by_name:
+                        self.fail(n, f"{key}.fields", f"{name!r} has no field {fname!r} (fields: {', '.join(by_name)})")
+                    fields[fname] = _default_template(by_name[fname])
+            else:
+                for fname, (knode, fv) in self.items(v, f"{key}.fields").items():
+                    if fname not in by_name:
+                        self.fail(knode, f"{key}.fields.{fname}",
+                                  f"{name!r} has no field {fname!r} (fields: {', '.join(by_name)})")
+                    if isinstance(fv, yaml.MappingNode):
+                        fm = self.mapping(fv, f"{key}.fields.{fname}", ("name", "alarm", "warning"))
+                        template = self.string(fm["name"][1], f"{key}.fields.{fname}.name") if "name" in fm \
+                            else _default_template(by_name[fname])
+                        lim = {}
+                        for k in ("alarm", "warning"):
+                            if k in fm:
+                                lim[k] = self.pair(fm[k][1], f"{key}.fields.{fname}.{k}")
+                        limits[fname] = lim
+                    else:
+                        template = self.string(fv, f"{key}.fields.{fname}")
+                    self.check_template(fv, f"{key}.fields.{fname}", template, by_name[fname])
+                    fields[fname] = template
+        else:
+            fields = {f.name: _default_template(f) for f in op.fields if f.type in FIELD_TYPES}
+        return PollItem(name, args, fields, limits)
+
+    def check_template(self, node, key, template, f):
+        names = self.placeholders(node, key, template)
+        for n in names:
+            if n not in ("n", "label", "i"):
+                self.fail(node, key, f"unknown placeholder {{{n}}} (use {{n}} (1, 2, ...), {{i}} (0, 1, ...) or {{label}})")
+        if f.array is not None and not names:
+            self.fail(node, key, f"{f.name!r} is an array: the name needs {{n}}, {{i}} or {{label}}")
+        if f.array is None and names:
+            self.fail(node, key, f"{f.name!r} is not an array: no placeholders")
+        if "label" in names and (f.array is None or f.array.labels is None):
+            self.fail(node, key, f"{f.name!r} has no 'labels' for {{label}}")
+
+    # -- agent -----------------------------------------------------------
+    def agent(self, node, operations, polling):
+        m = self.mapping(node, "agent", ("agent_class", "tasks", "acq_args", "hide", "modes", "default_mode"))
+        a = AgentSpec()
+        if "agent_class" in m:
+            a.agent_class = self.name(m["agent_class"][1], "agent.agent_class")
+        if "hide" in m:
+            for n in self.seq(m["hide"][1], "agent.hide"):
+                op = self.string(n, "agent.hide")
+                if op not in operations:
+                    self.problem(n, "agent.hide", f"unknown operation {op!r}")
+                a.hide.append(op)
+        if "acq_args" in m:
+            am = self.mapping(m["acq_args"][1], "agent.acq_args", ("rate",))
+            if "rate" in am:
+                a.acq_args["rate"] = self.name(am["rate"][1], "agent.acq_args.rate")
+        if "tasks" in m:
+            for tname, (knode, vnode) in self.items(m["tasks"][1], "agent.tasks").items():
+                key = f"agent.tasks.{tname}"
+                if not _NAME.match(tname):
+                    self.problem(knode, key, f"{tname!r} is not a valid name")
+                    continue
+                if tname in operations and tname not in a.hide:
+                    self.problem(knode, key, f"{tname!r} is already the task of the operation of that name "
+                                             "(hide the operation to reuse its name)")
+                    continue
+                if tname in ("acq",):
+                    self.problem(knode, key, "'acq' is the polling process")
+                    continue
+                t = self.attempt(self.task, vnode, key, tname, operations)
+                if t is not None:
+                    a.tasks[tname] = t
+        if "modes" in m:
+            for mode, (_knode, vnode) in self.items(m["modes"][1], "agent.modes").items():
+                key = f"agent.modes.{mode}"
+                start = {}
+                if isinstance(vnode, yaml.MappingNode):
+                    for opname, (oknode, ov) in self.items(vnode, key).items():
+                        if opname != "acq" and opname not in a.tasks and opname not in operations:
+                            self.problem(oknode, f"{key}.{opname}", f"unknown task or process {opname!r}")
+                            continue
+                        params = self.plain(ov, f"{key}.{opname}") if not (
+                            isinstance(ov, yaml.ScalarNode) and ov.value in ("", "~", "null")) else {}
+                        if not isinstance(params, dict):
+                            self.problem(ov, f"{key}.{opname}", "must be a mapping of parameters (or empty)")
+                            continue
+                        start[opname] = params
+                elif not (isinstance(vnode, yaml.ScalarNode) and vnode.value in ("", "~", "null")):
+                    self.problem(vnode, key, "must map task or process names to their startup parameters")
+                a.modes[mode] = start
+        if "default_mode" in m:
+            a.default_mode = self.string(m["default_mode"][1], "agent.default_mode")
+            if a.default_mode not in a.modes:
+                self.problem(m["default_mode"][1], "agent.default_mode", f"unknown mode {a.default_mode!r}")
+        if polling is None and "acq" in str(a.modes):
+            pass
+        return a
+
+    def task(self, node, key, name, operations):
+        m = self.mapping(node, key, ("kind", "operation", "args", "params", "description"))
+        t = TaskSpec(name)
+        if "kind" in m:
+            t.kind = self.choice(m["kind"][1], f"{key}.kind", ("alias", "init", "stop"), "task kind")
+        if "description" in m:
+            t.description = self.string(m["description"][1], f"{key}.description")
+        if "operation" in m:
+            t.operation = self.string(m["operation"][1], f"{key}.operation")
+            if t.operation not in operations:
+                self.fail(m["operation"][1], f"{key}.operation", f"unknown operation {t.operation!r}")
+        if t.kind == "alias" and t.operation is None:
+            self.fail(node, key, "an alias needs 'operation'")
+        if t.kind == "stop" and t.operation is not None:
+            self.problem(m["operation"][0], f"{key}.operation", "a stop task stops acq; it runs no operation")
+        op = operations.get(t.operation)
+        if "args" in m:
+            if op is None:
+                self.fail(m["args"][0], f"{key}.args", "'args' renames the arguments of 'operation'")
+            for alias, (_knode, vnode) in self.items(m["args"][1], f"{key}.args").items():
+                target = self.string(vnode, f"{key}.args.{alias}")
+                if target not in op.arg_map:
+                    self.problem(vnode, f"{key}.args.{alias}", f"{t.operation!r} has no argument {target!r}")
+                    continue
+                t.args[alias] = target
+        if op is not None and t.kind == "alias":
+            renamed = {v: k for k, v in t.args.items()}
+            t.params = [dataclasses.replace(arg, name=renamed.get(arg.name, arg.name)) for arg in op.args]
+        if "params" in m:
+            for pname, (_knode, vnode) in self.items(m["params"][1], f"{key}.params").items():
+                arg = self.attempt(self.arg, vnode, f"{key}.params.{pname}", pname)
+                if arg is not None:
+                    t.params.append(arg)
+        return t
+
+
+def _wire_key(v):
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def _default_template(f):
+    if f.array is None:
+        return f.name
+    return f"{f.name}_{{label}}" if f.array.labels else f"{f.name}_{{n}}"
+
+
+def _feed_names(template, f):
+    if f.array is None:
+        return [template]
+    labels = f.array.labels or [str(i + 1) for i in range(f.array.size)]
+    return [template.format(n=i + 1, i=i, label=labels[i]) for i in range(f.array.size)]
+
+
+_REGEX_META = set("[]()*+?|{}^$.\\")
+
+
+def _format_from_regex(pattern):
+    """A format string that produces text the regex matches, for simple regexes:
+    literals around named groups.  None when the regex is more than that."""
+    p = pattern
+    if p.startswith("^"):
+        p = p[1:]
+    if p.endswith("$") and not p.endswith("\\$"):
+        p = p[:-1]
+    out = []
+    i = 0
+    while i < len(p):
+        if p.startswith("(?P<", i):
+            end = p.find(">", i)
+            name = p[i + 4:end]
+            depth, j = 1, end + 1
+            while j < len(p) and depth:
+                if p[j] == "\\":
+                    j += 2
+                    continue
+                if p[j] == "(":
+                    depth += 1
+                elif p[j] == ")":
+                    depth -= 1
+                j += 1
+            if depth:
+                return None
+            out.append("{" + name + "}")
+            i = j
+            continue
+        ch = p[i]
+        if ch == "\\" and i + 1 < len(p):
+            nxt = p[i + 1]
+            if nxt == "s":
+                out.append(" ")
+                i += 2
+                if i < len(p) and p[i] in "*+?":
+                    i += 1
+                continue
+            if nxt.isalnum():
+                return None
+            out.append(nxt.replace("{", "{{").replace("}", "}}"))
+            i += 2
+            continue
+        if ch in _REGEX_META:
+            if ch in "*?" and out and out[-1] == " ":
+                i += 1
+                continue
+            return None
+        out.append(ch.replace("{", "{{").replace("}", "}}"))
+        i += 1
+    return "".join(out)
+
+
+def _join(key, name):
+    return f"{key}.{name}" if key else name
