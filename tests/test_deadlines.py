@@ -65,3 +65,184 @@ def test_bad_timeout_is_refused_naming_the_value(bad, exc):
     with pytest.raises(exc, match="timeout must be") as info:
         Deadline.start(bad, 1.0)
     assert repr(bad) in str(info.value) or str(bad) in str(info.value)
+
+
+# ---------------------------------------------------------------- every phase of a real operation
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from socs_tcp import ConnectFailedError, TCPInterface, cmd_tcp  # noqa: E402
+from socs_tcp.core import deadline as deadline_module  # noqa: E402
+
+LINK_TIMEOUT = 1.5   # the link's default: every per-call timeout below is much smaller
+CALL_TIMEOUT = 0.2
+BOUND = 1.0          # generous: well below LINK_TIMEOUT, a small multiple of CALL_TIMEOUT
+BIG = 64 << 20       # more than any loopback socket buffers hold
+
+
+class StalledReader:
+    """A device that accepts one connection and then never reads from it."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted socket
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.conns = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.conns.append(conn)
+
+    def close(self):
+        self.listener.close()
+        self._thread.join(5)
+        for conn in self.conns:
+            conn.close()
+
+
+class FullBacklog:
+    """A listener that never accepts, its backlog filled by parked
+    connections, so a new connect gets no answer at all (its SYN is dropped)."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.parked = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = socket.socket()
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", self.port))
+            except TimeoutError:
+                probe.close()
+                return  # the backlog is full: this connect got no answer
+            self.parked.append(probe)
+        self.close()
+        raise RuntimeError("could not fill the listener's backlog")
+
+    def close(self):
+        for sock in self.parked:
+            sock.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def stalled():
+    device = StalledReader()
+    try:
+        yield device
+    finally:
+        device.close()
+
+
+@pytest.fixture
+def full_backlog():
+    device = FullBacklog()
+    try:
+        yield device
+    finally:
+        device.close()
+
+
+def timed(call):
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        call()
+    return time.monotonic() - started, info.value
+
+
+def test_send_phase_honours_the_per_call_timeout(stalled):
+    dev = TCPInterface("127.0.0.1", stalled.port, LINK_TIMEOUT, encoding=None)
+    try:
+        took, error = timed(lambda: dev.wrnrd_until(b"x" * BIG, b"\n", timeout=CALL_TIMEOUT))
+        assert isinstance(error, LinkTimeoutError), error
+        assert took < BOUND, f"the send phase took {took:.2f} s with timeout={CALL_TIMEOUT}"
+        assert "sending" in str(error) and f"{CALL_TIMEOUT} s" in str(error)
+        assert dev.comm is None, "a half-sent message must not stay on the connection"
+    finally:
+        dev.close()
+
+
+def test_connect_phase_honours_the_per_call_timeout(full_backlog):
+    dev = TCPInterface("127.0.0.1", full_backlog.port, LINK_TIMEOUT, connect=False)
+    took, error = timed(lambda: dev.read(1, timeout=CALL_TIMEOUT))
+    assert isinstance(error, LinkTimeoutError), error
+    assert took < BOUND, f"connecting took {took:.2f} s with timeout={CALL_TIMEOUT}"
+    assert "connecting" in str(error) and "deadline" in str(error)
+    assert dev.stats()["connect_failures"] == 1
+
+
+def test_connect_without_a_per_call_timeout_uses_connect_timeout(full_backlog):
+    dev = TCPInterface("127.0.0.1", full_backlog.port, LINK_TIMEOUT, connect_timeout=0.3, connect=False)
+    took, error = timed(lambda: dev.read(1))
+    assert isinstance(error, ConnectFailedError) and not isinstance(error, LinkTimeoutError), error
+    assert "connect_timeout=0.3" in str(error)
+    assert took < LINK_TIMEOUT
+
+
+def test_receive_phase_honours_the_per_call_timeout(stalled):
+    dev = TCPInterface("127.0.0.1", stalled.port, LINK_TIMEOUT)
+    try:
+        took, error = timed(lambda: dev.read_until("\n", timeout=CALL_TIMEOUT))
+        assert isinstance(error, LinkTimeoutError), error
+        assert CALL_TIMEOUT <= took < BOUND
+        took, error = timed(lambda: dev.readinto(bytearray(10), timeout=CALL_TIMEOUT))
+        assert isinstance(error, LinkTimeoutError), error
+        assert CALL_TIMEOUT <= took < BOUND
+    finally:
+        dev.close()
+
+
+@pytest.fixture
+def bus_link():
+    made = []
+
+    def make(port):
+        cmd_tcp.init_tcp("deadline", f"host=127.0.0.1,port={port},timeout={LINK_TIMEOUT}")
+        made.append("deadline")
+        return "deadline"
+    yield make
+    for tcp_id in made:
+        if tcp_id in cmd_tcp.links():
+            cmd_tcp.deinit_tcp(tcp_id)
+
+
+def test_cmd_tcp_send_phase_honours_the_per_call_timeout(stalled, bus_link):
+    tcp_id = bus_link(stalled.port)
+    took, error = timed(lambda: cmd_tcp.wrnrd_until_tcp(tcp_id, "x" * BIG, "\\n", CALL_TIMEOUT))
+    assert isinstance(error, LinkTimeoutError), error
+    assert took < BOUND, f"wrnrd_until_tcp took {took:.2f} s with timeout={CALL_TIMEOUT}"
+
+
+def test_cmd_tcp_connect_phase_honours_the_per_call_timeout(full_backlog, bus_link):
+    tcp_id = bus_link(full_backlog.port)
+    took, error = timed(lambda: cmd_tcp.wrnrd_until_tcp(tcp_id, "*IDN?\n", "\\n", CALL_TIMEOUT))
+    assert isinstance(error, LinkTimeoutError), error
+    assert took < BOUND, f"wrnrd_until_tcp took {took:.2f} s with timeout={CALL_TIMEOUT}"
+
+
+def test_the_timeout_is_checked_once_per_call(emulator, bus_link, monkeypatch):
+    calls = []
+    real = deadline_module.check_seconds
+
+    def counting(value, what, **kwargs):
+        calls.append(value)
+        return real(value, what, **kwargs)
+    monkeypatch.setattr(deadline_module, "check_seconds", counting)
+    tcp_id = bus_link(emulator.port)
+    assert cmd_tcp.wrnrd_until_tcp(tcp_id, "*IDN?\n", "\\n", 1.0) == "ACME,MODEL1,42,1.0"
+    assert calls == [1.0]
+    dev = cmd_tcp.get_link(tcp_id)
+    assert dev.wrnrd_until("*IDN?\n", "\\n", timeout=0.5) == "ACME,MODEL1,42,1.0"
+    assert calls == [1.0, 0.5]

@@ -299,7 +299,7 @@ def test_drain_returns_and_logs_what_it_dropped(emulator, caplog):
     (lambda d: d.wrnrd("x", 10 ** 9), ValueError, "exceeds max_read_size"),
     (lambda d: d.wrnrd_until("x", ""), ValueError, "empty terminator"),
     (lambda d: d.wrnrd_until("x", "\\n", timeout=-1), ValueError, "timeout must be"),
-    (lambda d: d.wrnrd_until("x", "\\n", timeout="soon"), ValueError, "'soon'"),
+    (lambda d: d.wrnrd_until("x", "\\n", timeout="soon"), TypeError, "'soon'"),
     (lambda d: d.write(12), TypeError, "data must be str or bytes, got int"),
     (lambda d: d.send("text"), TypeError, "send() needs bytes, got str"),
     (lambda d: d.expect("(unclosed"), ValueError, "not a valid regular expression"),

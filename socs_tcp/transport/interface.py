@@ -19,6 +19,7 @@ import threading
 import time
 
 from ..core.buffer import ReceiveBuffer
+from ..core.checks import check_seconds
 from ..core.codec import (
     bytes_to_hex,
     decode_escapes,
@@ -28,6 +29,7 @@ from ..core.codec import (
     parse_conf_string,
     parse_terminators,
 )
+from ..core.deadline import Deadline
 from ..core.policy import ReconnectPolicy
 from ..core.stats import LinkStats
 from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
@@ -35,7 +37,6 @@ from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosed
 __all__ = ["TCPInterface"]
 
 log = logging.getLogger("socs_tcp.interface")  # the name the docs promise
-_monotonic = time.monotonic
 
 class _Unset:
     def __repr__(self):
@@ -50,15 +51,7 @@ _FAMILIES = {
 }
 # errno values that mean "this connection is dead", as opposed to a timeout.
 _DEAD_LINK = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-
-
-def _check_seconds(value, what, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-    return float(value)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _describe(waiting_for):
@@ -152,9 +145,9 @@ class TCPInterface:
         if self.ip_address.startswith("[") and self.ip_address.endswith("]"):
             self.ip_address = self.ip_address[1:-1]
         self.port = port_number
-        self.timeout = _check_seconds(timeout, "timeout")
+        self.timeout = check_seconds(timeout, "timeout", allow_none=True)
         self.connect_timeout = (self.timeout if connect_timeout is _UNSET
-                                else _check_seconds(connect_timeout, "connect_timeout"))
+                                else check_seconds(connect_timeout, "connect_timeout", allow_none=True))
         if encoding is not None:
             "".encode(encoding)  # LookupError names an unknown codec
         self.encoding = encoding
@@ -201,6 +194,7 @@ class TCPInterface:
         self._timeout_sock = None     # the socket whose timeout was last set ...
         self._timeout_value = None    # ... and to what
         self._debug = False           # traffic logging on, decided once per operation
+        self._op_deadline = None      # the Deadline of the operation in progress (under the lock)
         self._until_cache = {}        # eot -> (extract, waiting_for), see _until
         if connect:
             self._attempt_connect()
@@ -250,6 +244,7 @@ class TCPInterface:
         Returns the connected socket, or ``None`` after logging why not.
         """
         host, port = address[0], address[1]
+        limit = self._connect_limit()
         try:
             infos = socket.getaddrinfo(host, port, self.family, socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
@@ -259,7 +254,7 @@ class TCPInterface:
         for af, kind, proto, _, sockaddr in infos:
             sock = socket.socket(af, kind, proto)
             try:
-                sock.settimeout(self.connect_timeout)
+                sock.settimeout(limit)
                 sock.connect(sockaddr)
                 self._configure(sock)
             except OSError as e:
@@ -268,11 +263,21 @@ class TCPInterface:
                 continue
             return sock
         if isinstance(error, (socket.timeout, TimeoutError)):
-            reason = f"no answer within connect_timeout={self.connect_timeout} s"
+            if limit == self.connect_timeout:
+                reason = f"no answer within connect_timeout={self.connect_timeout} s"
+            else:
+                reason = (f"no answer within the {limit:.3g} s left of the operation's deadline "
+                          f"(connect_timeout={self.connect_timeout} s)")
         else:
             reason = getattr(error, "strerror", None) or str(error)
         self._connect_failed(f"cannot connect to {host}:{port}: {reason}")
         return None
+
+    def _connect_limit(self):
+        """How long one connection attempt may take: ``connect_timeout``,
+        cut to what is left of the current operation's deadline."""
+        deadline = self._op_deadline
+        return self.connect_timeout if deadline is None else deadline.bound(self.connect_timeout)
 
     def _connect_failed(self, reason):
         self._last_connect_error = reason
@@ -335,7 +340,15 @@ class TCPInterface:
         """
         self._close()
         wait = self._next_attempt - time.monotonic()
+        deadline = self._op_deadline
+        if deadline is not None and deadline.expired:
+            self._last_connect_error = "the operation's deadline ran out before a reconnect"
+            return
         if wait > 0 and self._failures == 0:
+            if deadline is not None and deadline.bound(wait) < wait:
+                self._last_connect_error = (f"the reconnect cool-down of {wait:.3g} s is longer than what is "
+                                            "left of the operation's deadline")
+                return
             time.sleep(wait)
         self._attempt_connect()
 
@@ -354,8 +367,14 @@ class TCPInterface:
             raise ConnectFailedError(
                 f"{self.name}: not connected ({reason}); next attempt allowed in {wait:.2f} s "
                 f"after {self._failures} failed attempt(s)")
+        deadline = self._op_deadline
+        if deadline is not None and deadline.expired:
+            raise LinkTimeoutError(f"{self.name}: not connected, and the operation's deadline "
+                                   f"({deadline.timeout} s) ran out before a connection attempt")
         sock = self._attempt_connect()
         if sock is None:
+            if deadline is not None and deadline.expired:
+                raise LinkTimeoutError(f"{self.name}: timed out connecting: {self._last_connect_error}")
             raise ConnectFailedError(f"{self.name}: {self._last_connect_error}")
         return sock
 
@@ -460,13 +479,6 @@ class TCPInterface:
 
     # ------------------------------------------------------------------
     # low level I/O (callers hold the lock)
-    def _deadline(self, timeout):
-        if timeout is None:
-            timeout = self.timeout
-        else:
-            timeout = _check_seconds(timeout, "timeout")
-        return None if timeout is None else _monotonic() + timeout
-
     def _link_failed(self, error):
         """Count a failed operation and log the start of a failure streak."""
         self._stats.failure(timeout=isinstance(error, LinkTimeoutError))
@@ -480,10 +492,11 @@ class TCPInterface:
         room = self.max_read_size - len(self._buffer)
         if into is None and room <= 0:
             self._overflow()
-        if deadline is None:
+        end = deadline.end
+        if end is None:
             remaining = -1
         else:
-            remaining = deadline - _monotonic()
+            remaining = end - time.monotonic()
             if remaining <= 0:
                 # past the deadline (or timeout=0): take what is already
                 # waiting on the socket, but do not wait for more
@@ -588,8 +601,9 @@ class TCPInterface:
                 log.debug("%s < %s", self.name, format_traffic(data))
             self._buffer.feed(data)
 
-    def _send_bytes(self, data):
-        """Send all of ``data``; on a dead connection reconnect once and resend."""
+    def _send_bytes(self, data, deadline):
+        """Send all of ``data`` before ``deadline``; on a dead connection
+        reconnect once and resend."""
         sock = self.comm
         if sock is None or self._poll_sock is not sock or self._poll.poll(0):
             # something is waiting (stale bytes or end of stream): take it
@@ -597,28 +611,36 @@ class TCPInterface:
             self._pull_pending()
             sock = self._ensure_connected()
         try:
-            self._sendall(sock, data)
+            self._sendall(sock, data, deadline)
             return
         except TimeoutError:
-            self._close("send timed out")
-            raise LinkTimeoutError(
-                f"{self.name}: sending {len(data)} bytes timed out after {self.timeout} s; "
-                "the connection was closed because part of the data may have been sent") from None
+            raise self._send_timed_out(data, deadline) from None
         except OSError as e:
             self._close(f"send failed: {e}")
             first = e
         self._reset()
         if self.comm is None:
+            if deadline.expired:
+                raise LinkTimeoutError(f"{self.name}: send failed ({first}) and the operation's deadline "
+                                       f"({deadline.timeout} s) ran out reconnecting: {self._last_connect_error}")
             raise ConnectFailedError(
                 f"{self.name}: send failed ({first}) and reconnecting failed: {self._last_connect_error}") from first
         try:
-            self._sendall(self.comm, data)
+            self._sendall(self.comm, data, deadline)
+        except TimeoutError:
+            raise self._send_timed_out(data, deadline) from None
         except OSError as e:
             self._close(f"send failed again: {e}")
             raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
 
-    def _sendall(self, sock, data):
-        """Write all of ``data`` within ``timeout``, one write(2) in the common case.
+    def _send_timed_out(self, data, deadline):
+        self._close("send timed out")
+        return LinkTimeoutError(
+            f"{self.name}: sending {len(data)} bytes timed out (the operation's timeout is {deadline.timeout} s); "
+            "the connection was closed because part of the data may have been sent")
+
+    def _sendall(self, sock, data, deadline):
+        """Write all of ``data`` before ``deadline``, one write(2) in the common case.
 
         Raises:
             TimeoutError: the device stopped reading before all was sent.
@@ -628,28 +650,25 @@ class TCPInterface:
             self._set_timeout(sock)
         if self._debug:
             log.debug("%s > %s", self.name, format_traffic(data))
-        fd = sock.fileno()
         try:
-            sent = os.write(fd, data)
+            # a socket with a timeout has a non-blocking descriptor: write(2)
+            # returns what fits; without one, MSG_DONTWAIT does the same
+            sent = os.write(sock.fileno(), data) if self.timeout is not None else sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent != len(data):
-            self._write_rest(fd, memoryview(data)[sent:])
+            self._write_rest(sock, memoryview(data)[sent:], deadline)
         self._stats.bytes_out += len(data)
 
-    def _write_rest(self, fd, view):
-        """Write ``view`` once the socket's send buffer has room, within ``timeout``."""
-        deadline = None if self.timeout is None else _monotonic() + self.timeout
+    def _write_rest(self, sock, view, deadline):
+        """Write ``view`` as the socket's send buffer gets room, before ``deadline``."""
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
         while view:
-            wait = None if deadline is None else deadline - _monotonic()
-            if wait is not None and wait <= 0:
-                raise TimeoutError("send timed out")
-            poller = select.poll()
-            poller.register(fd, select.POLLOUT)
-            if not poller.poll(-1 if wait is None else math.ceil(wait * 1000)):
+            if deadline.expired or not poller.poll(deadline.poll_ms()):
                 raise TimeoutError("send timed out")
             try:
-                sent = os.write(fd, view)
+                sent = sock.send(view, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             view = view[sent:]
@@ -714,18 +733,14 @@ class TCPInterface:
         """Optionally send ``send``, then receive until ``extract()`` returns
         something other than ``None``, and return that."""
         with self.lock:
-            started = _monotonic()
-            if timeout is None:
-                timeout = self.timeout
-            else:
-                timeout = _check_seconds(timeout, "timeout")
-            deadline = None if timeout is None else started + timeout
+            deadline = Deadline.start(timeout, self.timeout)  # the one check of the per-call timeout
+            self._op_deadline = deadline
             self._debug = log.isEnabledFor(logging.DEBUG)
             try:
                 if send is not None:
                     if self.drain_before_query and extract is not None:
                         self._discard_stale()
-                    self._send_bytes(send)
+                    self._send_bytes(send, deadline)
                 frame = None
                 if extract is not None:
                     buffer = self._buffer
@@ -747,7 +762,9 @@ class TCPInterface:
             except LinkError as e:
                 self._link_failed(e)
                 raise
-            self._stats.success(_monotonic() - started)
+            finally:
+                self._op_deadline = None
+            self._stats.success(deadline.elapsed())
             self._warned = False
             return frame
 
@@ -908,8 +925,8 @@ class TCPInterface:
         view = view.cast("B")
         total = len(view)
         with self.lock:
-            deadline = self._deadline(timeout)
-            started = _monotonic()
+            deadline = Deadline.start(timeout, self.timeout)
+            self._op_deadline = deadline
             self._debug = log.isEnabledFor(logging.DEBUG)
             got = 0
             source = self._buffer
@@ -926,7 +943,9 @@ class TCPInterface:
                 e = self._readinto_failed(e, view[:got], total)
                 self._link_failed(e)
                 raise e from None
-            self._stats.success(_monotonic() - started)
+            finally:
+                self._op_deadline = None
+            self._stats.success(deadline.elapsed())
             self._warned = False
             return total
 
