@@ -11,7 +11,14 @@ import struct
 import time
 
 import pytest
-from emulators import CryomechCPAEmulator, DS378Emulator, LS372Emulator, PCR500MAEmulator, TPG366Emulator
+from emulators import (
+    CryomechCPAEmulator,
+    DS378Emulator,
+    GalilDMCEmulator,
+    LS372Emulator,
+    PCR500MAEmulator,
+    TPG366Emulator,
+)
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
 from emulators.ls372 import STATUS_BITS
 
@@ -664,3 +671,106 @@ def test_ls372_stale_reply_fault(connect):
         assert ls_query(client, "KRDG? 1") == "+001.000E+00\r\n"
         assert client.read_until(b"\r\n") == b"+293.873E+00\r\n"
         assert ls_query(client, "KRDG? 1") == "+293.873E+00\r\n"
+
+
+# -- Galil DMC ------------------------------------------------------------------------------------
+
+
+def galil(client, command):
+    """Send one line; read one ':' prompt per ';'-separated command in it."""
+    client.send(command.encode() + b"\r")
+    count = len([part for part in command.split(";") if part.strip()])
+    return "".join(client.read_until(b":").decode() for _ in range(count))
+
+
+def test_galil_prompt_and_interrogation_format(connect):
+    with GalilDMCEmulator("ABCD") as device:
+        client = connect(device)
+        assert galil(client, "PRA=1000") == ":"
+        assert galil(client, "SHA;BGA") == "::"
+        assert galil(client, "MG _TPA") == " 1000.0000\r\n:"
+        assert galil(client, "TP") == " 1000, 0, 0, 0\r\n:"
+        assert galil(client, "TPA") == " 1000\r\n:"
+        assert galil(client, "MG _BGA") == " 0.0000\r\n:"
+        assert device.position("A") == 1000.0
+
+
+def test_galil_axis_count_is_the_controllers(connect):
+    for axes in ("A", "AB", "ABCDEFGH"):
+        with GalilDMCEmulator(axes) as device:
+            client = connect(device)
+            reply = galil(client, "TP")
+            values = reply[:-len("\r\n:")].split(",")
+            assert len(values) == len(axes)
+            assert [float(v) for v in values] == [0.0] * len(axes)
+    with pytest.raises(ValueError, match="'BA'"):
+        GalilDMCEmulator("BA")
+
+
+def test_galil_relative_absolute_moves_and_setters(connect):
+    with GalilDMCEmulator("AB") as device:
+        client = connect(device)
+        assert galil(client, "SPB=5000;") == ":"
+        assert galil(client, "MG _SPB") == " 5000.0000\r\n:"
+        assert galil(client, "GAB=?") == " 0.0000\r\n:"
+        assert galil(client, "PR 100,-250") == ":"
+        assert galil(client, "BG AB") == ":"
+        assert galil(client, "TP") == " 100,-250\r\n:"
+        assert galil(client, "PAA=40") == ":"
+        assert galil(client, "BGA") == ":"
+        assert galil(client, "MG _TPA") == " 40.0000\r\n:"
+        assert galil(client, "DPB=7;") == ":"
+        assert galil(client, "TPB") == " 7\r\n:"
+        assert galil(client, "MG _MOA") == " 1.0000\r\n:"  # motor off at power-up
+        assert galil(client, "SHA") == ":"
+        assert galil(client, "MG _MOA") == " 0.0000\r\n:"
+        assert galil(client, "SB 2") == ":"
+        assert galil(client, "MG @OUT[2]") == " 1.0000\r\n:"
+        assert galil(client, "CB 2") == ":"
+        assert galil(client, "MG @OUT[2]") == " 0.0000\r\n:"
+
+
+def test_galil_motion_in_progress(connect):
+    with GalilDMCEmulator("A", move_time=0.3) as device:
+        client = connect(device)
+        assert galil(client, "PRA=500;BGA") == "::"
+        assert galil(client, "MG _BGA") == " 1.0000\r\n:"
+        assert wait_until(lambda: device.position("A") == 500.0)
+        assert galil(client, "MG _BGA") == " 0.0000\r\n:"
+
+
+def test_galil_bad_command_then_tc1(connect):
+    with GalilDMCEmulator("AB") as device:
+        client = connect(device)
+        client.send(b"XYZ\r")
+        assert client.read_exactly(1) == b"?"
+        assert galil(client, "TC1") == "1 Unrecognized command\r\n:"
+        assert galil(client, "TC1") == "0\r\n:"
+        client.send(b"bga\r")  # lower case is invalid
+        assert client.read_exactly(1) == b"?"
+        client.send(b"PRE=5\r")  # no axis E on a two-axis controller
+        assert client.read_exactly(1) == b"?"
+        assert galil(client, "TC1") == "6 Number out of range\r\n:"
+        assert client.expect_nothing(0.1)
+
+
+def test_galil_input_buffer_full_until_ci(connect):
+    with GalilDMCEmulator("AB") as device:
+        client = connect(device)
+        device.fill_input_buffer()
+        for _ in range(2):  # the SOCS recovery: '?' -> TC1 -> CI -1 -> resend
+            client.send(b"MG _TPA\r")
+            assert client.read_exactly(1) == b"?"
+            assert galil(client, "TC1") == "5 Input buffer full\r\n:"
+        assert device.buffer_full
+        assert galil(client, "CI -1;") == ":"
+        assert not device.buffer_full
+        assert galil(client, "MG _TPA") == " 0.0000\r\n:"
+
+
+def test_galil_line_split_across_writes(connect):
+    with GalilDMCEmulator("A") as device:
+        client = connect(device)
+        client.send(b"MG _T")
+        client.send(b"PA\r")
+        assert client.read_until(b":") == b" 0.0000\r\n:"

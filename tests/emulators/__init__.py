@@ -14,8 +14,9 @@ with ``start()``/``stop()``, use as a context manager, ``.port``,
 
 from .cryomech_cpa import CryomechCPAEmulator
 from .ds378 import DS378Emulator
+from .galil_dmc import GalilDMCEmulator
 from .ls372 import LS372Emulator
 from .pcr500ma import PCR500MAEmulator
 from .tpg366 import TPG366Emulator
 
-__all__ = ["CryomechCPAEmulator", "DS378Emulator", "LS372Emulator", "PCR500MAEmulator", "TPG366Emulator"]
+__all__ = ["CryomechCPAEmulator", "DS378Emulator", "GalilDMCEmulator", "LS372Emulator", "PCR500MAEmulator", "TPG366Emulator"]
