@@ -494,6 +494,114 @@ def test_split_and_merged_frames_and_a_split_multibyte_character():
     run(scenario())
 
 
+# ---------------------------------------------------------------- line endings: "\n" and "\r\n"
+
+
+def test_lf_only_lines_are_delivered_one_by_one_as_they_arrive():
+    async def scenario():
+        async with RawPeer() as device:
+            inbox = Inbox()
+            client = new_client(device.port, inbox)
+            await client.connect()
+            # a JSON Lines peer: "\n" alone; each line is delivered before any "\r\n" arrives
+            await device.send(b'{"id":"tel_a","n":1}\n{"id":"tel_a","n":2}\n')
+            await until(lambda: len(inbox.calls) == 2, what="two LF-terminated messages")
+            await device.send(b'{"id":"tel_a","n":3}\r\n{"id":"tel_a","n":4}\n\n{"id":"tel_a","n":5}\r\n')
+            await until(lambda: len(inbox.calls) == 5, what="five messages in all")
+            assert [m["n"] for m in inbox.messages] == [1, 2, 3, 4, 5]
+            assert client.invalid_messages == 0
+            await client.close()
+    run(scenario())
+
+
+def test_a_malformed_lf_line_costs_only_that_line(caplog):
+    async def scenario():
+        async with RawPeer() as device:
+            inbox = Inbox()
+            client = new_client(device.port, inbox)
+            await client.connect()
+            await device.send(b'{"id":"tel_a","n":1}\n{"id":"tel_a",\n\xff\xfe\n[7]\r\n{"id":"tel_a","n":2}\n')
+            await until(lambda: len(inbox.calls) == 2, what="the good lines around the bad ones")
+            assert [m["n"] for m in inbox.messages] == [1, 2]
+            assert client.invalid_messages == 3 and client.connected
+            await client.close()
+
+    with caplog.at_level(logging.WARNING, logger="socs_tcp.jsonlines"):
+        run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert any("""'{"id":"tel_a",'""" in w for w in warnings)
+
+
+@pytest.mark.parametrize("line_ending", ["\r\n", "\n"])
+def test_client_writes_its_line_ending(line_ending):
+    async def scenario():
+        async with RawPeer() as device:
+            client = new_client(device.port, line_ending=line_ending)
+            assert client.line_ending == line_ending
+            await client.connect()
+            await client.write_message(MsgType.COMMAND, "move", {"x": 1})
+            await client.write_message(MsgType.EVENT, "e")
+            reader, _ = await device.peer()
+            expected = (b'{"id":"cmd_move","sequence_id":1,"x":1}' + line_ending.encode()
+                        + b'{"id":"evt_e"}' + line_ending.encode())
+            assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
+            await client.close()
+    run(scenario())
+
+
+@pytest.mark.parametrize("kwargs, error", [({"line_ending": "\r"}, ValueError), ({"line_ending": b"\n"}, TypeError)])
+def test_bad_line_ending_is_refused_naming_it(kwargs, error):
+    with pytest.raises(error, match="line_ending"):
+        new_client(5000, **kwargs)
+    with pytest.raises(error, match="line_ending"):
+        JsonLinesServer(**kwargs)
+
+
+def test_server_reads_lf_lines_and_can_write_them():
+    async def scenario():
+        async with make_server(line_ending="\n") as server:
+            reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+            try:
+                writer.write(b'{"id":"cmd_add","sequence_id":1,"a":1,"b":2}\nnot json\n'
+                             b'{"id":"cmd_add","sequence_id":2,"a":2,"b":2}\r\n')
+                await writer.drain()
+                lines = [await asyncio.wait_for(reader.readuntil(b"\n"), 5) for _ in range(4)]
+                assert all(line.endswith(b"}\n") and not line.endswith(b"\r\n") for line in lines)
+                replies = [json.loads(line) for line in lines]
+                assert {(r["id"], r["sequence_id"]) for r in replies} == {
+                    ("ack", 1), ("success", 1), ("ack", 2), ("success", 2)}
+                assert server.invalid_messages == 1
+            finally:
+                writer.close()
+                await writer.wait_closed()
+    run(scenario())
+
+
+def test_lf_client_and_lf_server_end_to_end():
+    async def scenario():
+        async with make_server(line_ending="\n") as server:
+            inbox = Inbox()
+            client = new_client(server.port, inbox, line_ending="\n")
+            await client.connect()
+            await server.wait_for_clients(1)
+            assert (await client.send_command("add", {"a": 2, "b": 3}))["sum"] == 5
+            await server.emit_telemetry("t", {"v": 1})
+            await until(lambda: "tel_t" in inbox.ids(), what="telemetry")
+            await client.close()
+    run(scenario())
+
+
+def test_server_is_reachable_at_its_old_and_new_paths():
+    import socs_tcp.jsonlines as short
+    import socs_tcp.messages.jsonlines as messages
+    from socs_tcp.testing.jsonserver import JsonLinesServer as moved
+    assert short.JsonLinesServer is messages.JsonLinesServer is moved is JsonLinesServer
+    assert "JsonLinesServer" in messages.__all__
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        messages.NoSuchThing  # noqa: B018
+
+
 def test_a_message_longer_than_max_message_size_closes_the_link():
     async def scenario():
         disconnects = []

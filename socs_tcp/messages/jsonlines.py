@@ -1,163 +1,74 @@
-"""JSON-lines message links over TCP with asyncio: a client and a matching server.
+"""The asyncio JSON-lines client of ``ts_m2com`` devices.
 
 Wire format
-    One JSON object per message, UTF-8, terminated by ``"\\r\\n"``; this is
-    the protocol of the Rubin Observatory M2 cell controller (``ts_m2com``).
-    Every message has an ``id``:
-
-    * ``cmd_<name>`` -- a command, with an integer ``sequence_id`` that the
-      sender increments per command;
-    * ``evt_<name>`` / ``tel_<name>`` -- an event / telemetry, optionally
-      with ``compName`` naming the component it concerns (controllers often
-      publish their own events and telemetry under the bare name, e.g.
-      ``"inPosition"``);
-    * ``ack`` / ``noack`` -- the receiver accepted the command (it is known
-      and well formed) or refused it, with the command's ``sequence_id``;
-    * ``success`` / ``fail`` -- the final status of an accepted command.
-
-    Any other key of the object is a detail (parameter or value) of the
-    message: ``{"id": "cmd_move", "sequence_id": 3, "x": 0.1}``.
+    One JSON object per line, UTF-8: the protocol of the Rubin Observatory M2
+    cell controller (``ts_m2com``), described in :mod:`socs_tcp.core.jsonwire`.
+    Every message has an ``id``: ``cmd_<name>`` (with a ``sequence_id``),
+    ``evt_<name>``, ``tel_<name>``, or one of the replies ``ack``, ``noack``,
+    ``success``, ``fail``.  Received lines may end with ``"\\r\\n"`` or
+    ``"\\n"``; the client writes ``"\\r\\n"`` (``line_ending="\\n"`` for
+    peers that want ``"\\n"``).  A line that is not a JSON object is logged
+    and skipped; only that line is lost.
 
 Layers
-    The framing (split and merged reads, multi-byte characters split across
-    reads, bounded buffers) is :class:`~socs_tcp.core.framing.MessageFramer`; the
-    sockets are asyncio streams; connection failures are the
+    The wire format (ids, encoding, line splitting, bounded buffers) is
+    :mod:`socs_tcp.core.jsonwire` on :class:`~socs_tcp.core.framing.MessageFramer`;
+    the sockets are asyncio streams; connection failures are the
     :class:`~socs_tcp.errors.LinkError` subclasses of the rest of the library.
 
 :class:`AsyncTCPClient` keeps the constructor, methods and attributes of
 ``lsst.ts.m2com.TcpClient`` (``connect``, ``close``, ``write_message``,
 ``last_sequence_id``, ``timeout``, a coroutine called with every received
 message) and adds :meth:`AsyncTCPClient.send_command`, which waits for a
-command's final status.  :class:`JsonLinesServer` is the other end, for tests
-and simulators, with fault hooks.
+command's final status.  The other end, for tests and simulators, is
+:class:`socs_tcp.testing.jsonserver.JsonLinesServer`;
+``from socs_tcp.jsonlines import JsonLinesServer`` still works, for one
+release.
 """
 
 import asyncio
-import enum
 import inspect
 import itertools
-import json
 import logging
 import os
 import socket
 import time
-from collections import deque
 
 from ..core.checks import check_host, check_port, check_seconds, format_host_port
-from ..core.framing import FrameDecodeError, MessageFramer
+from ..core.jsonwire import (
+    REPLY_IDS,
+    TERMINATOR,
+    InvalidMessageError,
+    JsonLinesWire,
+    MsgType,
+    check_line_ending,
+    check_name,
+    classify_id,
+    coerce_type,
+    encode_details,
+    join_message,
+    reply_reason,
+)
 from ..core.stats import LinkStats
 from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
 
 __all__ = [
-    "MsgType", "AsyncTCPClient", "JsonLinesServer", "CommandError", "CommandTimeoutError",
-    "TERMINATOR", "REPLY_IDS", "classify_id",
+    "MsgType", "AsyncTCPClient", "CommandError", "CommandTimeoutError", "TERMINATOR", "REPLY_IDS", "classify_id",
+    "JsonLinesServer",  # noqa: F822 (a lazy re-export: see __getattr__)
 ]
 
 log = logging.getLogger("socs_tcp.jsonlines")  # the name the docs promise
 
-#: End of every message on the wire.
-TERMINATOR = "\r\n"
-
-#: Ids of the replies to a command, in the order they can arrive.
-REPLY_IDS = ("ack", "noack", "success", "fail")
-
 _READ_CHUNK = 65536
-_TEXT_IN_LOG = 500  # characters of a bad message quoted in the log
+_TEXT_IN_LOG = 500  # characters of a message quoted in the log
 
 
-class MsgType(enum.Enum):
-    """Kinds of message a client writes; the value names the kind, :attr:`prefix` starts the ``id``.
-
-    The ``ts_m2com`` spellings ``MsgType.Command``, ``MsgType.Event`` and
-    ``MsgType.Telemetry`` are aliases of the upper-case members.
-    """
-
-    #: Commands, ``cmd_<name>`` with a ``sequence_id``, answered by the device.
-    COMMAND = "command"
-    #: Events, ``evt_<name>``.
-    EVENT = "event"
-    #: Telemetry, ``tel_<name>``.
-    TELEMETRY = "telemetry"
-    Command = "command"
-    Event = "event"
-    Telemetry = "telemetry"
-
-    @property
-    def prefix(self):
-        """``"cmd_"``, ``"evt_"`` or ``"tel_"``."""
-        return _PREFIXES[self]
-
-
-_PREFIXES = {MsgType.COMMAND: "cmd_", MsgType.EVENT: "evt_", MsgType.TELEMETRY: "tel_"}
-
-
-def classify_id(msg_id):
-    """Split a message ``id`` into its kind and name.
-
-    Returns:
-        tuple: ``(MsgType, name)`` for a prefixed id (``"tel_position"`` ->
-        ``(MsgType.TELEMETRY, "position")``), ``("reply", msg_id)`` for one of
-        :data:`REPLY_IDS`, and ``(None, msg_id)`` for anything else (a bare
-        event or telemetry name, whose kind the protocol leaves to the
-        reader).
-    """
-    if not isinstance(msg_id, str):
-        return None, msg_id
-    if msg_id in REPLY_IDS:
-        return "reply", msg_id
-    for kind, prefix in _PREFIXES.items():
-        if msg_id.startswith(prefix) and len(msg_id) > len(prefix):
-            return kind, msg_id[len(prefix):]
-    return None, msg_id
-
-
-def _coerce_type(msg_type):
-    if isinstance(msg_type, MsgType):
-        return msg_type
-    if isinstance(msg_type, str):
-        try:
-            return MsgType(msg_type.lower())
-        except ValueError:
-            pass
-    raise ValueError(f"message type {msg_type!r} is not supported; use one of "
-                     f"{', '.join(repr(m.value) for m in (MsgType.COMMAND, MsgType.EVENT, MsgType.TELEMETRY))}")
-
-
-def _check_name(name, what="message name"):
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be str, got {type(name).__name__} {name!r}")
-    if not name or any(c.isspace() or not c.isprintable() for c in name):
-        raise ValueError(f"{what} must be a non-empty string without white space or control characters, got {name!r}")
-    return name
-
-
-def _dumps(obj):
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _encode_details(details, reserved):
-    """Validate message details and return them as JSON text (an object)."""
-    if details is None:
-        return "{}"
-    if not isinstance(details, dict):
-        raise TypeError(f"msg_details must be a dict or None, got {type(details).__name__} {details!r:.80}")
-    for key in details:
-        if not isinstance(key, str):
-            raise TypeError(f"msg_details keys must be str, got {type(key).__name__} {key!r}")
-        if key in reserved:
-            raise ValueError(f"msg_details already has the key {key!r}, which the message header sets")
-    try:
-        return _dumps(details)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"msg_details cannot be sent as JSON: {exc}") from None
-
-
-def _join(header, body_json):
-    """One JSON object from a header dict and the JSON text of the details (header keys first)."""
-    head = _dumps(header)
-    if body_json == "{}":
-        return head
-    return head[:-1] + "," + body_json[1:]
+def __getattr__(name):
+    # the test server moved to socs_tcp.testing.jsonserver; this name is kept for one release
+    if name == "JsonLinesServer":
+        from ..testing.jsonserver import JsonLinesServer
+        return JsonLinesServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def _call_hook(hook, *args):
@@ -213,19 +124,6 @@ class _Pending:
         self.acked = False
 
 
-def _reply_reason(reply):
-    extra = {k: v for k, v in reply.items() if k not in ("id", "sequence_id")}
-    if not extra:
-        return ""
-    for key in ("reason", "message", "error"):
-        if isinstance(extra.get(key), str) and len(extra) == 1:
-            return f": {extra[key]}"
-    try:
-        return f": {_dumps(extra)}"
-    except ValueError:
-        return f": {extra!r}"
-
-
 class AsyncTCPClient:
     """Asyncio client of a JSON-lines device (the ``ts_m2com`` ``TcpClient`` contract).
 
@@ -260,6 +158,9 @@ class AsyncTCPClient:
         write_timeout (float): how long a write may wait for the socket to
             accept the data (a device that stops reading) before
             :class:`~socs_tcp.errors.LinkTimeoutError`.
+        line_ending (str): what the client ends its lines with: ``"\\r\\n"``
+            (default, as ``ts_m2com``) or ``"\\n"``.  Lines from the device
+            may end with either.
 
     Attributes:
         log (logging.Logger): the logger.
@@ -280,7 +181,8 @@ class AsyncTCPClient:
 
     def __init__(self, host, port, callback_process_message, *args, log=None, sequence_generator=None,
                  name="tcp-client", check_message_rate=False, timeout=1.0, on_disconnect=None,
-                 max_message_size=1 << 20, message_rate_interval=1.0, command_timeout=10.0, write_timeout=10.0):
+                 max_message_size=1 << 20, message_rate_interval=1.0, command_timeout=10.0, write_timeout=10.0,
+                 line_ending=TERMINATOR):
         host = check_host(host)
         check_port(port)
         if not callable(callback_process_message):
@@ -309,7 +211,8 @@ class AsyncTCPClient:
         self._callback = callback_process_message
         self._args = args
         self._sequence = sequence_generator if sequence_generator is not None else itertools.count(1)
-        self._framer = MessageFramer(TERMINATOR, "utf-8", max_message_size)
+        self.line_ending = check_line_ending(line_ending)
+        self._wire = JsonLinesWire(max_message_size, line_ending)
         self._reader = None
         self._writer = None
         self._read_task = None
@@ -372,7 +275,7 @@ class AsyncTCPClient:
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        dropped = self._framer.reset()
+        dropped = self._wire.reset()
         if dropped:
             self.log.info("%s: discarded %d bytes left from the previous connection", self.name, dropped)
         self._reader, self._writer = reader, writer
@@ -480,23 +383,23 @@ class AsyncTCPClient:
         return await self._write(msg_type, msg_name, msg_details, comp_name)
 
     async def _write(self, msg_type, msg_name, msg_details=None, comp_name=None, pending=None):
-        msg_type = _coerce_type(msg_type)
-        _check_name(msg_name)
+        msg_type = coerce_type(msg_type)
+        check_name(msg_name)
         reserved = {"id"}
         if msg_type is MsgType.COMMAND:
             reserved.add("sequence_id")
             if comp_name is not None:
                 raise ValueError(f"comp_name applies to events and telemetry, not to command {msg_name!r}")
         elif comp_name is not None:
-            _check_name(comp_name, "comp_name")
+            check_name(comp_name, "comp_name")
             reserved.add("compName")
-        body = _encode_details(msg_details, reserved)
+        body = encode_details(msg_details, reserved)
         header = {"id": msg_type.prefix + msg_name}
         # checked before a sequence id is taken; 32 bytes leave room for the sequence_id field
-        size = len(_join(header, body).encode("utf-8")) + len(TERMINATOR) + 32
-        if size > self._framer.max_size:
+        size = len(join_message(header, body).encode("utf-8")) + len(self.line_ending) + 32
+        if size > self._wire.max_size:
             raise ValueError(f"message {header['id']!r} of about {size} bytes exceeds max_message_size="
-                             f"{self._framer.max_size}")
+                             f"{self._wire.max_size}")
         if not self.connected:
             raise RuntimeError(f"{self.name}: not connected to {self.address}")
         sequence_id = None
@@ -505,7 +408,7 @@ class AsyncTCPClient:
             header["sequence_id"] = sequence_id
         elif comp_name is not None:
             header["compName"] = comp_name
-        data = self._framer.encode(_join(header, body))
+        data = self._wire.encode(header, body)
         if pending is not None:
             pending.sequence_id = sequence_id
             self._pending[sequence_id] = pending
@@ -605,7 +508,7 @@ class AsyncTCPClient:
             text = f"command {pending.name!r} (sequence_id {sequence_id}) was not acknowledged by the device (noack)"
         else:
             text = f"command {pending.name!r} (sequence_id {sequence_id}) failed on the device"
-        pending.future.set_exception(CommandError(text + _reply_reason(message), pending.name, sequence_id,
+        pending.future.set_exception(CommandError(text + reply_reason(message), pending.name, sequence_id,
                                                   reply_id, message))
 
     def _fail_pending(self, error):
@@ -625,14 +528,14 @@ class AsyncTCPClient:
                     self._tick_rate()
                     continue
                 if not data:
-                    pending = self._framer.pending
+                    pending = self._wire.pending
                     raise PeerClosedError(
                         f"{self.name}: {self.address} closed the connection"
                         + (f"; {pending} bytes of an unterminated message discarded" if pending else ""))
                 self.stats.bytes_in += len(data)
                 overflow = None
                 try:
-                    self._framer.feed(data)
+                    self._wire.feed(data)
                 except ReadOverflowError as exc:
                     overflow = exc
                 await self._deliver()
@@ -647,39 +550,25 @@ class AsyncTCPClient:
             await self._lost(PeerClosedError(f"{self.name}: connection to {self.address} lost: {exc}"))
 
     async def _deliver(self):
-        framer = self._framer
+        wire = self._wire
         while True:
             try:
-                text = framer.next_message()
-            except FrameDecodeError as exc:
+                message = wire.next_message()
+            except InvalidMessageError as exc:
                 self.invalid_messages += 1
                 self.log.warning("%s: skipping a message from %s: %s", self.name, self.address, exc)
                 continue
-            if text is None:
+            if message is None:
                 return
-            if not text.strip():
-                continue
-            try:
-                message = json.loads(text)
-            except ValueError as exc:
-                self.invalid_messages += 1
-                self.log.warning("%s: skipping a message from %s that is not valid JSON (%s): %r",
-                                 self.name, self.address, exc, text[:_TEXT_IN_LOG])
-                continue
-            if not isinstance(message, dict):
-                self.invalid_messages += 1
-                self.log.warning("%s: skipping a message from %s that is not a JSON object: %r",
-                                 self.name, self.address, text[:_TEXT_IN_LOG])
-                continue
             self.messages_received += 1
             self._rate_count += 1
             if self.log.isEnabledFor(logging.DEBUG):
-                self.log.debug("%s <- %s", self.name, text[:_TEXT_IN_LOG])
+                self.log.debug("%s <- %.500r", self.name, message)
             self._match_reply(message)
             try:
                 await self._run_callback(message)
             except Exception:
-                self.log.exception("%s: callback_process_message failed on %r", self.name, text[:_TEXT_IN_LOG])
+                self.log.exception("%s: callback_process_message failed on %.500r", self.name, message)
 
     async def _run_callback(self, message):
         result = self._callback(*self._args, message=message)
@@ -720,388 +609,3 @@ class AsyncTCPClient:
         return data
 
 
-# ---------------------------------------------------------------------- server
-
-
-class _Connection:
-    __slots__ = ("name", "reader", "writer", "lock", "framer", "task")
-
-    def __init__(self, name, reader, writer, framer):
-        self.name = name
-        self.reader = reader
-        self.writer = writer
-        self.lock = asyncio.Lock()
-        self.framer = framer
-        self.task = None
-
-
-class JsonLinesServer:
-    """Asyncio server speaking the JSON-lines protocol, for tests and simulators.
-
-    Commands (``cmd_<name>``) are answered as a device does: ``ack`` at once
-    when ``name`` is registered (``noack`` otherwise), then ``success`` or
-    ``fail`` once the handler has run.  Handlers run one at a time, in order
-    of arrival, across all clients.
-
-    Args:
-        host (str): address to bind; loopback by default.
-        port (int): TCP port; ``0`` picks a free one (see :attr:`port`).
-        name (str): used in log messages.
-        log (logging.Logger): logger (default: this module's).
-        prefix_ids (bool): send events and telemetry as ``evt_<name>`` /
-            ``tel_<name>`` (default); ``False`` sends the bare name, as the
-            M2 cell controller does.
-        max_message_size (int): longest message accepted from a client; a
-            longer one closes that connection.
-        write_timeout (float): a client that does not take a message within
-            this many seconds is disconnected.
-
-    Attributes:
-        ack_delay (float): fault hook: seconds to wait before each ``ack``
-            or ``noack``.
-        answer_commands (bool): fault hook: ``False`` makes the server
-            swallow commands without any reply (a hung controller).
-        received (collections.deque): the last 1000 messages received, as
-            dicts, for tests to inspect.
-        invalid_messages (int): received lines that were not JSON objects.
-
-    Handlers are registered with :meth:`register_command`.  A handler takes
-    the command's details (a dict without ``id`` and ``sequence_id``), may be
-    a coroutine function, and may return a dict whose items are added to the
-    ``success`` reply.  An exception it raises becomes
-    ``{"id": "fail", "sequence_id": n, "reason": "<the exception text>"}``.
-    """
-
-    def __init__(self, host="127.0.0.1", port=0, *, name="jsonlines-server", log=None, prefix_ids=True,
-                 max_message_size=1 << 20, write_timeout=5.0):
-        check_port(port, lowest=0)
-        self.host = host
-        self._requested_port = port
-        self.name = name
-        self.log = log if log is not None else globals()["log"]
-        self.prefix_ids = bool(prefix_ids)
-        self.max_message_size = max_message_size
-        self.write_timeout = check_seconds(write_timeout, "write_timeout", positive=True)
-        self.ack_delay = 0.0
-        self.answer_commands = True
-        self.received = deque(maxlen=1000)
-        self.invalid_messages = 0
-        self.commands_run = 0
-        self._encoder = MessageFramer(TERMINATOR, "utf-8", max_message_size)
-        self._handlers = {}
-        self._server = None
-        self._port = None
-        self._connections = set()
-        self._queue = None
-        self._worker = None
-        self._client_event = None
-
-    def __repr__(self):
-        where = format_host_port(self.host, self._port) if self._port else "not started"
-        return f"<{type(self).__name__} {self.name} {where} clients={len(self._connections)}>"
-
-    @property
-    def port(self):
-        """The bound port (``None`` before :meth:`start`)."""
-        return self._port
-
-    @property
-    def address(self):
-        """``(host, port)`` to connect to."""
-        return (self.host, self._port)
-
-    @property
-    def client_count(self):
-        """Number of connected clients."""
-        return len(self._connections)
-
-    @property
-    def commands(self):
-        """Names of the registered commands."""
-        return sorted(self._handlers)
-
-    def register_command(self, name, handler=None):
-        """Register ``handler`` for command ``name``; usable as a decorator.
-
-        Raises:
-            TypeError: ``handler`` is not callable.
-            ValueError: ``name`` is empty or has white space.
-        """
-        _check_name(name, "command name")
-        if handler is None:
-            def decorate(func):
-                self.register_command(name, func)
-                return func
-            return decorate
-        if not callable(handler):
-            raise TypeError(f"handler of command {name!r} must be callable, got {handler!r}")
-        self._handlers[name] = handler
-        return handler
-
-    # ------------------------------------------------------------------ life cycle
-    async def start(self):
-        """Bind, listen and start accepting clients.  Returns ``self``.
-
-        Raises:
-            OSError: the address cannot be bound.
-            RuntimeError: already started.
-        """
-        if self._server is not None:
-            raise RuntimeError(f"{self!r} was already started")
-        self._queue = asyncio.Queue()
-        self._client_event = asyncio.Event()
-        self._server = await asyncio.start_server(self._serve, self.host, self._requested_port,
-                                                  limit=_READ_CHUNK)
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self._port = sockname[0], sockname[1]
-        self._worker = asyncio.create_task(self._run_commands(), name=f"{self.name}-commands")
-        self.log.info("%s listening on %s", self.name, format_host_port(self.host, self._port))
-        return self
-
-    async def close(self):
-        """Stop listening, disconnect every client and stop the command worker.
-
-        Safe to call more than once and before :meth:`start`.
-        """
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        tasks = [conn.task for conn in self._connections if conn.task is not None]
-        await self.drop_connections()
-        if tasks:
-            # closed transports end the handlers by themselves; cancel only a straggler
-            done, stragglers = await asyncio.wait(tasks, timeout=2.0)
-            for task in stragglers:
-                task.cancel()
-            if stragglers:
-                await asyncio.wait(stragglers, timeout=2.0)
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
-        try:
-            await asyncio.wait_for(server.wait_closed(), 5.0)
-        except (asyncio.TimeoutError, TimeoutError):
-            self.log.warning("%s: listener did not close within 5 s", self.name)
-        self.log.info("%s on %s stopped", self.name, format_host_port(self.host, self._port))
-
-    async def __aenter__(self):
-        if self._server is None:
-            await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info):
-        await self.close()
-
-    async def wait_for_clients(self, count=1, timeout=5.0):
-        """Wait until at least ``count`` clients are connected.
-
-        Raises:
-            TimeoutError: not within ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while len(self._connections) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.name}: {len(self._connections)} of {count} clients after {timeout} s")
-            self._client_event.clear()
-            try:
-                await asyncio.wait_for(self._client_event.wait(), remaining)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
-
-    async def drop_connections(self, abort=False):
-        """Fault hook: close every client connection now (the listener stays open).
-
-        Args:
-            abort (bool): reset the connections (RST) instead of closing them.
-
-        Returns:
-            int: how many connections were closed.
-        """
-        connections = list(self._connections)
-        for conn in connections:
-            await self._drop(conn, "dropped by the server", abort=abort)
-        return len(connections)
-
-    # ------------------------------------------------------------------ sending
-    async def send_message(self, message):
-        """Send one message (a dict) to every client.
-
-        Returns:
-            int: the number of clients it was sent to.
-
-        Raises:
-            TypeError, ValueError: ``message`` is not a JSON object.
-        """
-        if not isinstance(message, dict):
-            raise TypeError(f"message must be a dict, got {type(message).__name__} {message!r:.80}")
-        data = self._encoder.encode(_encode_details(message, ()))
-        return await self.send_raw(data)
-
-    async def send_raw(self, data):
-        """Fault hook: send ``data`` (bytes, unframed) to every client as it is.
-
-        Returns:
-            int: the number of clients it was sent to.
-        """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__} {data!r:.80}")
-        sent = 0
-        for conn in list(self._connections):
-            if await self._send_to(conn, bytes(data)):
-                sent += 1
-        return sent
-
-    async def emit_event(self, name, details=None):
-        """Send event ``name`` (``evt_<name>``, or the bare name without ``prefix_ids``) to every client."""
-        return await self._emit(MsgType.EVENT, name, details)
-
-    async def emit_telemetry(self, name, details=None):
-        """Send telemetry ``name`` (``tel_<name>``, or the bare name without ``prefix_ids``) to every client."""
-        return await self._emit(MsgType.TELEMETRY, name, details)
-
-    async def _emit(self, kind, name, details):
-        _check_name(name)
-        body = _encode_details(details, {"id"})
-        msg_id = (kind.prefix if self.prefix_ids else "") + name
-        data = self._encoder.encode(_join({"id": msg_id}, body))
-        return await self.send_raw(data)
-
-    async def _reply(self, conn, reply_id, sequence_id, extra=None):
-        body = "{}"
-        if extra:
-            try:
-                body = _encode_details(extra, {"id", "sequence_id"})
-            except (TypeError, ValueError) as exc:
-                self.log.error("%s: cannot send the result of a command: %s", self.name, exc)
-        data = self._encoder.encode(_join({"id": reply_id, "sequence_id": sequence_id}, body))
-        return await self._send_to(conn, data)
-
-    async def _send_to(self, conn, data):
-        if conn not in self._connections:
-            return False
-        try:
-            async with conn.lock:
-                conn.writer.write(data)
-                await asyncio.wait_for(conn.writer.drain(), self.write_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            await self._drop(conn, f"did not read {len(data)} bytes within {self.write_timeout:g} s", abort=True)
-            return False
-        except OSError as exc:
-            await self._drop(conn, f"send failed: {exc}")
-            return False
-        return True
-
-    # ------------------------------------------------------------------ serving
-    async def _serve(self, reader, writer):
-        peer = writer.get_extra_info("peername")
-        name = format_host_port(peer[0], peer[1]) if peer else "client"
-        conn = _Connection(name, reader, writer, MessageFramer(TERMINATOR, "utf-8", self.max_message_size))
-        conn.task = asyncio.current_task()
-        self._connections.add(conn)
-        self._client_event.set()
-        self.log.info("%s: client %s connected (%d connected)", self.name, name, len(self._connections))
-        reason = "closed by the client"
-        try:
-            while True:
-                data = await reader.read(_READ_CHUNK)
-                if not data:
-                    if conn.framer.pending:
-                        reason += f", {conn.framer.pending} bytes of an unterminated message discarded"
-                    break
-                try:
-                    conn.framer.feed(data)
-                except ReadOverflowError as exc:
-                    reason = str(exc)
-                    await self._handle_messages(conn)
-                    break
-                await self._handle_messages(conn)
-        except asyncio.CancelledError:
-            # only close() cancels a handler, and only one that outlived its closed
-            # transport; ending normally keeps asyncio's stream callback from logging it
-            reason = "server closing"
-        except OSError as exc:
-            reason = f"receive failed: {exc}"
-        finally:
-            await self._drop(conn, reason)
-
-    async def _handle_messages(self, conn):
-        while True:
-            try:
-                text = conn.framer.next_message()
-            except FrameDecodeError as exc:
-                self.invalid_messages += 1
-                self.log.warning("%s: skipping a message from %s: %s", self.name, conn.name, exc)
-                continue
-            if text is None:
-                return
-            if not text.strip():
-                continue
-            try:
-                message = json.loads(text)
-            except ValueError:
-                message = None
-            if not isinstance(message, dict):
-                self.invalid_messages += 1
-                self.log.warning("%s: skipping a message from %s that is not a JSON object: %r",
-                                 self.name, conn.name, text[:_TEXT_IN_LOG])
-                continue
-            self.received.append(message)
-            kind, cmd = classify_id(message.get("id"))
-            if kind is not MsgType.COMMAND:
-                self.log.debug("%s: %s sent %r (not a command; ignored)", self.name, conn.name, text[:_TEXT_IN_LOG])
-                continue
-            await self._accept_command(conn, cmd, message)
-
-    async def _accept_command(self, conn, cmd, message):
-        sequence_id = message.get("sequence_id")
-        if not self.answer_commands:
-            self.log.info("%s: not answering command %r (sequence_id %r)", self.name, cmd, sequence_id)
-            return
-        if self.ack_delay > 0:
-            await asyncio.sleep(self.ack_delay)
-        handler = self._handlers.get(cmd)
-        if handler is None or isinstance(sequence_id, bool) or not isinstance(sequence_id, int):
-            why = "unknown command" if handler is None else "no integer sequence_id"
-            self.log.info("%s: noack for %r from %s: %s", self.name, cmd, conn.name, why)
-            await self._reply(conn, "noack", sequence_id)
-            return
-        if await self._reply(conn, "ack", sequence_id):
-            details = {k: v for k, v in message.items() if k not in ("id", "sequence_id")}
-            self._queue.put_nowait((conn, cmd, sequence_id, handler, details))
-
-    async def _run_commands(self):
-        while True:
-            conn, cmd, sequence_id, handler, details = await self._queue.get()
-            try:
-                result = handler(details)
-                if inspect.isawaitable(result):
-                    result = await result
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                self.log.info("%s: command %r (sequence_id %s) failed: %s", self.name, cmd, sequence_id, reason)
-                await self._reply(conn, "fail", sequence_id, {"reason": reason})
-            else:
-                self.commands_run += 1
-                extra = result if isinstance(result, dict) else None
-                await self._reply(conn, "success", sequence_id, extra)
-
-    async def _drop(self, conn, reason, abort=False):
-        # closing the transport ends the connection's handler: its read returns end of stream
-        if conn not in self._connections:
-            return
-        self._connections.discard(conn)
-        if abort:
-            conn.writer.transport.abort()
-        else:
-            conn.writer.close()
-        try:
-            await asyncio.wait_for(conn.writer.wait_closed(), 2.0)
-        except (OSError, asyncio.TimeoutError, TimeoutError):
-            pass
-        self.log.info("%s: client %s disconnected: %s (%d connected)", self.name, conn.name, reason,
-                      len(self._connections))

@@ -39,7 +39,7 @@ import sys
 import time
 
 from ...core.checks import check_seconds, format_host_port
-from ...messages.jsonlines import JsonLinesServer
+from ..jsonserver import JsonLinesServer
 
 __all__ = ["ThermalControllerSimulator", "make_parser", "main"]
 
@@ -49,7 +49,7 @@ SETPOINT_RANGE = (-40.0, 80.0)
 
 
 class ThermalControllerSimulator:
-    """The device model and its periodic publications, on a :class:`~socs_tcp.jsonlines.JsonLinesServer`.
+    """The device model and its periodic publications, on a :class:`~socs_tcp.testing.jsonserver.JsonLinesServer`.
 
     Args:
         server (JsonLinesServer): the server to register commands on and
