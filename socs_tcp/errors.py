@@ -10,6 +10,8 @@ of them.  The subclasses let code tell the cases apart:
 * :class:`PeerClosedError` -- the device closed the connection.
 * :class:`ReadOverflowError` -- the device sent more than ``max_read_size``
   bytes without completing a reply.
+* :class:`LinkClosedError` -- this side closed the link while the operation
+  was waiting (a message link's ``close()``).
 
 Bad input (wrong types, malformed hex, unknown link ids, bad addresses) is
 never a :class:`ConnectionError`: it raises :class:`TypeError` or
@@ -50,4 +52,12 @@ class ReadOverflowError(LinkError):
     The buffered bytes are discarded (and logged) so that memory stays
     bounded, and the connection is closed so the rest of the runaway reply is
     not taken as the start of the next one; the next operation reconnects.
+    """
+
+
+class LinkClosedError(LinkError):
+    """The link was closed by this side (``close()``) while the operation
+    waited, for example a write blocked on a device that stopped reading.
+
+    What the operation was sending may not have reached the device.
     """
