@@ -41,6 +41,9 @@ def make_parser():
     parser.add_argument("--request-end", default=None, metavar="TEXT",
                         help="what ends a request, to size unexpected ones (default: \\n or \\r when every "
                              "recorded request ends so)")
+    parser.add_argument("--context", type=int, default=0, metavar="N",
+                        help="with --match queues: a request's answers may depend on the N requests before it "
+                             "(default 0)")
     parser.add_argument("--fail-on-unexpected", action="store_true",
                         help="exit with status 1 if any unexpected request came")
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
@@ -55,7 +58,7 @@ def main(argv=None):
         server = ReplayServer(args.file, match=args.match, timing=args.timing, at_end=args.at_end,
                               on_unexpected=args.on_unexpected, error_reply=decode_escapes(args.error_reply),
                               request_end=None if args.request_end is None else decode_escapes(args.request_end),
-                              host=args.host, port=args.port)
+                              context=args.context, host=args.host, port=args.port)
     except (RecordingError, TypeError, ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

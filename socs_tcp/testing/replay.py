@@ -26,12 +26,16 @@ How a recording becomes a script:
   stream, so a request may arrive split or merged with the next.
 * ``match='queues'``: each distinct request has its own queue of recorded
   answers, served in recorded order whatever order the client asks in and
-  whatever connection it uses (sessions then only give banners).
+  whatever connection it uses (sessions then only give banners).  With
+  ``context=N`` a request's queue can depend on the N requests before it
+  on the connection (a mnemonic then ENQ: the ENQ's answer belongs to the
+  mnemonic).
 * ``timing='recorded'`` waits the recorded delays, ``'fast'`` sends at once
   (chunks still go out one by one), a number scales the delays (``0.1`` is
   ten times faster).
-* ``at_end='close'``: when a session has no step left and the client sends
-  more, or when a client connects after the last session, the connection is
+* ``at_end='close'``: when a session (in ``'queues'`` mode: a request's
+  queue) has no answer left and the client sends more, or (``'strict'``
+  mode) when a client connects after the last session, the connection is
   closed (logged, counted in ``exhausted``).  ``'loop'``: the session's
   steps (and the sessions) start again from the first.
 * Recorded device closes are replayed as closes (so the client reconnects,
@@ -161,33 +165,56 @@ def _common_end(sessions):
 
 
 class _Queues:
-    """The per-request answer queues of ``match='queues'``."""
+    """The per-request answer queues of ``match='queues'``: one queue per
+    request, and with ``context=N`` also one per request *after* each run of
+    up to N previous requests of the same connection (the more specific
+    queue is used when it exists)."""
 
-    def __init__(self, sessions):
+    def __init__(self, sessions, context=0):
+        self.context = context
         self.answers = {}
+        self.requests = set()
         for session in sessions:
+            before = []
             for step in session.steps:
-                if step.request:
-                    self.answers.setdefault(step.request, []).append(step.actions)
+                if not step.request:
+                    continue
+                self.requests.add(step.request)
+                for n in range(min(context, len(before)) + 1):
+                    key = (tuple(before[len(before) - n:]) if n else ()) + (step.request,)
+                    self.answers.setdefault(key, []).append(step.actions)
+                if len(before) < context:
+                    key = (None,) + tuple(before) + (step.request,)  # at the start of a connection
+                    self.answers.setdefault(key, []).append(step.actions)
+                before.append(step.request)
+                if len(before) > context:
+                    del before[0]
         self.next = dict.fromkeys(self.answers, 0)
         self.lock = threading.Lock()
 
-    def match(self, data, loop):
-        """``('match', request, actions)``, ``('wait',)``, ``('exhausted', request)`` or ``('unexpected',)``."""
+    def match(self, data, before, loop):
+        """``('match', request, actions)``, ``('wait',)``, ``('exhausted', request)`` or ``('unexpected',)``.
+        ``before``: this connection's previous requests (newest last)."""
         with self.lock:
             best = None
-            for request in self.answers:
+            for request in self.requests:
                 if data.startswith(request) and (best is None or len(request) > len(best)):
                     best = request
             if best is not None:
-                index = self.next[best]
-                if index >= len(self.answers[best]):
+                keys = []
+                if len(before) < self.context:
+                    keys.append((None,) + tuple(before) + (best,))
+                for n in range(min(self.context, len(before)), -1, -1):
+                    keys.append((tuple(before[len(before) - n:]) if n else ()) + (best,))
+                key = next(k for k in keys if k in self.answers)
+                index = self.next[key]
+                if index >= len(self.answers[key]):
                     if not loop:
                         return ("exhausted", best)
                     index = 0
-                self.next[best] = index + 1
-                return ("match", best, self.answers[best][index])
-            if any(request.startswith(data) for request in self.answers):
+                self.next[key] = index + 1
+                return ("match", best, self.answers[key][index])
+            if any(request.startswith(data) for request in self.requests):
                 return ("wait",)
             return ("unexpected",)
 
@@ -207,6 +234,10 @@ class ReplayServer(DeviceEmulator):
         request_end (bytes or str or None): the byte(s) that end a request,
             for sizing unexpected requests; by default ``\\n`` or ``\\r`` when
             every recorded request ends with it.
+        context (int): with ``match='queues'``, also keep a queue per request
+            after each run of up to ``context`` previous requests, and prefer
+            it: for protocols where a request's answer depends on the one
+            before (a mnemonic then ENQ, a command then an error-queue read).
         host, port: listening address (``port=0`` picks a free port).
 
     Attributes:
@@ -217,7 +248,7 @@ class ReplayServer(DeviceEmulator):
     """
 
     def __init__(self, recording, *, match="strict", timing="recorded", at_end="close", on_unexpected="close",
-                 error_reply=b"", request_end=None, host="127.0.0.1", port=0):
+                 error_reply=b"", request_end=None, context=0, host="127.0.0.1", port=0):
         super().__init__(None, None, read_termination=None, host=check_host(host, "host"),
                          port=check_port(port, "port", lowest=0))
         if not isinstance(recording, Recording):
@@ -246,7 +277,9 @@ class ReplayServer(DeviceEmulator):
         self.exhausted = 0
         self._stats_lock = threading.Lock()
         self._next_session = 0
-        self._queues = _Queues(self.sessions) if match == "queues" else None
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"context must be an int >= 0, got {context!r}")
+        self._queues = _Queues(self.sessions, context) if match == "queues" else None
         self._wake = threading.Event()
 
     # ------------------------------------------------------------------
@@ -302,6 +335,8 @@ class ReplayServer(DeviceEmulator):
     def _replay(self, conn):
         number, session = self._pick_session()
         label = number + 1
+        if session is None and self._queues is not None:
+            session = Session(0, 0.0)  # queues answer any connection; only the banner is missing
         if session is None:
             with self._stats_lock:
                 self.exhausted += 1
@@ -315,6 +350,7 @@ class ReplayServer(DeviceEmulator):
             if not self._act(conn, session.banner):
                 return
         first = index
+        before = []  # this connection's previous requests, for queues with context
         pending = bytearray()
         while self._running:
             data = conn.recv(65536)
@@ -323,10 +359,13 @@ class ReplayServer(DeviceEmulator):
             pending += data
             while pending:
                 if self._queues is not None:
-                    outcome = self._queues.match(bytes(pending), self.at_end == "loop")
+                    outcome = self._queues.match(bytes(pending), before, self.at_end == "loop")
                     kind = outcome[0]
                     if kind == "match":
                         request, actions = outcome[1], outcome[2]
+                        before.append(request)
+                        if len(before) > self._queues.context:
+                            del before[0]
                 else:
                     if index >= len(steps):
                         if self.at_end == "loop" and first < len(steps):
