@@ -17,6 +17,7 @@ from emulators import (
     GalilDMCEmulator,
     LS372Emulator,
     PCR500MAEmulator,
+    TopticaDLCEmulator,
     TPG366Emulator,
 )
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
@@ -774,3 +775,62 @@ def test_galil_line_split_across_writes(connect):
         client.send(b"MG _T")
         client.send(b"PA\r")
         assert client.read_until(b":") == b" 0.0000\r\n:"
+
+
+# -- Toptica DLC smart ----------------------------------------------------------------------------
+
+
+def dlc(client, command):
+    client.send(command.encode() + b"\n")
+    return client.read_until(b"\n> ").decode()
+
+
+def test_dlc_prompt_at_connect_and_param_ref(connect):
+    with TopticaDLCEmulator() as device:
+        client = connect(device)
+        assert client.read_until(b"> ").endswith(b"\n> ")  # banner, then the prompt
+        assert dlc(client, "(param-ref 'general:system-label)") == '"DLC smart"\n> '
+        assert dlc(client, "(param-ref 'laser-operation:emission-global-enable)") == "#f\n> "
+        assert float(dlc(client, "(param-ref 'frequency:frequency-act)").strip("\n> ")) == 100.0
+        photocurrent = dlc(client, "(param-ref 'lockin:lock-in-value-nanoamp)")
+        assert photocurrent == "(#t 12.5)\n> "
+        assert float(photocurrent.strip("\n> ").strip("( #t)")) == 12.5  # as SOCS DLCSmart.sampling parses it
+
+
+def test_dlc_param_set_changes_state(connect):
+    with TopticaDLCEmulator(banner=False) as device:
+        client = connect(device)
+        assert client.read_until(b"> ") == b"> "
+        assert dlc(client, "(param-set! 'laser-operation:emission-global-enable #t)") == "0\n> "
+        assert dlc(client, "(param-ref 'laser-operation:emission-global-enable)") == "#t\n> "
+        assert dlc(client, "(param-set! 'frequency:frequency-set 250.5)") == "0\n> "
+        assert dlc(client, "(param-ref 'frequency:frequency-act)") == "250.5\n> "
+        assert dlc(client, "(param-set! 'lockin:integration-time 300)") == "0\n> "
+        assert dlc(client, "(param-ref 'lockin:integration-time)") == "300\n> "
+        assert dlc(client, "(exec 'lockin:mod-out-set-to-default)") == "\n> "
+        assert dlc(client, "(param-ref 'lockin:mod-out-amplitude)") == "1.0\n> "
+        assert dlc(client, "(exec 'lockin:mod-out-set-to-zero)") == "\n> "
+        assert dlc(client, "(param-ref 'lockin:mod-out-amplitude)") == "0.0\n> "
+        assert device.executed[-1] == ("lockin:mod-out-set-to-zero", [])
+
+
+def test_dlc_errors(connect):
+    with TopticaDLCEmulator(banner=False) as device:
+        client = connect(device)
+        client.read_until(b"> ")
+        assert dlc(client, "(param-ref 'no:such)").startswith("Error: -10 ")
+        assert dlc(client, "(param-set! 'frequency:frequency-act 5)").startswith("Error: -11 ")
+        assert dlc(client, "(param-set! 'laser-operation:emission-global-enable 1)").startswith("Error: -1 ")
+        assert dlc(client, "param-ref general:system-label").startswith("Error: -1 ")
+        assert dlc(client, "(param-ref 'laser-operation:emission-global-enable)") == "#f\n> "
+
+
+def test_dlc_lost_prompt_fault(connect):
+    with TopticaDLCEmulator(banner=False) as device:
+        client = connect(device)
+        client.read_until(b"> ")
+        device.lose_prompt_once()
+        client.send(b"(param-ref 'lockin:integration-time)\n")
+        assert client.read_until(b"\n") == b"100\n"
+        assert client.expect_nothing(0.2)  # no prompt yet
+        assert dlc(client, "(param-ref 'lockin:integration-time)") == "> 100\n> "

@@ -17,6 +17,15 @@ from .ds378 import DS378Emulator
 from .galil_dmc import GalilDMCEmulator
 from .ls372 import LS372Emulator
 from .pcr500ma import PCR500MAEmulator
+from .toptica_dlc import TopticaDLCEmulator
 from .tpg366 import TPG366Emulator
 
-__all__ = ["CryomechCPAEmulator", "DS378Emulator", "GalilDMCEmulator", "LS372Emulator", "PCR500MAEmulator", "TPG366Emulator"]
+__all__ = [
+    "CryomechCPAEmulator",
+    "DS378Emulator",
+    "GalilDMCEmulator",
+    "LS372Emulator",
+    "PCR500MAEmulator",
+    "TopticaDLCEmulator",
+    "TPG366Emulator",
+]
