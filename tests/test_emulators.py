@@ -262,11 +262,14 @@ def test_tpg_continuous_output_stopped_by_single_enq(connect):
         assert first.startswith(b"0,+1.2345E+01,")
         client.send(b"\x05")  # the startup ENQ of the SOCS driver
         assert wait_until(lambda: not device.continuous)
-        # drain whatever was in flight, then the stream has stopped
-        client.expect_nothing(0.2)
-        client.pending = b""
-        assert client.expect_nothing(0.2)
-        assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
+        client.send(b"PR1\r\n")
+        before_ack = client.read_until(b"\x06\r\n")[:-3]
+        # only whole PRX data lines came before the ACK (the stream, then the ENQ's reply)
+        assert before_ack and all(line.startswith(b"0,+1.2345E+01,0,") for line in before_ack.split(b"\r")[:-1])
+        assert before_ack.endswith(b"\r")
+        client.send(b"\x05")
+        assert client.read_until(b"\r") == b"0,+1.2345E+01\r"
+        assert client.expect_nothing()  # the stream has stopped
 
 
 def test_tpg_missed_ack_then_resend(connect):
@@ -284,6 +287,15 @@ def test_tpg_missed_ack_then_resend(connect):
         assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
     with pytest.raises(ValueError, match="'loud'"):
         device.miss_ack(1, mode="loud")
+
+
+def test_tpg_first_mnemonic_not_acknowledged_option(connect):
+    with TPG366Emulator(missed_acks=1) as device:
+        client = connect(device)
+        client.send(b"PRX\r\n")
+        assert client.expect_nothing()
+        assert tpg_query(client, b"PR6") == b"0,+6.7891E+01\r"
+        assert device.failures == []
 
 
 # -- Cryomech CPA (Modbus TCP) -------------------------------------------------------------------
@@ -576,6 +588,14 @@ def test_pcr_voltage_window_from_volt_with_limits(connect):
         assert float(scpi(client, "VOLT?")) == 51.0
         client.send(b"VOLT 60,0,50\n")
         assert scpi(client, "SYST:ERR?") == '-222,"Data out of range"\n'
+    with PCR500MAEmulator(volt_window=(0, 51)) as device:
+        client = connect(device)
+        client.send(b"VOLT 52\n")
+        assert scpi(client, "SYST:ERR?") == '-222,"Data out of range"\n'
+        client.send(b"VOLT 150,0,150\n*RST\nVOLT 51\n")
+        assert float(scpi(client, "VOLT?")) == 51.0
+    with pytest.raises(ValueError, match=r"\(0, 200\)"):
+        PCR500MAEmulator(volt_window=(0, 200))
 
 
 def test_pcr_queue_overflow_and_reset(connect):
@@ -834,3 +854,15 @@ def test_dlc_lost_prompt_fault(connect):
         assert client.read_until(b"\n") == b"100\n"
         assert client.expect_nothing(0.2)  # no prompt yet
         assert dlc(client, "(param-ref 'lockin:integration-time)") == "> 100\n> "
+
+
+def test_a_bug_in_device_logic_is_recorded_and_drops_the_client(connect):
+    class Broken(TPG366Emulator):
+        def respond(self, session, request):
+            raise RuntimeError("emulator bug")
+
+    with Broken() as device:
+        client = connect(device)
+        client.send(b"PRX\r\n")
+        client.expect_closed()
+        assert [str(e) for e in device.failures] == ["emulator bug"]

@@ -83,6 +83,8 @@ class EmulatorServer:
         self.received = []
         #: how many client connections were accepted in total
         self.connections = 0
+        #: exceptions raised by the device logic (the connection is closed on one); tests may assert it stays empty
+        self.failures = []
         #: device-state lock: :meth:`respond` runs under it
         self.lock = threading.RLock()
         self._sessions = set()
@@ -267,8 +269,13 @@ class EmulatorServer:
                     self.received.append(request)
                     if self._silent:
                         continue
-                    with self.lock:
-                        reply = self.respond(session, request)
+                    try:
+                        with self.lock:
+                            reply = self.respond(session, request)
+                    except Exception as error:  # a bug in the emulator: record it, drop the client
+                        self.failures.append(error)
+                        session.close()
+                        break
                     if self._delay:
                         time.sleep(self._delay)
                     if reply and not session.send(reply):

@@ -86,13 +86,20 @@ class PCR500MAEmulator(EmulatorServer):
 
     Args:
         load_ohms (float): the load the measurements assume.
+        volt_window (tuple): the voltage setting window at power-up and
+            after ``*RST`` (e.g. ``(0, 51)`` for a unit configured like the
+            SOCS soft limit); it must lie inside the 0-150 V range.
     """
 
     device_name = "pcr500ma"
 
-    def __init__(self, *, load_ohms=50.0, host="127.0.0.1", port=0):
+    def __init__(self, *, load_ohms=50.0, volt_window=VOLT_RANGE, host="127.0.0.1", port=0):
         super().__init__(host, port)
+        low, high = (float(v) for v in volt_window)
+        if not VOLT_RANGE[0] <= low <= high <= VOLT_RANGE[1]:
+            raise ValueError(f"volt_window must lie inside {VOLT_RANGE}, got {volt_window!r}")
         self.load_ohms = float(load_ohms)
+        self.initial_volt_window = (low, high)
         self.errors = []
         self._reset()
 
@@ -100,7 +107,7 @@ class PCR500MAEmulator(EmulatorServer):
         self.output = False
         self.coupling = "AC"
         self.volt = 0.0
-        self.volt_window = VOLT_RANGE
+        self.volt_window = self.initial_volt_window
         self.freq = 50.0
         self.freq_window = FREQ_RANGE
         self.curr_ac = 5.0

@@ -64,12 +64,14 @@ class TPG366Emulator(EmulatorServer):
         present: six booleans, False for "no sensor" channels.
         switchable: six booleans, True for gauges SEN can switch (cold
             cathode / Pirani combination gauges); others report SEN state 0.
+        missed_acks (int): how many of the first mnemonics get no ACK (see
+            :meth:`miss_ack`), to test the client's resend.
     """
 
     device_name = "tpg366"
 
     def __init__(self, pressures=SOCS_FIXTURE_PRESSURES, *, data_terminator=b"\r", present=(True,) * 6,
-                 switchable=(True,) * 6, host="127.0.0.1", port=0):
+                 switchable=(True,) * 6, missed_acks=0, host="127.0.0.1", port=0):
         super().__init__(host, port)
         if len(pressures) != 6 or len(present) != 6 or len(switchable) != 6:
             raise ValueError("pressures, present and switchable need six entries each")
@@ -84,7 +86,7 @@ class TPG366Emulator(EmulatorServer):
         self.data_terminator = data_terminator
         #: mnemonic whose data the next ENQ sends (PRX: the power-up continuous output)
         self.last_mnemonic = "PRX"
-        self._missed_acks = 0
+        self._missed_acks = int(missed_acks)
         self._miss_mode = "silent"
         self._continuous = None
 
@@ -120,12 +122,14 @@ class TPG366Emulator(EmulatorServer):
 
         def run():
             while not stop.wait(interval):
-                with self.lock:
-                    line = self._data_line(self.last_mnemonic)
-                self.send_unsolicited(line)
+                with self.lock:  # an ENQ (handled under the lock) ends the stream before its reply
+                    if stop.is_set():
+                        return
+                    self.send_unsolicited(self._data_line(self.last_mnemonic))
 
         thread = threading.Thread(target=run, name="tpg366-continuous", daemon=True)
         self._continuous = (stop, thread)
+        self._threads.append(thread)
         thread.start()
 
     def stop_continuous(self):
