@@ -1,0 +1,602 @@
+"""Sans-IO encoding and decoding for device files: no sockets, no state.
+
+Requests out and replies in, for the three protocols of a device file:
+
+* text: :func:`format_request` fills the request template with checked
+  arguments; :func:`parse_text` turns one reply frame into named, typed
+  values (one value, separated items with arrays and status pairs, or regex
+  groups; maps, flags, scale and offset);
+* binary: :func:`encode_binary` packs a request, :func:`decode_binary` reads
+  fields at fixed byte positions (any byte order, word-swapped floats);
+* Modbus TCP: :func:`modbus_request` builds the MBAP header and PDU,
+  :func:`modbus_frame_length` and :func:`parse_modbus` read a reply.
+
+The simulator uses the inverse functions at the bottom (:func:`render_text`,
+:func:`encode_fields`, :func:`match_text_request`, ...).  Every decoding
+failure raises :class:`~socs_tcp.devices.errors.DeviceReplyError` naming the
+operation and the bytes.
+"""
+
+import math
+import re
+import string
+import struct
+
+from .errors import DeviceError, DeviceReplyError
+from .spec import WIRE_TYPES
+
+__all__ = [
+    "format_request", "parse_text", "encode_binary", "decode_binary", "modbus_request", "modbus_frame_length",
+    "parse_modbus", "MODBUS_EXCEPTIONS", "to_big", "from_big", "render_text", "encode_fields",
+    "match_text_request", "feed_values",
+]
+
+#: Modbus exception codes (Modbus Application Protocol v1.1b3, section 7)
+MODBUS_EXCEPTIONS = {
+    1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "server device failure",
+    5: "acknowledge", 6: "server device busy", 8: "memory parity error", 10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+_formatter = string.Formatter()
+
+
+# ----------------------------------------------------------------------
+# text requests
+
+def format_request(op, args, forbidden=""):
+    """The request text of ``op`` with checked ``args`` filled in.
+
+    ``forbidden`` lists characters a str argument may not contain (the
+    terminators), so that an argument can never end a command early.
+    """
+    out = []
+    arg_map = op.arg_map
+    for literal, name, spec, _ in _formatter.parse(op.request):
+        out.append(literal)
+        if name is None:
+            continue
+        arg = arg_map[name]
+        value = args.get(name)
+        if value is None:
+            continue
+        if arg.type == "str":
+            bad = [c for c in forbidden if c in value]
+            if bad:
+                raise ValueError(f"{op.name}: argument {name!r} contains {bad[0]!r}, which would end the "
+                                 f"command early: {value!r}")
+        out.append(format(arg.wire(value), spec) if spec else arg.text(value))
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------
+# text replies
+
+_TRUE = {"1", "on", "true", "yes"}
+_FALSE = {"0", "off", "false", "no"}
+
+
+def _convert(op_name, f, raw, reply):
+    """One reply item as the field's typed value."""
+    text = raw.strip()
+    if f.map is not None:
+        if text in f.map:
+            return f.map[text]
+        try:
+            key = str(int(float(text)))
+        except ValueError:
+            key = None
+        if key in f.map:
+            return f.map[key]
+        raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {text!r} is not one of {sorted(f.map)}")
+    try:
+        if f.type == "float":
+            value = float(text)
+        elif f.type == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                number = float(text)
+                if not number.is_integer():
+                    raise
+                value = int(number)
+        elif f.type == "bool":
+            if f.true_text is not None or f.false_text is not None:
+                if text == f.true_text:
+                    return True
+                if text == f.false_text:
+                    return False
+                raise ValueError
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        else:
+            return text
+    except ValueError:
+        raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {text!r} is not a {f.type}") from None
+    return _scaled(f, value)
+
+
+def _scaled(f, value):
+    if f.scale is not None or f.offset is not None:
+        value = value * (1 if f.scale is None else f.scale) + (0 if f.offset is None else f.offset)
+        if f.type == "int":
+            value = int(round(value))
+    if f.type == "float":
+        value = float(value)
+    elif f.type == "int" and isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise ValueError(f"{f.name}: {value} is not an integer")
+        value = int(value)
+    return value
+
+
+def _add_flags(f, value, out):
+    if f.flags:
+        for flag, bit in f.flags.items():
+            on = (value >> bit) & 1
+            out[flag] = bool(on) if f.flag_type == "bool" else int(on)
+
+
+def parse_text(op, text, raw=None):
+    """Parse one reply frame (str, terminator removed) into ``{field: value}``."""
+    reply = op.reply
+    raw = text.encode("utf-8", "replace") if raw is None else raw
+    if reply.strip:
+        text = text.strip()
+    out = {}
+    if reply.mode == "single":
+        f = reply.fields[0]
+        value = _convert(op.name, f, text, raw)
+        out[f.name] = value
+        _add_flags(f, value, out)
+        return out
+    if reply.mode == "regex":
+        m = reply.regex.search(text)
+        if m is None:
+            raise DeviceReplyError(op.name, raw, f"does not match {reply.regex.pattern!r}")
+        for f in reply.fields:
+            g = m.group(f.name)
+            if g is None:
+                raise DeviceReplyError(op.name, raw, f"group {f.name!r} did not match")
+            value = _convert(op.name, f, g, raw)
+            out[f.name] = value
+            _add_flags(f, value, out)
+        return out
+    # split
+    items = text.split(reply.split)
+    if text == "":
+        items = []
+    pos = 0
+    fields = reply.fields
+    for index, f in enumerate(fields):
+        per = 2 if f.status is not None else 1
+        if f.array is None:
+            count = 1
+        elif f.array.count is not None:
+            count = f.array.count
+        else:
+            rest = sum((2 if g.status is not None else 1) * (g.array.count if g.array else 1) for g in fields[index + 1:])
+            count = (len(items) - pos - rest) // per
+            if count < 1 or count > f.array.max or (len(items) - pos - rest) % per:
+                raise DeviceReplyError(op.name, raw, f"field {f.name!r}: {len(items) - pos - rest} items, expected "
+                                                     f"{per} to {per * f.array.max} in steps of {per}")
+        need = pos + count * per
+        if need > len(items):
+            raise DeviceReplyError(op.name, raw, f"{len(items)} items separated by {reply.split!r}, expected "
+                                                 f"{_expected_items(fields)}")
+        values, statuses = [], []
+        for _ in range(count):
+            if f.status is not None:
+                if f.status.position == "before":
+                    s_raw, v_raw = items[pos], items[pos + 1]
+                else:
+                    v_raw, s_raw = items[pos], items[pos + 1]
+                status = _status_value(op, f, s_raw, raw)
+                statuses.append(status)
+                if _status_valid(f.status, s_raw.strip(), status):
+                    values.append(_convert(op.name, f, v_raw, raw))
+                else:
+                    values.append(f.status.invalid_value)
+            else:
+                values.append(_convert(op.name, f, items[pos], raw))
+            pos += per
+        if f.array is None:
+            out[f.name] = values[0]
+            if f.status is not None and f.status.field:
+                out[f.status.field] = statuses[0]
+            if values[0] is not None:
+                _add_flags(f, values[0], out)
+        else:
+            out[f.name] = values
+            if f.status is not None and f.status.field:
+                out[f.status.field] = statuses
+    if pos != len(items):
+        raise DeviceReplyError(op.name, raw, f"{len(items)} items separated by {reply.split!r}, expected "
+                                             f"{_expected_items(fields)}")
+    return out
+
+
+def _expected_items(fields):
+    fixed = 0
+    variable = None
+    for f in fields:
+        per = 2 if f.status is not None else 1
+        if f.array is None:
+            fixed += per
+        elif f.array.count is not None:
+            fixed += per * f.array.count
+        else:
+            variable = (per, f.array.max)
+    if variable is None:
+        return str(fixed)
+    return f"{fixed + variable[0]} to {fixed + variable[0] * variable[1]}"
+
+
+def _status_value(op, f, s_raw, raw):
+    text = s_raw.strip()
+    if f.status.map is None:
+        try:
+            return int(text)
+        except ValueError:
+            raise DeviceReplyError(op.name, raw, f"status of {f.name!r}: {text!r} is not an integer") from None
+    if text in f.status.map:
+        return f.status.map[text]
+    try:
+        key = str(int(text))
+    except ValueError:
+        key = None
+    if key in f.status.map:
+        return f.status.map[key]
+    raise DeviceReplyError(op.name, raw, f"status of {f.name!r}: {text!r} is not one of {sorted(f.status.map)}")
+
+
+def _status_valid(status_spec, raw_text, value):
+    valid = status_spec.valid or []
+    if raw_text in valid or str(value) in valid:
+        return True
+    try:
+        return str(int(raw_text)) in valid
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------
+# binary
+
+def to_big(data, order):
+    """Reorder the bytes of one value from ``order`` to big-endian."""
+    if order in ("big", "ABCD"):
+        return data
+    if order in ("little", "DCBA"):
+        return data[::-1]
+    if order == "CDAB":
+        return data[2:4] + data[0:2]
+    if order == "BADC":
+        return bytes((data[1], data[0], data[3], data[2]))
+    raise ValueError(f"unknown byte order {order!r}")
+
+
+def from_big(data, order):
+    """Inverse of :func:`to_big` (each reordering is its own inverse)."""
+    return to_big(data, order)
+
+
+def _pack(wire, order, value):
+    size, code = WIRE_TYPES[wire]
+    if not code.isupper() and code not in "fd" and isinstance(value, float):
+        value = int(value)
+    if code in "fd":
+        value = float(value)
+    elif isinstance(value, float):
+        value = int(round(value))
+    return from_big(struct.pack(">" + code, value), order)
+
+
+def _unpack(wire, order, data):
+    code = WIRE_TYPES[wire][1]
+    return struct.unpack(">" + code, to_big(data, order))[0]
+
+
+def encode_binary(op, args):
+    """The request bytes of a binary operation."""
+    out = bytearray()
+    arg_map = op.arg_map
+    for item in op.request:
+        if item.literal is not None:
+            out += item.literal
+            continue
+        arg = arg_map[item.arg]
+        value = args.get(item.arg)
+        if value is None:
+            value = 0
+        wire = arg.wire(value)
+        if arg.type == "bool":
+            wire = 1 if value else 0
+        try:
+            out += _pack(item.wire, item.order, wire)
+        except struct.error as e:
+            raise ValueError(f"{op.name}: argument {item.arg!r} = {value!r} does not fit a {item.wire}: {e}") from None
+    return bytes(out)
+
+
+def decode_binary(op_name, fields, data, base=0, raw=None):
+    """Values of ``fields`` read from ``data`` (field positions minus ``base``)."""
+    raw = data if raw is None else raw
+    out = {}
+    for f in fields:
+        size = WIRE_TYPES[f.wire][0]
+        start = (f.byte if f.byte is not None else (f.register - base) * 2)
+        n = f.array.size if f.array is not None else 1
+        values = []
+        for k in range(n):
+            chunk = data[start + k * size:start + (k + 1) * size]
+            if len(chunk) != size:
+                raise DeviceReplyError(op_name, raw, f"field {f.name!r} needs bytes {start}..{start + n * size - 1}, "
+                                                     f"the reply has {len(data)}")
+            value = _unpack(f.wire, f.order, chunk)
+            try:
+                values.append(_binary_value(f, value))
+            except ValueError as e:
+                raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {e}") from None
+        if f.array is None:
+            out[f.name] = values[0]
+            if f.flags:
+                _add_flags(f, values[0] if f.map is None else _unpack(f.wire, f.order, data[start:start + size]), out)
+        else:
+            out[f.name] = values
+    return out
+
+
+def _binary_value(f, value):
+    if f.map is not None:
+        key = str(value)
+        if key not in f.map:
+            raise ValueError(f"{value!r} is not one of {sorted(f.map)}")
+        return f.map[key]
+    if f.type == "bool":
+        return bool(value)
+    if f.type == "str":
+        return str(value)
+    return _scaled(f, value)
+
+
+# ----------------------------------------------------------------------
+# Modbus TCP (MBAP header + PDU)
+
+def modbus_request(op, args, transaction_id, unit):
+    """The request ADU of a Modbus operation."""
+    m = op.modbus
+    if m.function in (3, 4):
+        pdu = struct.pack(">BHH", m.function, m.address, m.count)
+    else:
+        value = m.value
+        if isinstance(value, str):
+            name = value[1:-1]
+            arg = op.arg_map[name]
+            value = arg.wire(args[name])
+            if arg.type == "bool":
+                value = 1 if args[name] else 0
+        value = int(value)
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"{op.name}: register value {value!r} is outside 0..65535")
+        pdu = struct.pack(">BHH", m.function, m.address, value)
+    return struct.pack(">HHHB", transaction_id, 0, len(pdu) + 1, unit) + pdu
+
+
+def modbus_frame_length(header):
+    """Total ADU length from the 7-byte MBAP header."""
+    _, _, length, _ = struct.unpack(">HHHB", header[:7])
+    return 6 + length
+
+
+def parse_modbus(op, request, frame, unit):
+    """Values from one reply ADU (whose transaction id was already matched)."""
+    tid, proto, length, got_unit = struct.unpack(">HHHB", frame[:7])
+    if proto != 0:
+        raise DeviceReplyError(op.name, frame, f"protocol id {proto}, expected 0 (Modbus)")
+    if got_unit != unit:
+        raise DeviceReplyError(op.name, frame, f"unit id {got_unit}, expected {unit}")
+    if len(frame) != 6 + length:
+        raise DeviceReplyError(op.name, frame, f"length field says {length}, frame has {len(frame) - 6}")
+    pdu = frame[7:]
+    fn = op.modbus.function
+    if not pdu:
+        raise DeviceReplyError(op.name, frame, "empty PDU")
+    if pdu[0] == fn | 0x80:
+        code = pdu[1] if len(pdu) > 1 else 0
+        raise DeviceError(op.name, code, f"modbus exception: {MODBUS_EXCEPTIONS.get(code, 'unknown')}")
+    if pdu[0] != fn:
+        raise DeviceReplyError(op.name, frame, f"function {pdu[0]}, expected {fn}")
+    if fn == 6:
+        if pdu != request[7:]:
+            raise DeviceReplyError(op.name, frame, "a write is answered by its echo; this is not it")
+        return {}
+    count = op.modbus.count
+    if len(pdu) < 2 or pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
+        raise DeviceReplyError(op.name, frame, f"expected {2 * count} data bytes for {count} registers")
+    if op.reply is None:
+        return {}
+    return decode_binary(op.name, op.reply.fields, pdu[2:], base=op.modbus.address, raw=frame)
+
+
+# ----------------------------------------------------------------------
+# polling: call() results -> feed fields
+
+def feed_values(item, op, values):
+    """The feed fields of one poll item from the values of one call."""
+    out = {}
+    by_name = {f.name: f for f in op.fields}
+    for src, template in item.fields.items():
+        value = values.get(src)
+        f = by_name[src]
+        if f.array is None:
+            if value is not None:
+                out[template] = value
+            continue
+        labels = f.array.labels or [str(i + 1) for i in range(f.array.size)]
+        for i, v in enumerate(value or []):
+            if v is not None:
+                out[template.format(n=i + 1, i=i, label=labels[i])] = v
+    return out
+
+
+# ----------------------------------------------------------------------
+# the inverse direction, for the simulator
+
+def _render_value(f, value):
+    """A field's value as reply text."""
+    if value is None:
+        return "0"
+    if f.map is not None:
+        inverse = {v: k for k, v in f.map.items()}
+        return inverse.get(value, str(value))
+    if f.type == "float":
+        v = float(value)
+        if f.scale is not None or f.offset is not None:
+            v = (v - (f.offset or 0)) / (f.scale or 1)
+        return f"{v:+.4E}"
+    if f.type == "int":
+        v = value
+        if f.scale is not None or f.offset is not None:
+            v = (v - (f.offset or 0)) / (f.scale or 1)
+        return str(int(round(v)))
+    if f.type == "bool":
+        if value:
+            return f.true_text if f.true_text is not None else "1"
+        return f.false_text if f.false_text is not None else "0"
+    return str(value)
+
+
+def _status_text(f, ok=True):
+    s = f.status
+    want = (s.valid or ["0"])[0]
+    if s.map is not None:
+        inverse = {v: k for k, v in s.map.items()}
+        return inverse.get(want, want)
+    return want
+
+
+def render_text(op, values):
+    """Reply text for ``values`` ({field: value}) that :func:`parse_text` reads back."""
+    reply = op.reply
+    if reply.mode == "single":
+        return _render_value(reply.fields[0], values.get(reply.fields[0].name))
+    if reply.mode == "regex":
+        return reply.format.format(**{f.name: _render_value(f, values.get(f.name)) for f in reply.fields})
+    items = []
+    for f in reply.fields:
+        value = values.get(f.name)
+        seq = value if f.array is not None else [value]
+        if f.array is not None:
+            if not isinstance(seq, (list, tuple)):
+                seq = [seq] * f.array.size
+            if f.array.count is not None:
+                seq = (list(seq) + [seq[-1] if seq else None] * f.array.count)[:f.array.count]
+            else:
+                seq = list(seq)[:f.array.max] or [None]
+        for v in seq:
+            text = _render_value(f, v)
+            if f.status is not None:
+                s = _status_text(f)
+                items.extend([s, text] if f.status.position == "before" else [text, s])
+            else:
+                items.append(text)
+    return reply.split.join(items)
+
+
+def encode_fields(fields, values, length, base=0):
+    """Bytes of ``length`` holding ``values`` at the fields' positions (binary and Modbus)."""
+    out = bytearray(length)
+    for f in fields:
+        size = WIRE_TYPES[f.wire][0]
+        start = f.byte if f.byte is not None else (f.register - base) * 2
+        value = values.get(f.name, 0)
+        seq = value if f.array is not None else [value]
+        if f.array is not None and not isinstance(seq, (list, tuple)):
+            seq = [seq] * f.array.size
+        for k, v in enumerate(seq):
+            if f.map is not None:
+                inverse = {name: int(w) for w, name in f.map.items()}
+                v = inverse.get(v, 0)
+            if v is None:
+                v = 0
+            if isinstance(v, bool):
+                v = int(v)
+            if f.scale is not None or f.offset is not None:
+                v = (float(v) - (f.offset or 0)) / (f.scale or 1)
+            if WIRE_TYPES[f.wire][1] not in "fd":
+                v = _clamp_int(f.wire, int(round(float(v))))
+            out[start + k * size:start + (k + 1) * size] = _pack(f.wire, f.order, v)
+    return bytes(out)
+
+
+def _clamp_int(wire, v):
+    size = WIRE_TYPES[wire][0]
+    if wire.startswith("i"):
+        lo, hi = -(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1
+    else:
+        lo, hi = 0, (1 << (8 * size)) - 1
+    return min(max(v, lo), hi)
+
+
+_ARG_PATTERNS = {
+    "int": r"[-+]?\d+",
+    "float": r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)",
+    "bool": None,
+    "str": r".*?",
+}
+
+
+def request_regex(op):
+    """A compiled regex that matches the requests ``op`` sends, with a group per argument."""
+    parts = []
+    seen = set()
+    for literal, name, spec, _ in _formatter.parse(op.request):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        arg = op.arg_map[name]
+        if arg.type == "enum":
+            texts = sorted({format(v, spec) if spec else str(v) for v in arg.values.values()}, key=len, reverse=True)
+            pattern = "|".join(re.escape(t) for t in texts)
+        elif arg.type == "bool":
+            pattern = "|".join(re.escape(t) for t in sorted({arg.true_text, arg.false_text}, key=len, reverse=True))
+        else:
+            pattern = _ARG_PATTERNS[arg.type]
+        group = f"a_{name}" if name not in seen else None
+        seen.add(name)
+        parts.append(f"(?P<{group}>{pattern})" if group else f"(?:{pattern})")
+        if not arg.required:
+            parts[-1] = f"(?:{parts[-1]})?"
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def match_text_request(op, regex, text):
+    """The arguments of a request text, or None when ``op`` did not send it."""
+    m = regex.match(text)
+    if m is None:
+        return None
+    args = {}
+    for arg in op.args:
+        g = m.groupdict().get(f"a_{arg.name}")
+        if g is None:
+            args[arg.name] = None
+            continue
+        if arg.type == "int":
+            args[arg.name] = int(g)
+        elif arg.type == "float":
+            args[arg.name] = float(g)
+        elif arg.type == "bool":
+            args[arg.name] = g == arg.true_text
+        elif arg.type == "enum":
+            for k, v in arg.values.items():
+                if str(v) == g or (arg.format and format(v, arg.format) == g):
+                    args[arg.name] = k
+                    break
+        else:
+            args[arg.name] = g
+    return args

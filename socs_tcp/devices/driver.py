@@ -1,0 +1,576 @@
+"""``Device``: the driver made from a device file.
+
+A :class:`Device` is a :class:`~socs_tcp.TCPInterface` (so it keeps the
+link's deadlines, reconnects, lock and statistics) that knows a device's
+operations from its file:
+
+* ``device.call("pressure", channel=3)`` checks the arguments (nothing is
+  sent when they are bad), runs the operation's transaction under the link's
+  lock, parses the reply and returns ``{field: value}``;
+* ``device.pressure(channel=3)`` is the same, returning the value itself when
+  the operation has one field;
+* ``device.poll()`` runs every polled query once and returns the feed fields;
+* ``device.transact(...)`` also returns the bytes exchanged, and
+  ``device.parse(op, reply_bytes)`` parses a captured reply without any I/O.
+
+What runs for one call, in order: wait out ``min_gap`` since the last send;
+the transaction's steps (send, expect, reply, read, discard, pause), resent
+from the start when an ``expect`` sees something else or nothing, at most
+``attempts`` times; an error token in a reply triggers the file's recovery
+(follow-up query, a command chosen by the error code, then the whole
+operation again, at most ``errors.reply.attempts`` times); after a command,
+the error queue is read when the file has one.  On every (re)connect the
+file's ``connection.init`` steps run before anything else.
+
+Failures: bad arguments raise :class:`TypeError`/:class:`ValueError`; the
+link's :class:`~socs_tcp.errors.LinkError` subclasses (all
+:class:`ConnectionError`) pass through; a reply of the wrong form raises
+:class:`~socs_tcp.devices.errors.DeviceReplyError`; a device-reported error
+raises :class:`~socs_tcp.devices.errors.DeviceError`.
+"""
+
+import itertools
+import logging
+import re
+import select
+import time
+
+from ..core.codec import format_traffic, parse_address
+from ..errors import LinkTimeoutError
+from ..transport.interface import TCPInterface
+from . import codec
+from .errors import DeviceError, DeviceReplyError
+from .spec import DeviceSpec, Step, load
+
+__all__ = ["Device"]
+
+log = logging.getLogger("socs_tcp.devices")
+
+
+class _Mismatch(Exception):
+    """An ``expect`` step saw something else (retry the transaction)."""
+
+    def __init__(self, got, wanted):
+        super().__init__(f"expected {wanted!r}, got {got!r}")
+        self.got = got
+
+
+class _ErrorToken(Exception):
+    """A reply was the device's error token."""
+
+    def __init__(self, frame):
+        super().__init__(frame)
+        self.frame = frame
+
+
+class Device(TCPInterface):
+    """The driver of one device, made from its device file.
+
+    Args:
+        spec (DeviceSpec or str or path): the device file (loaded if not a spec).
+        ip_address (str): host of the device.
+        port (int or None): TCP port; default ``connection.port`` of the file.
+        timeout (float or None): default deadline; default ``connection.timeout``.
+        **tcp_kwargs: any other :class:`~socs_tcp.TCPInterface` keyword
+            (``connect=False``, ``reconnect_policy``, ``name``, ...).
+    """
+
+    def __init__(self, spec, ip_address, port=None, timeout=None, **tcp_kwargs):
+        if not isinstance(spec, DeviceSpec):
+            spec = load(spec)
+        self.spec = spec
+        conn = spec.connection
+        self._enc = conn.encoding
+        self._text = conn.protocol == "text"
+        self._last_send = None
+        self._in_init = False
+        self._tid = itertools.count(1)
+        self._exchanges = None
+        self._term_regexes = {}
+        self._in_terms = ()
+        if self._text:
+            self._out_term = conn.out_terminator.encode(self._enc)
+            self._in_terms = tuple(t.encode(self._enc) for t in conn.in_terminator)
+            self._forbidden = "".join(sorted(set(conn.out_terminator + "".join(conn.in_terminator))))
+        kwargs = dict(
+            encoding=None,
+            read_termination=list(self._in_terms) if self._text else None,
+            write_termination=None,
+            drain_before_query=conn.stale_input in ("drain", "close"),
+            close_on_timeout=conn.stale_input == "close",
+            connect_timeout=conn.connect_timeout if conn.connect_timeout is not None else (
+                timeout if timeout is not None else conn.timeout),
+            name=None,
+        )
+        kwargs.update(tcp_kwargs)
+        super().__init__(ip_address, conn.port if port is None else port,
+                         conn.timeout if timeout is None else timeout, **kwargs)
+
+    @classmethod
+    def from_file(cls, path_or_name, address=None, *, port=None, **tcp_kwargs):
+        """A driver for the device file ``path_or_name`` at ``address``.
+
+        ``address`` is ``host:port`` or a bare host (the port is then
+        ``port`` or the file's ``connection.port``).
+        """
+        spec = path_or_name if isinstance(path_or_name, DeviceSpec) else load(path_or_name)
+        if address is None:
+            raise ValueError(f"{spec.name}: an address is needed (host or host:port)")
+        if not isinstance(address, str):
+            raise TypeError(f"address must be a str (host or host:port), got {type(address).__name__}: {address!r}")
+        host = address
+        parsed = parse_address(address) if ":" in address.strip("[]") or address.startswith("[") else None
+        if parsed is not None:
+            host = parsed["host"]
+            if port is None:
+                port = parsed["port"]
+        return cls(spec, host, port, **tcp_kwargs)
+
+    def __repr__(self):
+        state = "connected" if self.comm is not None else "disconnected"
+        return f"<Device {self.spec.name} {self.name} {state}>"
+
+    # ------------------------------------------------------------------
+    # operations as methods
+    def __getattr__(self, name):
+        spec = self.__dict__.get("spec")
+        if spec is not None and name in spec.operations:
+            op = spec.operations[name]
+
+            def method(**kwargs):
+                values = self.call(name, **kwargs)
+                if len(op.fields) == 1:
+                    return values[op.fields[0].name]
+                return values
+            method.__name__ = name
+            method.__doc__ = op.description
+            return method
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.spec.operations))
+
+    def operation(self, name):
+        """The :class:`~socs_tcp.devices.spec.OperationSpec` called ``name``."""
+        try:
+            return self.spec.operations[name]
+        except KeyError:
+            raise ValueError(f"{self.spec.name} has no operation {name!r} (operations: "
+                             f"{', '.join(self.spec.operations)})") from None
+
+    def call(self, op_name, **args):
+        """Run one operation; return ``{field: value}`` (``{}`` for a command)."""
+        return self.transact(op_name, **args)[0]
+
+    def transact(self, op_name, **args):
+        """Like :meth:`call`, returning ``(values, exchanges)``: the list of
+        ``(sent bytes, received bytes)`` pairs of this call."""
+        op = self.operation(op_name)
+        checked = op.check_args(**args)
+        request = self._build(op, checked)      # raises before anything is sent
+        stale = self.spec.connection.stale_input
+        with self.lock:
+            self._exchanges = []
+            try:
+                if stale != "keep" and self.comm is not None:
+                    self.drain()
+                values = self._run_op(op, checked, request)
+                return values, self._exchanges
+            except LinkTimeoutError:
+                if stale == "close" and self.comm is not None:
+                    log.warning("%s: %s: no reply before the deadline: closing so that a late reply cannot answer "
+                                "a later call (stale_input: close)", self.name, op.name)
+                    self.disconnect()
+                raise
+            finally:
+                exchanges, self._exchanges = self._exchanges, None
+                del exchanges
+
+    def poll(self):
+        """One pass over the file's polling items: ``{feed field: value}``."""
+        polling = self.spec.polling
+        if polling is None:
+            raise ValueError(f"{self.spec.name} has no 'polling' section")
+        out = {}
+        for item in polling.items:
+            op = self.spec.operations[item.operation]
+            out.update(codec.feed_values(item, op, self.call(item.operation, **item.args)))
+        return out
+
+    def parse(self, op_name, reply):
+        """Parse one captured reply of ``op_name`` (bytes, terminator optional); no I/O."""
+        op = self.operation(op_name)
+        if not isinstance(reply, (bytes, bytearray)):
+            raise TypeError(f"reply must be bytes, got {type(reply).__name__}: {reply!r}")
+        reply = bytes(reply)
+        protocol = self.spec.connection.protocol
+        if op.reply is None and protocol != "modbus":
+            return {}
+        if protocol == "text":
+            frame = reply
+            for term in sorted(self._in_terms + (b"\r", b"\n"), key=len, reverse=True):
+                if frame.endswith(term):
+                    frame = frame[:-len(term)]
+                    break
+            return codec.parse_text(op, self._decode_frame(op, frame), frame)
+        if protocol == "binary":
+            if len(reply) != op.reply.length:
+                raise DeviceReplyError(op.name, reply, f"{len(reply)} bytes, expected {op.reply.length}")
+            return codec.decode_binary(op.name, op.reply.fields, reply)
+        request = codec.modbus_request(op, op.check_args() if not op.args else {}, 0, self.spec.connection.unit) \
+            if op.modbus.function != 6 else None
+        if op.modbus.function == 6:
+            return {}
+        return codec.parse_modbus(op, request, reply, self.spec.connection.unit)
+
+    # ------------------------------------------------------------------
+    # connect-time init (the SOCS ``_connect`` hook: runs on the new socket
+    # before the link uses it, so every reconnect runs it too)
+    def _connect(self, address):
+        sock = super()._connect(address)
+        if sock is None or not self.spec.connection.init:
+            return sock
+        try:
+            self._run_init(sock)
+        except (OSError, _Mismatch) as e:
+            reason = f"init sequence failed: {e}"
+            try:
+                sock.close()
+            except OSError:
+                pass
+            log.warning("%s: %s", self.name, reason)
+            self._last_connect_error = reason
+            return None
+        return sock
+
+    def _run_init(self, sock):
+        """The ``connection.init`` steps on a fresh socket.  Input left after
+        them is dropped (the link starts with an empty buffer)."""
+        enc = self._enc
+        pending = bytearray()
+        for step in self.spec.connection.init:
+            timeout = step.timeout if step.timeout is not None else (self.timeout or 10.0)
+            if step.action == "send":
+                term = self._out_term if step.terminator is None else b"".join(
+                    x.encode(enc) for x in step.terminator[:1])
+                sock.settimeout(timeout)
+                sock.sendall(step.value.encode(enc) + term)
+                log.debug("%s: init > %s", self.name, format_traffic(step.value.encode(enc) + term))
+            elif step.action == "pause":
+                time.sleep(step.value)
+            elif step.action == "discard":
+                pending.clear()
+                deadline = time.monotonic() + step.value
+                dropped = 0
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                        break
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionResetError("the device closed the connection during init")
+                    dropped += len(chunk)
+                if dropped:
+                    log.info("%s: init discarded %d bytes", self.name, dropped)
+            else:  # read / expect: one frame
+                terms = self._in_terms if step.terminator is None else tuple(x.encode(enc) for x in step.terminator)
+                deadline = time.monotonic() + timeout
+                while True:
+                    found = [(pending.find(x), x) for x in terms if pending.find(x) >= 0]
+                    if found:
+                        at, term = min(found, key=lambda p: (p[0], -len(p[1])))
+                        frame = bytes(pending[:at])
+                        del pending[:at + len(term)]
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                        raise TimeoutError(f"no reply to the init step on line {step.line} within {timeout} s")
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionResetError("the device closed the connection during init")
+                    pending += chunk
+                if step.action == "expect" and frame.strip() != step.value.encode(enc).strip():
+                    raise _Mismatch(frame, step.value.encode(enc))
+        sock.settimeout(self.timeout)
+
+    # ------------------------------------------------------------------
+    # building requests (before the lock: bad input never sends)
+    def _build(self, op, args):
+        protocol = self.spec.connection.protocol
+        if protocol == "text":
+            return codec.format_request(op, args, self._forbidden).encode(self._enc)
+        if protocol == "binary":
+            return codec.encode_binary(op, args)
+        codec.modbus_request(op, args, 0, self.spec.connection.unit)  # checks the value
+        return args
+
+    # ------------------------------------------------------------------
+    # running one operation (the caller holds the lock)
+    def _run_op(self, op, args, request):
+        protocol = self.spec.connection.protocol
+        if protocol == "binary":
+            return self._binary(op, request)
+        if protocol == "modbus":
+            return self._modbus(op, args)
+        rerr = self.spec.reply_error
+        tries = rerr.attempts if rerr is not None else 1
+        for attempt in range(1, tries + 1):
+            try:
+                values = self._text_op(op, request)
+                break
+            except _ErrorToken as e:
+                code, message = self._recover(op, e.frame)
+                if attempt >= tries:
+                    raise DeviceError(op.name, code, message
+                                      + (f" (after {tries} attempts)" if tries > 1 else "")) from None
+                log.warning("%s: %s answered with an error (%s %s); retrying (%d of %d)", self.name, op.name, code,
+                            message, attempt + 1, tries)
+        queue = self.spec.error_queue
+        if queue is not None:
+            check = op.check_errors
+            if check is None:
+                check = op.kind == "command" or queue.after == "all"
+            if check:
+                self._check_queue(op)
+        return values
+
+    def _text_op(self, op, request):
+        t = op.transaction
+        if t is None:
+            steps = [Step("send", "{request}")]
+            if op.reply is not None:
+                steps.append(Step("reply"))
+            attempts = op.attempts
+        else:
+            steps, attempts = t.steps, max(t.attempts, op.attempts)
+        last = None
+        for attempt in range(1, attempts + 1):
+            frame = None
+            try:
+                for step in steps:
+                    got = self._step(op, step, request, op.timeout)
+                    if step.action == "reply":
+                        frame = got
+                break
+            except _Mismatch as e:
+                last = e
+                self._drain_quiet(f"{op.name}: {e}")
+            except LinkTimeoutError as e:
+                if attempt >= attempts or not any(s.action == "expect" for s in steps):
+                    raise
+                last = e
+            if attempt < attempts:
+                log.warning("%s: %s: %s; sending again (%d of %d)", self.name, op.name, last, attempt + 1, attempts)
+        else:
+            if isinstance(last, LinkTimeoutError):
+                raise last
+            raise DeviceReplyError(op.name, last.got, f"{last} (after {attempts} attempts)")
+        if op.reply is None:
+            return {}
+        return codec.parse_text(op, self._decode_frame(op, frame), frame)
+
+    def _decode_frame(self, op, frame):
+        try:
+            return frame.decode(self._enc)
+        except UnicodeDecodeError:
+            raise DeviceReplyError(op.name, frame, f"not {self._enc} text") from None
+
+    def _step(self, op, step, request, timeout, init=False):
+        """Run one step; return the frame read (bytes) for expect/reply/read."""
+        a = step.action
+        if a == "send":
+            data = step.value
+            if data == "{request}":
+                raw = request
+            elif "{" in data:
+                raw = data.format(request=request.decode(self._enc)).encode(self._enc)
+            else:
+                raw = data.encode(self._enc)
+            term = self._out_term if step.terminator is None else b"".join(
+                t.encode(self._enc) for t in step.terminator[:1])
+            self._send(raw + term, timeout if step.timeout is None else step.timeout)
+            return None
+        if a == "pause":
+            time.sleep(step.value)
+            return None
+        if a == "discard":
+            self._drain_quiet(None, wait=step.value)
+            return None
+        terms = self._in_terms if step.terminator is None else tuple(t.encode(self._enc) for t in step.terminator)
+        frame, term = self._read_frame(terms, timeout if step.timeout is None else step.timeout)
+        rerr = self.spec.reply_error
+        if rerr is not None and not init:
+            text = frame.decode(self._enc, "replace").strip()
+            if (rerr.terminator is not None and term == rerr.terminator.encode(self._enc)) or (
+                    rerr.match is not None and rerr.match.search(text)):
+                raise _ErrorToken(frame)
+        if a == "expect":
+            got = frame.strip() if self.spec.connection.strip else frame
+            want = step.value.encode(self._enc)
+            if got != (want.strip() if self.spec.connection.strip else want):
+                raise _Mismatch(got, want)
+        return frame
+
+    def _send(self, raw, timeout):
+        gap = self.spec.connection.min_gap
+        if gap and self._last_send is not None:
+            wait = self._last_send + gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        self.send(raw)
+        self._last_send = time.monotonic()
+        if self._exchanges is not None:
+            self._exchanges.append([raw, b""])
+
+    def _term_regex(self, terms):
+        regex = self._term_regexes.get(terms)
+        if regex is None:
+            regex = re.compile(b"|".join(re.escape(x) for x in sorted(terms, key=len, reverse=True)))
+            self._term_regexes[terms] = regex
+        return regex
+
+    def _read_frame(self, terms, timeout):
+        """One frame up to the first of ``terms``: ``(frame, terminator)``."""
+        data = self.expect(self._term_regex(terms), timeout=timeout)
+        self._note_received(data)
+        for term in sorted(terms, key=len, reverse=True):
+            if data.endswith(term):
+                return data[:-len(term)], term
+        return data, b""  # not reached: expect() ends at a terminator
+
+    def _drain_quiet(self, reason, wait=0.0):
+        """Discard input, waiting up to ``wait`` seconds for more to arrive."""
+        deadline = time.monotonic() + wait
+        dropped = self.drain()
+        total = len(dropped)
+        while self.comm is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                total += len(self.read_bytes(1, timeout=remaining))
+            except LinkTimeoutError:
+                break
+            total += len(self.drain())
+        if total and reason:
+            log.info("%s: discarded %d bytes (%s)", self.name, total, reason)
+
+    def _note_received(self, data):
+        if self._exchanges is not None:
+            if not self._exchanges:
+                self._exchanges.append([b"", b""])
+            self._exchanges[-1][1] += data
+
+    def _recover(self, op, frame):
+        """After an error token: ask why, recover if the code says how. Returns (code, message)."""
+        rerr = self.spec.reply_error
+        code, message = "?", frame.decode(self._enc, "replace").strip() or "error token"
+        if rerr.query:
+            self._drain_quiet("before the error query")
+            self._send(rerr.query.encode(self._enc) + self._out_term, op.timeout)
+            try:
+                reply, _ = self._read_frame(self._in_terms, op.timeout)
+            except LinkTimeoutError:
+                return code, f"{message} (no answer to {rerr.query!r})"
+            text = reply.decode(self._enc, "replace").strip()
+            m = rerr.parse.search(text)
+            if m is None:
+                return code, f"error token; {rerr.query!r} answered {text!r}"
+            code = _code(m.group("code"))
+            message = (m.groupdict().get("message") or "").strip()
+            command = (rerr.recover or {}).get(str(code))
+            if command is not None:
+                log.warning("%s: %s: device error %s %s; sending %r", self.name, op.name, code, message, command)
+                self._send(command.encode(self._enc) + self._out_term, op.timeout)
+                ct = self.spec.connection.command_transaction
+                if ct is not None and any(s.action == "expect" for s in ct.steps):
+                    try:
+                        self._read_frame(self._in_terms, op.timeout)
+                    except LinkTimeoutError:
+                        pass
+        return code, message
+
+    def _check_queue(self, op):
+        queue = self.spec.error_queue
+        first = None
+        for _ in range(32):
+            self._send(queue.query.encode(self._enc) + self._out_term, op.timeout)
+            reply, _ = self._read_frame(self._in_terms, op.timeout)
+            text = reply.decode(self._enc, "replace").strip()
+            m = queue.parse.search(text)
+            if m is None:
+                raise DeviceReplyError(op.name, reply, f"error queue reply does not match {queue.parse.pattern!r}")
+            code = m.group("code")
+            if str(_code(code)) in queue.ok or code in queue.ok:
+                break
+            if first is None:
+                first = (_code(code), (m.groupdict().get("message") or "").strip())
+        if first is not None:
+            raise DeviceError(op.name, *first)
+
+    # ------------------------------------------------------------------
+    # binary
+    def _binary(self, op, request):
+        attempts = op.attempts
+        length = op.reply.length if op.reply is not None else None
+        for attempt in range(1, attempts + 1):
+            self._send(request, op.timeout)
+            if length is None:
+                return {}
+            try:
+                data = self.read_bytes(length, timeout=op.timeout)
+            except LinkTimeoutError as e:
+                partial = self.drain()
+                if not partial or attempt >= attempts:
+                    if partial:
+                        raise DeviceReplyError(op.name, partial, f"{len(partial)} bytes, expected {length} "
+                                                                 f"(after {attempts} attempts)") from None
+                    raise
+                self._note_received(partial)
+                log.warning("%s: %s: short reply (%d of %d bytes) discarded: %s; sending again (%d of %d)", self.name,
+                            op.name, len(partial), length, format_traffic(partial, 64), attempt + 1, attempts)
+                del e
+                continue
+            self._note_received(data)
+            extra = self.drain()
+            if not extra:
+                return codec.decode_binary(op.name, op.reply.fields, data)
+            self._note_received(extra)
+            if attempt >= attempts:
+                raise DeviceReplyError(op.name, data + extra, f"{len(data) + len(extra)} bytes, expected {length} "
+                                                              f"(after {attempts} attempts)")
+            log.warning("%s: %s: reply of %d bytes, expected %d, discarded; sending again (%d of %d)", self.name,
+                        op.name, len(data) + len(extra), length, attempt + 1, attempts)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------
+    # Modbus TCP
+    def _modbus(self, op, args):
+        conn = self.spec.connection
+        tid = conn.transaction_id if conn.transaction_id != "increment" else next(self._tid) & 0xFFFF
+        request = codec.modbus_request(op, args, tid, conn.unit)
+        self._send(request, op.timeout)
+        deadline = time.monotonic() + (op.timeout if op.timeout is not None else (self.timeout or 10.0))
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            header = self.read_bytes(7, timeout=remaining)
+            length = codec.modbus_frame_length(header)
+            if length < 8 or length > 260:
+                self._note_received(header)
+                rest = self.drain()
+                raise DeviceReplyError(op.name, header + rest, f"MBAP length field {length - 6} is not a Modbus frame")
+            body = self.read_bytes(length - 7, timeout=max(0.0, deadline - time.monotonic()))
+            frame = header + body
+            self._note_received(frame)
+            got = int.from_bytes(frame[:2], "big")
+            if got == tid:
+                return codec.parse_modbus(op, request, frame, conn.unit)
+            log.warning("%s: %s: discarded a reply with transaction id %#06x (sent %#06x): %s", self.name, op.name,
+                        got, tid, format_traffic(frame, 64))
+
+
+def _code(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return text
