@@ -191,10 +191,14 @@ def test_overflow_limit_is_the_configured_max_read_size(make_emulator):
     device = idn_device(make_emulator)
     dev = TCPInterface("127.0.0.1", device.port, 5.0, termination="\n", max_read_size=64 * 1024)
     assert device.wait_for_clients(1)
-    device.flood(total=FLOOD)
+    flooder = device.flood(total=FLOOD)
     with pytest.raises(ReadOverflowError, match=r"max_read_size=65536 .*the 65536 buffered bytes were discarded"):
         dev.read_until()
     assert dev.stats()["bytes_in"] <= 64 * 1024
+    # the flood stops once its connection is gone; a new connection made before
+    # that would be flooded too, so wait for it (with a deadline)
+    flooder.join(10)
+    assert not flooder.is_alive(), "the flood did not stop after the client closed its connection"
     assert dev.query("*IDN?") == "ACME,PSU,1"
 
 

@@ -20,7 +20,8 @@ Plan
     before that point (a terminator may straddle the old end).  Any extraction
     or a different terminator set resets the mark.  Regular expressions cannot
     resume safely in general, so ``maybe_extract_match`` searches the whole
-    buffer each time; ``max_size`` bounds that cost.
+    buffer each time; ``max_size`` bounds its length, and a ``timeout``
+    (patterns of the ``regex`` package) bounds its time.
 """
 
 from ..errors import ReadOverflowError
@@ -153,11 +154,15 @@ class ReceiveBuffer:
             return None
         return self._take(n)
 
-    def maybe_extract_match(self, regex):
+    def maybe_extract_match(self, regex, timeout=None):
         """Extract everything up to the end of the first match of ``regex``.
 
         Args:
             regex: a compiled ``bytes`` pattern.
+            timeout: seconds the search may take, for a pattern compiled with
+                the ``regex`` package (``None``: no limit).  A search that
+                takes longer raises :class:`TimeoutError` and extracts
+                nothing.
 
         Returns:
             ``(consumed, match)`` where ``consumed`` runs from the start of the
@@ -165,7 +170,8 @@ class ReceiveBuffer:
         """
         # search a snapshot: a match object over the bytearray would change
         # when the consumed bytes are deleted
-        match = regex.search(bytes(self._data))
+        data = bytes(self._data)
+        match = regex.search(data) if timeout is None else regex.search(data, timeout=timeout)
         if match is None:
             return None
         return self._take(match.end()), match

@@ -8,11 +8,9 @@ run in threads, and a write-and-read holds the link's lock from the first byte
 written to the last byte read.
 """
 
-import functools
 import logging
 import math
 import os
-import re
 import select
 import socket
 import threading
@@ -27,10 +25,10 @@ from ..core.codec import (
     hex_to_bytes,
     parse_address,
     parse_conf_string,
-    parse_terminators,
 )
 from ..core.deadline import Deadline
 from ..core.policy import ReconnectPolicy
+from ..core.readers import check_count, compile_pattern, describe, extract_match, terminators
 from ..core.stats import LinkStats
 from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
 
@@ -52,16 +50,6 @@ _FAMILIES = {
 # errno values that mean "this connection is dead", as opposed to a timeout.
 _DEAD_LINK = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-
-def _describe(waiting_for):
-    """What an operation waits for, for error messages (built only when needed)."""
-    return waiting_for() if callable(waiting_for) else waiting_for
-
-
-@functools.lru_cache(maxsize=256)
-def _terminators_cached(eot, encoding):
-    return parse_terminators(eot, encoding)
 
 
 class TCPInterface:
@@ -158,7 +146,7 @@ class TCPInterface:
             write_termination = termination
         self._text_encoding = encoding or "latin-1"
         self.read_termination = (None if read_termination is None
-                                 else parse_terminators(read_termination, self._text_encoding))
+                                 else terminators(read_termination, self._text_encoding))
         self.write_termination = (b"" if write_termination is None
                                   else decode_escapes(write_termination, self._text_encoding))
         self.rstrip = bool(rstrip)
@@ -195,7 +183,6 @@ class TCPInterface:
         self._timeout_value = None    # ... and to what
         self._debug = False           # traffic logging on, decided once per operation
         self._op_deadline = None      # the Deadline of the operation in progress (under the lock)
-        self._until_cache = {}        # eot -> (extract, waiting_for), see _until
         if connect:
             self._attempt_connect()
 
@@ -485,7 +472,7 @@ class TCPInterface:
         log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
         self._warned = True
 
-    def _fill(self, deadline, waiting_for, into=None):
+    def _fill(self, deadline, what, arg=None, into=None):
         """Receive more bytes, waiting until ``deadline``: into the buffer, or
         straight into the writable memoryview ``into`` (returns the count)."""
         sock = self.comm or self._ensure_connected()
@@ -504,12 +491,12 @@ class TCPInterface:
                 self._pull_pending()
                 if len(self._buffer) > before:
                     return 0
-                raise self._timeout(waiting_for)
+                raise self._timeout(what, arg)
             remaining = math.ceil(remaining * 1000)
         if self._poll_sock is not sock:
             self._watch(sock)
         if not self._poll.poll(remaining):
-            raise self._timeout(waiting_for)
+            raise self._timeout(what, arg)
         try:
             # poll said readable: a plain read(2) cannot block, and skips the
             # second poll that socket.recv makes on a socket with a timeout
@@ -522,12 +509,12 @@ class TCPInterface:
             return 0  # spurious wake-up: the caller checks the buffer and waits again
         except OSError as e:
             self._close(f"receive failed: {e}")
-            raise LinkError(f"{self.name}: connection lost while waiting for {_describe(waiting_for)}: {e}") from e
+            raise LinkError(f"{self.name}: connection lost while waiting for {describe(what, arg)}: {e}") from e
         if not data:
             partial = self._buffer.peek()
             self._close("device closed the connection")
             raise PeerClosedError(
-                f"{self.name}: device closed the connection while waiting for {_describe(waiting_for)}"
+                f"{self.name}: device closed the connection while waiting for {describe(what, arg)}"
                 + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                    if partial else ""), partial)
         self._stats.bytes_in += len(data)
@@ -559,10 +546,10 @@ class TCPInterface:
             self._timeout_sock = sock
             self._timeout_value = self.timeout
 
-    def _timeout(self, waiting_for):
+    def _timeout(self, what, arg):
         buffered = len(self._buffer)
         return LinkTimeoutError(
-            f"{self.name}: timed out waiting for {_describe(waiting_for)}"
+            f"{self.name}: timed out waiting for {describe(what, arg)}"
             + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
 
     def _overflow(self):
@@ -695,43 +682,20 @@ class TCPInterface:
 
     def _terminators(self, eot):
         if eot is None:
-            if self.read_termination is None:
+            terms = self.read_termination
+            if terms is None:
                 raise ValueError(f"{self.name}: no eot given and the link has no read_termination")
-            return self.read_termination
-        if isinstance(eot, (str, bytes)):
-            return _terminators_cached(eot, self._text_encoding)
-        return parse_terminators(eot, self._text_encoding)
-
-    def _count(self, bytes_to_read):
-        if isinstance(bytes_to_read, bool) or not isinstance(bytes_to_read, int):
-            raise TypeError(f"bytes_to_read must be an int, got {type(bytes_to_read).__name__}: {bytes_to_read!r}")
-        if bytes_to_read < 0:
-            raise ValueError(f"bytes_to_read must be >= 0, got {bytes_to_read}")
-        if bytes_to_read > self.max_read_size:
-            raise ValueError(f"bytes_to_read={bytes_to_read} exceeds max_read_size={self.max_read_size}")
-        return bytes_to_read
-
-    def _pattern(self, pattern):
-        flags = 0
-        if isinstance(pattern, re.Pattern):
-            if isinstance(pattern.pattern, bytes):
-                return pattern
-            flags = pattern.flags & ~re.UNICODE
-            pattern = pattern.pattern
-        if isinstance(pattern, str):
-            pattern = pattern.encode(self._text_encoding)
-        if not isinstance(pattern, (bytes, bytearray)):
-            raise TypeError(f"pattern must be a str, bytes or compiled regex, got {type(pattern).__name__}: {pattern!r}")
-        try:
-            return re.compile(bytes(pattern), flags)
-        except re.error as e:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+            # read_termination may have been assigned in any eot form
+            return terms if type(terms) is tuple else terminators(terms, self._text_encoding)
+        return terminators(eot, self._text_encoding)
 
     # ------------------------------------------------------------------
     # the operation skeleton: lock, deadline, stats
-    def _run(self, send, extract, waiting_for, timeout):
-        """Optionally send ``send``, then receive until ``extract()`` returns
-        something other than ``None``, and return that."""
+    def _run(self, send, extract, arg, what, timeout):
+        """Optionally send ``send``, then receive until ``extract(arg)``
+        returns something other than ``None``, and return that.  ``what``
+        names the kind of read for error messages (see
+        :func:`~socs_tcp.core.readers.describe`)."""
         with self.lock:
             deadline = Deadline.start(timeout, self.timeout)  # the one check of the per-call timeout
             self._op_deadline = deadline
@@ -745,10 +709,10 @@ class TCPInterface:
                 if extract is not None:
                     buffer = self._buffer
                     if buffer:
-                        frame = extract()
+                        frame = extract(arg)
                     while frame is None:
-                        self._fill(deadline, waiting_for)
-                        frame = extract()
+                        self._fill(deadline, what, arg)
+                        frame = extract(arg)
             except LinkTimeoutError as e:
                 if self.close_on_timeout and send is not None and extract is not None:
                     self._close("no reply before the deadline: closed so that a late reply cannot answer "
@@ -791,28 +755,12 @@ class TCPInterface:
             log.warning("%s: discarded %d stale bytes before a query: %s", self.name, count,
                         format_traffic(head, 64))
 
-    def _until(self, eot):
-        """``(extract, waiting_for)`` for a read up to a terminator of ``eot``
-        (``extract()`` returns ``(frame, terminator)``);
-        built once per ``eot`` string and link (the common case repeats it).
-        ``None`` is cached under the current ``read_termination``, which may
-        be changed."""
-        key = self.read_termination if eot is None else eot
-        try:
-            return self._until_cache[key]
-        except (KeyError, TypeError):  # TypeError: a list of terminators is not hashable
-            pass
-        terms = self._terminators(eot)
-        # extract() gives (frame, terminator): callers take [0] of the result
-        made = functools.partial(self._buffer.maybe_extract_until, terms), lambda: f"a terminator in {list(terms)}"
-        if isinstance(key, (str, bytes, tuple)) and len(self._until_cache) < 64:
-            self._until_cache[key] = made
-        return made
-
-    def _exact(self, n):
-        n = self._count(n)
+    def _some(self, n):
         buffer = self._buffer
-        return (lambda: buffer.maybe_extract_exact(n)), lambda: f"{n} bytes"
+        return buffer.extract_some(n) if buffer else None
+
+    def _match(self, regex):
+        return extract_match(self._buffer, regex, self._op_deadline)
 
     # ------------------------------------------------------------------
     # SOCS-compatible primitives
@@ -830,7 +778,7 @@ class TCPInterface:
         if not isinstance(msg, (bytes, bytearray, memoryview)):
             raise TypeError(f"send() needs bytes, got {type(msg).__name__}: {msg!r}; encode text first, "
                             "e.g. msg.encode()")
-        self._run(bytes(msg), None, None, None)
+        self._run(bytes(msg), None, None, None, None)
 
     def recv(self, bufsize=4096, reset_on_error=False):
         """Return the bytes available now (at most ``bufsize``), waiting up to
@@ -845,9 +793,8 @@ class TCPInterface:
         """
         if isinstance(bufsize, bool) or not isinstance(bufsize, int) or bufsize < 1:
             raise ValueError(f"bufsize must be a positive int, got {bufsize!r}")
-        buffer = self._buffer
         try:
-            return self._run(None, lambda: buffer.extract_some(bufsize) if buffer else None, "data", None)
+            return self._run(None, self._some, bufsize, "data", None)
         except LinkError:
             if reset_on_error:
                 with self.lock:
@@ -859,13 +806,13 @@ class TCPInterface:
     def write(self, data):
         """Write ``data`` (str or bytes) plus ``write_termination``.  Returns the byte count."""
         raw = self._encode(data)
-        self._run(raw, None, None, None)
+        self._run(raw, None, None, None, None)
         return len(raw)
 
     def write_bin(self, data):
         """Write hex ``data`` (``"0a0d"`` sends ``b"\\n\\r"``).  Returns the byte count."""
         raw = hex_to_bytes(data)
-        self._run(raw, None, None, None)
+        self._run(raw, None, None, None, None)
         return len(raw)
 
     def read(self, bytes_to_read, timeout=None):
@@ -873,13 +820,13 @@ class TCPInterface:
 
         On timeout the bytes received so far stay buffered.
         """
-        extract, what = self._exact(bytes_to_read)
-        return self._decode(self._run(None, extract, what, timeout))
+        n = check_count(bytes_to_read, self.max_read_size)
+        return self._decode(self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout))
 
     def read_bin(self, bytes_to_read, timeout=None):
         """Like :meth:`read`, returning lowercase hex."""
-        extract, what = self._exact(bytes_to_read)
-        return bytes_to_hex(self._run(None, extract, what, timeout))
+        n = check_count(bytes_to_read, self.max_read_size)
+        return bytes_to_hex(self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout))
 
     def read_bytes(self, bytes_to_read, timeout=None):
         """Read exactly ``bytes_to_read`` bytes and return them as ``bytes``,
@@ -888,8 +835,8 @@ class TCPInterface:
         At most ``max_read_size`` bytes; use :meth:`readinto` for larger
         binary transfers.  On timeout the bytes received so far stay buffered.
         """
-        extract, what = self._exact(bytes_to_read)
-        return self._run(None, extract, what, timeout)
+        n = check_count(bytes_to_read, self.max_read_size)
+        return self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout)
 
     def readinto(self, buffer, timeout=None):
         """Fill all of ``buffer`` with received bytes; return how many (its size).
@@ -930,7 +877,6 @@ class TCPInterface:
             self._debug = log.isEnabledFor(logging.DEBUG)
             got = 0
             source = self._buffer
-            what = f"{total} bytes"
             try:
                 while got < total:
                     if source:
@@ -938,7 +884,7 @@ class TCPInterface:
                         view[got:got + len(chunk)] = chunk
                         got += len(chunk)
                     else:
-                        got += self._fill(deadline, what, view[got:])
+                        got += self._fill(deadline, "exact", total, view[got:])
             except LinkError as e:
                 e = self._readinto_failed(e, view[:got], total)
                 self._link_failed(e)
@@ -970,37 +916,37 @@ class TCPInterface:
 
         The terminator is consumed but not returned; later bytes stay buffered.
         """
-        extract, what = self._until(eot)
-        return self._decode(self._run(None, extract, what, timeout)[0], self.rstrip)
+        terms = self._terminators(eot)
+        return self._decode(self._run(None, self._buffer.maybe_extract_until, terms, "until", timeout)[0], self.rstrip)
 
     def read_bin_until(self, eot, timeout=None):
         """Like :meth:`read_until`, returning lowercase hex."""
-        extract, what = self._until(eot)
-        return bytes_to_hex(self._run(None, extract, what, timeout)[0])
+        terms = self._terminators(eot)
+        return bytes_to_hex(self._run(None, self._buffer.maybe_extract_until, terms, "until", timeout)[0])
 
     def wrnrd(self, data, bytes_to_read, timeout=None):
         """Write ``data`` then read exactly ``bytes_to_read`` bytes, atomically."""
         raw = self._encode(data)
-        extract, what = self._exact(bytes_to_read)
-        return self._decode(self._run(raw, extract, what, timeout))
+        n = check_count(bytes_to_read, self.max_read_size)
+        return self._decode(self._run(raw, self._buffer.maybe_extract_exact, n, "exact", timeout))
 
     def wrnrd_bin(self, data, bytes_to_read, timeout=None):
         """Write hex ``data`` then read ``bytes_to_read`` bytes as hex, atomically."""
         raw = hex_to_bytes(data)
-        extract, what = self._exact(bytes_to_read)
-        return bytes_to_hex(self._run(raw, extract, what, timeout))
+        n = check_count(bytes_to_read, self.max_read_size)
+        return bytes_to_hex(self._run(raw, self._buffer.maybe_extract_exact, n, "exact", timeout))
 
     def wrnrd_until(self, data, eot=None, timeout=None):
         """Write ``data`` then read up to a terminator of ``eot``, atomically."""
         raw = self._encode(data)
-        extract, what = self._until(eot)
-        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
+        terms = self._terminators(eot)
+        return self._decode(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0], self.rstrip)
 
     def wrnrd_bin_until(self, data, eot, timeout=None):
         """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
         raw = hex_to_bytes(data)
-        extract, what = self._until(eot)
-        return bytes_to_hex(self._run(raw, extract, what, timeout)[0])
+        terms = self._terminators(eot)
+        return bytes_to_hex(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0])
 
     def expect(self, pattern, timeout=None):
         """Read until the regular expression ``pattern`` matches.
@@ -1009,20 +955,15 @@ class TCPInterface:
         consumed, from the start of the buffer to the end of the match; later
         bytes stay buffered.
         """
-        regex = self._pattern(pattern)
-        buffer = self._buffer
-
-        def extract():
-            found = buffer.maybe_extract_match(regex)
-            return None if found is None else found[0]
-        return self._decode(self._run(None, extract, lambda: f"a match of {regex.pattern!r}", timeout))
+        regex = compile_pattern(pattern, self._text_encoding)
+        return self._decode(self._run(None, self._match, regex, "match", timeout)[0])
 
     def query(self, message, timeout=None):
         """Write ``message`` (plus ``write_termination``) and read one reply up
         to ``read_termination``, atomically."""
         raw = self._encode(message)
-        extract, what = self._until(None)
-        return self._decode(self._run(raw, extract, what, timeout)[0], self.rstrip)
+        terms = self._terminators(None)
+        return self._decode(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0], self.rstrip)
 
     def drain(self):
         """Discard every byte already received (buffered or waiting on the
