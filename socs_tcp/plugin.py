@@ -6,4 +6,5 @@ agents = {
     "TCPBusAgent": {"module": "socs_tcp_agents.tcp_bus.agent", "entry_point": "main"},
     "ScpiInstrumentAgent": {"module": "socs_tcp_agents.scpi_instrument.agent", "entry_point": "main"},
     "MessageLinkAgent": {"module": "socs_tcp_agents.message_link.agent", "entry_point": "main"},
+    "DeviceAgent": {"module": "socs_tcp_agents.device.agent", "entry_point": "main"},
 }

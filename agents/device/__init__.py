@@ -1,0 +1,1 @@
+"""DeviceAgent: the OCS agent made from a device file (see :mod:`socs_tcp.devices`)."""

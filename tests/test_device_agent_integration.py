@@ -1,0 +1,397 @@
+"""DeviceAgent as users run it: real crossbar, agents started with
+ocs-agent-cli from device files, a real OCSClient, and independent device
+emulators on loopback (tests/emulators, written from the vendor manuals and
+SOCS's fixtures, not from the device files).
+
+Two devices end to end: the Pfeiffer TPG 366 (text, ACK/ENQ handshake) and
+the Cryomech CPA (Modbus TCP).  Also here, ported check by check, SOCS's own
+integration tests of the agents these files replace
+(simonsobs/socs ``tests/integration/test_pfeiffer_tpg366_agent_integration.py``
+and ``test_cryomech_cpa_agent_integration.py``): they cannot run unchanged,
+because they need docker-compose for crossbar, ``socs.testing`` and the SOCS
+agent scripts by path; their checks (the same calls, the same fixture bytes,
+the same expected op codes) run here against DeviceAgent, with only the site
+file's agent class and ``--device-file`` added (and SOCS's own
+``--ip_address`` / ``--port`` / ``--mode`` arguments kept as they are).
+"""
+
+import struct
+import time
+
+import ocs
+import pytest
+from emulators import CryomechCPAEmulator, TPG366Emulator
+from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
+from emulators.tpg366 import SOCS_FIXTURE_PRESSURES
+from ocs import site_config
+from ocs.base import OpCode
+from ocs.ocs_client import OCSClient
+from ocs_replies import failed, ok
+
+from socs_tcp.devices import load
+from socs_tcp.devices.docgen import agent_tasks
+from socs_tcp_stack.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 1.0        # device timeout given to the agents
+RATE = 4.0           # acq cycles per second
+OPERATOR_PW, EXPERT_PW = "operator-pw", "expert-pw"
+
+# SOCS's Cryomech fixture: the agent's init request and the power commands, byte for byte
+SOCS_INIT_MSG = b"\t\x99\x00\x00\x00\x06\x01\x04\x00\x01\x005"
+SOCS_POWER = {"on": b"\t\x99\x00\x00\x00\x06\x01\x06\x00\x01\x00\x01",
+              "off": b"\t\x99\x00\x00\x00\x06\x01\x06\x00\x01\x00\xff"}
+
+
+def wait_for(condition, timeout, what):
+    """Poll ``condition()`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def devices():
+    made = {"tpg": TPG366Emulator(), "cpa": CryomechCPAEmulator(), "guarded": TPG366Emulator(),
+            "socs_tpg": TPG366Emulator(data_terminator=b"\r\n"), "socs_cpa": CryomechCPAEmulator()}
+    try:
+        for device in made.values():
+            device.start()
+        yield made
+    finally:
+        for device in made.values():
+            device.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(devices):
+    st = Stack()
+    try:
+        common = ["--timeout", TIMEOUT]
+        st.add_instance("DeviceAgent", "pfeiffer366", [
+            "--device-file", "tpg366", "--address", devices["tpg"].address, "--sampling-frequency", RATE,
+            "--mode", "idle", *common])
+        st.add_instance("DeviceAgent", "cryomech", [
+            "--device-file", "cryomech_cpa", "--ip-address", "127.0.0.1", "--port", devices["cpa"].port,
+            "--sampling-frequency", RATE, *common])             # the file's default mode: none
+        st.add_instance("DeviceAgent", "guarded", [
+            "--device-file", "tpg366", "--address", devices["guarded"].address, "--mode", "idle",
+            "--access-policy", f"override:{OPERATOR_PW},{EXPERT_PW}", "--write-privs", 2, *common])
+        # SOCS's site-file entries (tests/default.yaml), with the class and the device file added
+        st.add_instance("DeviceAgent", "socs-pfeiffer366", [
+            "--device-file", "tpg366", "--ip_address", "127.0.0.1", "--port", devices["socs_tpg"].port,
+            "--mode", "test"])
+        st.add_instance("DeviceAgent", "socs-cryomech", [
+            "--device-file", "cryomech_cpa", "--ip-address", "127.0.0.1", "--serial-number", "CPA1234TEST-111111A",
+            "--mode", "acq", "--port", devices["socs_cpa"].port])
+        st.start()
+        for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech"):
+            st.start_agent(iid, wait=False)
+        for iid in st.agents:
+            st.agents[iid].wait_ready(timeout=90)
+        yield st
+    finally:
+        st.stop()
+
+
+@pytest.fixture(scope="module")
+def tpg(stack):
+    return stack.client("pfeiffer366")
+
+
+@pytest.fixture(scope="module")
+def cpa(stack):
+    return stack.client("cryomech")
+
+
+def api(stack, instance):
+    return site_config.get_control_client(instance, args=stack.client_args).get_api()
+
+
+def acq_session(client):
+    return client.acq.status().session
+
+
+# ---------------------------------------------------------------- the generated surface
+
+
+@pytest.mark.parametrize("instance, device", [("pfeiffer366", "tpg366"), ("cryomech", "cryomech_cpa")])
+def test_every_operation_is_a_task_with_an_ocs_docstring(stack, instance, device):
+    spec = load(device)
+    description = api(stack, instance)
+    assert description["agent_class"] == "DeviceAgent"
+    tasks = {name: encoded for name, _, encoded in description["tasks"]}
+    processes = {name: encoded for name, _, encoded in description["processes"]}
+    assert set(tasks) == {t.name for t in agent_tasks(spec)}
+    assert set(spec.operations) <= set(tasks) and set(processes) == {"acq"}
+    for name, encoded in {**tasks, **processes}.items():
+        doc = encoded["docstring"]
+        assert doc.splitlines()[0].startswith(f"{name}(") and doc.splitlines()[0].endswith(")"), (name, doc)
+        assert ("**Process** -" if name == "acq" else "**Task** -") in doc, name
+        assert ">>> response.session['data']" in doc or name == "close", name
+    # clients show the same text
+    client = stack.client(instance)
+    first = next(iter(spec.operations))
+    assert getattr(client, first).start.__doc__ == tasks[first]["docstring"]
+    assert client.acq.start.__doc__.startswith("acq(sampling_frequency=2.5, test_mode=False)\n")
+    feeds = {name for name, _ in description["feeds"]}
+    assert feeds - {"heartbeat"} == {spec.polling.feed, "link_health"}
+
+
+def test_tpg366_task_and_feed_names_are_socs_pfeiffer_agents(stack):
+    description = api(stack, "pfeiffer366")
+    assert {name for name, _, _ in description["processes"]} == {"acq"}
+    assert "close" in {name for name, _, _ in description["tasks"]}
+    assert "pressures" in {name for name, _ in description["feeds"]}
+
+
+def test_cryomech_task_names_and_signatures_are_socs_cryomech_agents(stack):
+    tasks = {name: encoded["docstring"] for name, _, encoded in api(stack, "cryomech")["tasks"]}
+    assert tasks["init"].startswith("init(auto_acquire=False)\n")
+    assert tasks["power_ptc"].startswith("power_ptc(state)\n")
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_query_tasks_return_parsed_typed_values(tpg, devices):
+    data = ok(tpg.pressure(channel=2))
+    assert data["values"] == {"status": "ok", "pressure": SOCS_FIXTURE_PRESSURES[1]}
+    assert data["elapsed"] > 0 and data["timestamp"] > 0
+    values = ok(tpg.pressures())["values"]
+    assert values["pressure"] == list(SOCS_FIXTURE_PRESSURES)
+    assert values["gauge_status"] == ["ok"] * 6
+    devices["tpg"].set_status(3, 5)                 # no sensor on channel 3: value marked invalid
+    try:
+        assert ok(tpg.pressure(channel=3))["values"]["status"] == "no_sensor"
+    finally:
+        devices["tpg"].set_status(3, None)
+
+
+def test_a_command_changes_what_the_queries_return(tpg, devices):
+    try:
+        assert ok(tpg.set_unit(unit="Torr"))["values"] == {"unit": "Torr"}
+        assert devices["tpg"].unit == 1
+        assert ok(tpg.unit())["values"] == {"unit": "Torr"}
+    finally:
+        ok(tpg.set_unit(unit="mbar"))
+    assert devices["tpg"].unit == 0
+
+
+@pytest.mark.parametrize("task, params, needles", [
+    ("pressure", {"channel": 7}, ["channel", "7", "<= 6"]),           # above the file's limit
+    ("pressure", {"channel": 0}, ["channel", "0", ">= 1"]),
+    ("pressure", {"channel": "two"}, ["channel", "'two'", "must be an int"]),
+    ("pressure", {}, ["channel", "required"]),
+    ("pressure", {"channel": 1, "chanel": 1}, ["unexpected", "chanel"]),
+    ("set_unit", {"unit": "furlong"}, ["unit", "'furlong'", "must be one of"]),
+    ("pressures", {"channel": 1}, ["unexpected", "channel"]),
+])
+def test_a_rejected_argument_is_refused_by_ocs_and_nothing_is_sent(tpg, devices, task, params, needles):
+    device = devices["tpg"]
+    ok(tpg.unit())                                  # the link is up, so a stray byte would show
+    before = len(device.received)
+    reply = getattr(tpg, task)(**params)
+    assert reply.status == ocs.ERROR, reply
+    for needle in needles:
+        assert needle in reply.msg, (needle, reply.msg)
+    assert len(device.received) == before, "nothing may be sent for bad input"
+
+
+def test_write_tasks_are_gated_by_write_privs(stack, devices):
+    device = devices["guarded"]
+    privs = {name: encoded["min_privs"] for name, _, encoded in api(stack, "guarded")["tasks"]}
+    assert privs["set_unit"] == 2 and privs["pressure"] == 1 and privs["pressures"] == 1
+    anonymous = OCSClient("guarded", args=stack.client_args)
+    assert ok(anonymous.pressure(channel=1))["values"]["pressure"] == SOCS_FIXTURE_PRESSURES[0]
+    before = len(device.received)
+    reply = anonymous.set_unit(unit="Pa")
+    assert reply.status == ocs.ERROR and "requires credential level 2" in reply.msg, reply
+    assert len(device.received) == before and device.unit == 0
+    operator = OCSClient("guarded", privs=OPERATOR_PW, args=stack.client_args)
+    try:
+        assert ok(operator.set_unit(unit="Pa"))["values"] == {"unit": "Pa"}
+        assert device.unit == 2
+    finally:
+        ok(operator.set_unit(unit="mbar"))
+
+
+def test_a_task_fails_fast_and_clearly_while_the_device_is_down(tpg, devices):
+    devices["tpg"].refuse_connections()
+    try:
+        started = time.monotonic()
+        message = failed(tpg.pressure(channel=1))
+        assert time.monotonic() - started < 5 * TIMEOUT + 5
+        assert "pressure: device error (" in message and "Error" in message
+    finally:
+        devices["tpg"].refuse_connections(False)
+    wait_for(lambda: tpg.pressure(channel=1).session.get("success"), 20, "the gauge to answer again")
+
+
+# ---------------------------------------------------------------- acq
+
+
+def test_acq_test_mode_runs_one_cycle_and_publishes_the_socs_fields(tpg):
+    assert tpg.acq.start(test_mode=True).status == ocs.OK
+    tpg.acq.wait(timeout=20)
+    session = acq_session(tpg)
+    assert session["status"] == "done" and session["success"] is True
+    assert session["data"]["cycles"] == 1
+    assert session["data"]["values"] == {f"pressure_ch{i + 1}": p for i, p in enumerate(SOCS_FIXTURE_PRESSURES)}
+
+
+@pytest.mark.parametrize("instance, key, field, expected", [
+    ("pfeiffer366", "tpg", "pressure_ch1", SOCS_FIXTURE_PRESSURES[0]),
+    ("cryomech", "cpa", "Coolant_In_Temp", pytest.approx(65.627, abs=1e-3)),
+])
+def test_acq_degrades_when_the_device_goes_and_clears_when_it_is_back(stack, devices, instance, key, field,
+                                                                      expected):
+    client, device = stack.client(instance), devices[key]
+    log_before = stack.agents[instance].log_text().count("device unreachable")
+    assert client.acq.start(sampling_frequency=RATE).status == ocs.OK
+    try:
+        values = wait_for(lambda: (acq_session(client).get("data") or {}).get("values"), 20, "acq values")
+        assert values[field] == expected
+        assert acq_session(client)["degraded"] is False
+
+        device.refuse_connections()                   # the device goes away
+        wait_for(lambda: acq_session(client)["degraded"], 5 * TIMEOUT + 2 / RATE + 10, "degraded to be set")
+        session = acq_session(client)
+        assert session["status"] == "running" and stack.agents[instance].alive()
+        assert session["data"]["connected"] is False and session["data"]["last_error"]
+        last_ts = session["data"].get("timestamp", 0)
+
+        device.refuse_connections(False)              # and comes back on the same port
+        wait_for(lambda: not acq_session(client)["degraded"], 30, "degraded to clear")
+        wait_for(lambda: acq_session(client)["data"].get("timestamp", 0) > last_ts, 10, "new values")
+        assert acq_session(client)["data"]["values"][field] == expected
+        log = stack.agents[instance].log_text()
+        assert log.count("device unreachable") == log_before + 1, "an outage is logged once, not every cycle"
+        assert "acq no longer degraded" in log
+    finally:
+        client.acq.stop()
+        client.acq.wait(timeout=20)
+    assert acq_session(client)["status"] == "done"
+
+
+def test_garbage_from_the_device_degrades_acq_instead_of_crashing_it(cpa, devices, stack):
+    assert cpa.acq.start().status == ocs.OK
+    try:
+        wait_for(lambda: (acq_session(cpa).get("data") or {}).get("values"), 20, "acq values")
+        devices["cpa"].corrupt_next_reply(1000)
+        wait_for(lambda: acq_session(cpa)["degraded"], 30, "degraded on short replies")
+        assert acq_session(cpa)["status"] == "running" and stack.agents["cryomech"].alive()
+        devices["cpa"].corrupt_next_reply(0)
+        wait_for(lambda: not acq_session(cpa)["degraded"], 30, "degraded to clear")
+    finally:
+        devices["cpa"].corrupt_next_reply(0)
+        cpa.acq.stop()
+        cpa.acq.wait(timeout=20)
+
+
+def test_close_stops_acq_as_the_socs_agent_does(tpg):
+    assert "not currently running" in failed(tpg.close())
+    assert tpg.acq.start().status == ocs.OK
+    wait_for(lambda: acq_session(tpg)["status"] == "running", 20, "acq running")
+    ok(tpg.close())
+    tpg.acq.wait(timeout=20)
+    assert acq_session(tpg)["status"] == "done"
+
+
+# ---------------------------------------------------------------- Cryomech
+
+
+def test_cryomech_power_ptc_sends_socs_bytes(cpa, devices):
+    device = devices["cpa"]
+    for state in ("off", "on"):
+        before = len(device.received)
+        ok(cpa.power_ptc(state=state))
+        assert device.received[before:] == [SOCS_POWER[state]]
+    assert device.compressor_on
+    before = len(device.received)
+    reply = cpa.power_ptc(state="sideways")
+    assert reply.status == ocs.ERROR and "'sideways'" in reply.msg and "state" in reply.msg
+    assert len(device.received) == before
+
+
+def test_cryomech_init_reads_the_compressor(cpa, devices):
+    data = ok(cpa.init())
+    assert data["values"]["Coolant_In_Temp"] == pytest.approx(65.627, abs=1e-3)
+    assert data["values"]["Serial_Number"] == 10556
+    assert devices["cpa"].received[-1] == SOCS_INIT_MSG, "SOCS's request, transaction id 0x0999, unit 1"
+
+
+# ---------------------------------------------------------------- SOCS's own integration tests, ported
+
+
+def check_resp_success(resp):
+    assert resp.status == ocs.OK
+    assert resp.session["op_code"] == OpCode.SUCCEEDED.value
+
+
+def test_socs_pfeiffer_tpg366_acq(stack, devices):
+    """test_pfeiffer_tpg366_agent_integration.py::test_pfeiffer_tpg366_acq, against SOCS's fixture
+    replies (``\\x06\\r\\n``, then six ``0,+x.xxxxE+xx`` pairs ending ``\\r\\n``) and ``--mode test``."""
+    client = stack.client("socs-pfeiffer366")
+    client.acq.wait(timeout=30)                   # the start-up test cycle of --mode test
+    resp = client.acq.start(test_mode=True)
+    resp = client.acq.wait(timeout=30)
+    check_resp_success(resp)
+    assert resp.session["data"]["values"]["pressure_ch6"] == SOCS_FIXTURE_PRESSURES[5]
+
+
+def test_socs_cryomech_cpa_init(stack):
+    client = stack.client("socs-cryomech")
+    resp = client.init.wait(timeout=30)
+    resp = client.init.status()
+    check_resp_success(resp)
+
+
+@pytest.mark.parametrize("state", ["on", "off"])
+def test_socs_cryomech_cpa_power_ptc(stack, devices, state):
+    client = stack.client("socs-cryomech")
+    client.init.wait(timeout=30)
+    before = len(devices["socs_cpa"].received)
+    resp = client.power_ptc(state=state)
+    check_resp_success(resp)
+    assert SOCS_POWER[state] in devices["socs_cpa"].received[before:]
+    ok(client.power_ptc(state="on"))
+
+
+def test_socs_cryomech_cpa_auto_start_acq(stack):
+    client = stack.client("socs-cryomech")
+    client.init()
+    resp = client.acq.status()
+    assert resp.status == ocs.OK
+    wait_for(lambda: acq_session(client)["status"] == "running", 30, "acq started by init(auto_acquire=True)")
+
+
+def test_socs_cryomech_cpa_release_reacquire(stack, devices):
+    client = stack.client("socs-cryomech")
+    client.init.wait(timeout=30)
+    wait_for(lambda: acq_session(client)["status"] == "running", 30, "acq running")
+    resp = client.power_ptc(state="on")
+    check_resp_success(resp)
+    assert acq_session(client)["status"] == "running"
+
+
+def test_socs_cryomech_cpa_acq(stack):
+    client = stack.client("socs-cryomech")
+    client.acq.stop()
+    client.acq.wait(timeout=30)
+    client.init()
+    resp = client.acq.start(test_mode=True)
+    resp = client.acq.wait(timeout=30)
+    assert resp.status == ocs.OK
+    assert resp.session["op_code"] == OpCode.SUCCEEDED.value
+    values = resp.session["data"]["values"]
+    # SOCS's captured reply: coolant-in temperature, a word-swapped float at byte 21 of the frame
+    swapped = SOCS_CAPTURED_REPLY[23:25] + SOCS_CAPTURED_REPLY[21:23]
+    assert values["Coolant_In_Temp"] == pytest.approx(struct.unpack(">f", swapped)[0])
+    resp = client.acq.stop()
