@@ -63,7 +63,7 @@ class Deadline:
                 limit.
         """
         if timeout is not None:
-            timeout = check_seconds(timeout, what)
+            timeout = check_seconds(timeout, what, allow_none=True)
         else:
             timeout = default
         return cls(timeout, clock)
