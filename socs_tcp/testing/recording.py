@@ -472,7 +472,8 @@ class Recorder:
 
     The four hooks are ``on_connect(addr)``, ``on_send(data)``,
     ``on_recv(data)`` and ``on_close(reason)``; each connection gets the next
-    connection id.  ``out`` is what the link sent, ``in`` what it received,
+    connection id.  A close whose reason says the device (peer) closed is
+    recorded with ``by`` = ``device``, any other with ``interface``.  ``out`` is what the link sent, ``in`` what it received,
     as for the proxy.
 
     Args:
@@ -526,7 +527,8 @@ class Recorder:
         with self._lock:
             conn, self.conn = self.conn, None
         if conn is not None:
-            by = "device" if "closed by" in str(reason) or "end of stream" in str(reason) else "interface"
+            text = str(reason)
+            by = "device" if any(k in text for k in ("device closed", "peer closed", "end of stream")) else "interface"
             self.writer.close_conn(conn, by, reason)
 
     def close(self):
