@@ -285,6 +285,11 @@ def test_tpg_missed_ack_then_resend(connect):
         junk = client.read_until(b"\r")
         assert junk.startswith(b"0,+1.2345E+01,0,")  # a PRX data line, not an ACK
         assert tpg_query(client, b"PR1") == b"0,+1.2345E+01\r"
+        device.miss_ack(1, mode="stale")
+        client.send(b"PR2\r\n")
+        assert client.read_until(b"\r\n") == b"0,+1.2345E+01\r\x06\r\n"  # old PR1 data, then the ACK
+        client.send(b"\x05")
+        assert client.read_until(b"\r") == b"0,+2.3456E+01\r"
     with pytest.raises(ValueError, match="'loud'"):
         device.miss_ack(1, mode="loud")
 
@@ -866,3 +871,23 @@ def test_a_bug_in_device_logic_is_recorded_and_drops_the_client(connect):
         client.send(b"PRX\r\n")
         client.expect_closed()
         assert [str(e) for e in device.failures] == ["emulator bug"]
+
+
+def test_ls372_heater_subset(connect):
+    with LS372Emulator() as device:
+        client = connect(device)
+        assert ls_query(client, "OUTMODE? 0") == "2,6,1,0,0,001\r\n"
+        assert ls_query(client, "OUTMODE? 2") == "4,16,1,0,0,001\r\n"
+        assert ls_query(client, "HTRSET? 0") == "+120.000,8,+0000.00,1\r\n"
+        assert ls_query(client, "RANGE? 2") == "1\r\n"
+        assert ls_query(client, "STILL?") == "+10.60\r\n"
+        client.send(b"RANGE 0 5\r\nMOUT 0 2.5\r\nSETP 0,0.1\r\nSTILL 20.5\r\nOUTMODE 0,5,6,1,0,0,1\r\n")
+        assert client.expect_nothing()
+        assert ls_query(client, "RANGE? 0") == "5\r\n"
+        assert float(ls_query(client, "MOUT? 0")) == 2.5
+        assert float(ls_query(client, "SETP? 0")) == 0.1
+        assert ls_query(client, "STILL?") == "+20.50\r\n"
+        assert ls_query(client, "OUTMODE? 0") == "5,6,1,0,0,001\r\n"
+        client.send(b"RANGE 0 9\r\nOUTMODE? 3\r\n")  # out of range, no output 3: ignored
+        assert client.expect_nothing()
+        assert ls_query(client, "RANGE? 0") == "5\r\n"

@@ -29,6 +29,13 @@ Facts and their sources:
   sets it (15 characters at most); ``SCAN?`` -> ``01,1`` (fixture), ``SCAN
   n,autoscan``; ``*IDN?`` -> ``LSCI,MODEL372,LSA23JD,1.3`` (fixture);
   ``TLIMIT? n`` -> ``+0000`` (fixture).
+* Heater outputs 0 (sample), 1 (warm-up), 2 (still), enough for the SOCS
+  driver to start: ``OUTMODE? n`` -> ``mode,input,powerup,polarity,filter,delay``
+  (fixture ``2,6,1,0,0,001`` for 0, ``4,16,1,0,0,001`` for 2), ``HTRSET? n``
+  (fixture ``+120.000,8,+0000.00,1``), ``RANGE? n`` (fixture 0 and 1),
+  ``STILL?`` (fixture ``+10.60``), ``HTR?`` (fixture ``+00.0005E+00``),
+  ``MOUT? n``, ``SETP? n`` and the matching setters (``OUTMODE``,
+  ``HTRSET``, ``RANGE n r``, ``MOUT n v``, ``SETP n,v``, ``STILL v``).
 * A disabled channel (``INSET n,0,...``) reads zero here (assumed, not from a source).
 * Bad channels, bad parameters and unknown commands are ignored with no
   reply (Lake Shore instruments do not answer what they cannot parse).
@@ -92,6 +99,12 @@ class LS372Emulator(EmulatorServer):
             self.channels[str(i)].ohms = 1000.0 + 100.0 * i
         self.scan_channel = 1
         self.autoscan = 1
+        self.outmode = {0: [2, 6, 1, 0, 0, 1], 1: [0, 1, 1, 0, 0, 1], 2: [4, 16, 1, 0, 0, 1]}
+        self.htrset = {0: "+120.000,8,+0000.00,1", 1: "+120.000,8,+0000.00,1", 2: "+120.000,8,+0000.00,1"}
+        self.heater_range = {0: 0, 1: 0, 2: 1}
+        self.manual_out = {0: 0.0, 1: 0.0, 2: 0.0}
+        self.setpoint = {0: 0.0, 1: 0.0, 2: 0.0}
+        self.still = 10.60
         self._stale = []
 
     # -- state -------------------------------------------------------------------
@@ -152,6 +165,24 @@ class LS372Emulator(EmulatorServer):
             return IDN
         if name == "SCAN?":
             return f"{self.scan_channel:02d},{self.autoscan}"
+        if name == "STILL?":
+            return f"+{self.still:05.2f}"
+        if name == "HTR?":
+            return "+00.0005E+00"
+        if name in ("OUTMODE?", "HTRSET?", "RANGE?", "MOUT?", "SETP?"):
+            output = _output(arg)
+            if output is None:
+                return None
+            if name == "OUTMODE?":
+                mode, channel, powerup, polarity, filt, delay = self.outmode[output]
+                return f"{mode},{channel},{powerup},{polarity},{filt},{delay:03d}"
+            if name == "HTRSET?":
+                return self.htrset[output]
+            if name == "RANGE?":
+                return str(self.heater_range[output])
+            if name == "MOUT?":
+                return f"{self.manual_out[output]:+.3E}"
+            return f"{self.setpoint[output]:+.3E}"
         ch = self._channel_arg(arg)
         if ch is None:
             return None
@@ -184,6 +215,14 @@ class LS372Emulator(EmulatorServer):
             if values and 1 <= values[0] <= 16 and values[1] in (0, 1):
                 self.scan_channel, self.autoscan = values
             return
+        if name == "STILL":
+            value = _float(rest)
+            if value is not None and 0 <= value <= 100:
+                self.still = value
+            return
+        if name in ("OUTMODE", "HTRSET", "RANGE", "MOUT", "SETP"):
+            self._heater_command(name, rest)
+            return
         if not args:
             return
         ch = self._channel_arg(args[0])
@@ -207,6 +246,43 @@ class LS372Emulator(EmulatorServer):
             values = _ints(args[1:], 1)
             if values is not None and values[0] >= 0:
                 ch.tlimit = values[0]
+
+
+    def _heater_command(self, name, rest):
+        # RANGE and MOUT separate output and value with a space in the SOCS driver, the others with commas
+        parts = [p for p in rest.replace(",", " ").split()]
+        if not parts:
+            return
+        output = _output(parts[0])
+        if output is None:
+            return
+        values = parts[1:]
+        if name == "OUTMODE":
+            numbers = _ints(values, 6)
+            if numbers is not None and 0 <= numbers[0] <= 6:
+                self.outmode[output] = numbers
+        elif name == "HTRSET" and values:
+            self.htrset[output] = ",".join(values)
+        elif name == "RANGE":
+            numbers = _ints(values, 1)
+            if numbers is not None and 0 <= numbers[0] <= 8:
+                self.heater_range[output] = numbers[0]
+        elif name in ("MOUT", "SETP") and len(values) == 1:
+            value = _float(values[0])
+            if value is not None:
+                (self.manual_out if name == "MOUT" else self.setpoint)[output] = value
+
+
+def _output(text):
+    text = text.strip()
+    return int(text) if text in ("0", "1", "2") else None
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _ints(args, count):

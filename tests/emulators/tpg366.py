@@ -105,11 +105,13 @@ class TPG366Emulator(EmulatorServer):
     # -- faults ---------------------------------------------------------------------
 
     def miss_ack(self, count=1, mode="silent"):
-        """The next ``count`` mnemonics get no ACK.  ``mode="silent"``: they are
-        ignored; ``mode="junk"``: a data line of the previous mnemonic is sent
-        instead (as if continuous output were still running)."""
-        if mode not in ("silent", "junk"):
-            raise ValueError(f"mode must be 'silent' or 'junk', got {mode!r}")
+        """The next ``count`` mnemonics get no plain ACK.  ``mode="silent"``:
+        they are ignored; ``mode="junk"``: a data line of the previous
+        mnemonic is sent instead of the ACK; ``mode="stale"``: that data line
+        comes first and the ACK after it, in one write (continuous output not
+        yet stopped: SOCS ``_send_mnemonic`` keeps only the last line)."""
+        if mode not in ("silent", "junk", "stale"):
+            raise ValueError(f"mode must be 'silent', 'junk' or 'stale', got {mode!r}")
         with self.lock:
             self._missed_acks = int(count)
             self._miss_mode = mode
@@ -185,6 +187,9 @@ class TPG366Emulator(EmulatorServer):
             self._missed_acks -= 1
             if self._miss_mode == "junk":
                 return self._data_line(self.last_mnemonic)
+            if self._miss_mode == "stale":
+                stale = self._data_line(self.last_mnemonic)
+                return stale + (ACK + b"\r\n" if self._accept(text) else NAK + b"\r\n")
             return None
         if not self._accept(text):
             self.error_word = "0001"
