@@ -6,8 +6,12 @@ those sources (see each emulator module's docstring).  Nothing here uses
 socs_tcp: these tests prove the emulators, which then test the device files.
 """
 
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -891,3 +895,23 @@ def test_ls372_heater_subset(connect):
         client.send(b"RANGE 0 9\r\nOUTMODE? 3\r\n")  # out of range, no output 3: ignored
         assert client.expect_nothing()
         assert ls_query(client, "RANGE? 0") == "5\r\n"
+
+
+def test_command_line_runner_prints_address_and_stops_on_sigterm():
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-m", "emulators", "ds378"], cwd=tests_dir,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:")
+        client = Client(line.split()[-1])
+        client.send(b"\x30")
+        assert client.read_exactly(8)[0] == 35
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
