@@ -5,17 +5,26 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from socs_tcp import AsyncTCPClient as ExportedClient
 from socs_tcp import MsgType as ExportedMsgType
-from socs_tcp.errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
+from socs_tcp.errors import (
+    ConnectFailedError,
+    LinkClosedError,
+    LinkError,
+    LinkTimeoutError,
+    PeerClosedError,
+    ReadOverflowError,
+)
 from socs_tcp.jsonlines import (
     REPLY_IDS,
     AsyncTCPClient,
@@ -492,6 +501,179 @@ def test_split_and_merged_frames_and_a_split_multibyte_character():
             assert client.invalid_messages == 0
             await client.close()
     run(scenario())
+
+
+# ---------------------------------------------------------------- close() with a device that stopped reading
+
+TCP_ESTABLISHED = 1
+BULK = {"data": "x" * 200_000}
+
+
+def tcp_state(sock):
+    """The kernel's TCP state of ``sock`` (Linux ``TCP_INFO``): 1 is ESTABLISHED."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def non_reading_listener():
+    """A listening socket whose connections have a small receive buffer, and that nobody reads."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(4)
+    return listener
+
+
+async def block_a_writer(client):
+    """Write until a write_message blocks on the full socket; return the task of the blocked write."""
+    async def flood():
+        while True:
+            await client.write_message(MsgType.EVENT, "bulk", BULK)
+
+    task = asyncio.create_task(flood())
+    # the transport holds more than its high-water mark only when the socket takes nothing more
+    # (read from the transport itself, not client.pending_write_bytes, so that the test also runs,
+    # and fails, on a client without it)
+    transport = client._writer.transport
+    await until(lambda: transport.get_write_buffer_size() > 65536 or task.done(), timeout=10, what="a blocked write")
+    assert client.pending_write_bytes == transport.get_write_buffer_size()
+    assert not task.done(), task
+    return task
+
+
+def test_close_releases_a_connection_whose_device_stopped_reading():
+    listener = non_reading_listener()
+    conn = None
+    try:
+        async def scenario():
+            nonlocal conn
+            client = new_client(listener.getsockname()[1], write_timeout=60.0)
+            await client.connect()
+            conn, _ = listener.accept()
+            assert tcp_state(conn) == TCP_ESTABLISHED
+            blocked = await block_a_writer(client)
+            transport_socket = client._writer.get_extra_info("socket")  # white box: the client's own socket
+            t0 = time.monotonic()
+            await client.close()
+            assert time.monotonic() - t0 < 10.0, "close() must not wait for the device (grace 0.5 s)"
+            assert not client.connected
+            # the blocked write wakes with a clear error, long before its write_timeout of 60 s
+            with pytest.raises(LinkClosedError, match="closed by the client"):
+                await asyncio.wait_for(blocked, 5.0)
+            assert transport_socket.fileno() == -1, "the client's socket must be closed"
+            # the device sees the end of the connection (here a reset: it never read the data)
+            await until(lambda: tcp_state(conn) != TCP_ESTABLISHED, what="the device to see the close")
+            with pytest.raises(RuntimeError, match="not connected"):  # closed: simply not connected
+                await client.write_message(MsgType.EVENT, "after")
+        run(scenario())
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
+
+
+class OneClientDevice:
+    """A device that takes one client at a time, never reads, greets each client it takes with
+    ``evt_hello`` (``n`` counts them) and closes any other connection at once."""
+
+    def __init__(self):
+        self.listener = non_reading_listener()
+        self.port = self.listener.getsockname()[1]
+        self.taken = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="one-client-device", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        current = None
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(50))
+                if current is not None and events.get(current.fileno(), 0) & (
+                        select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+                    poller.unregister(current)
+                    current.close()
+                    current = None
+                if events.get(self.listener.fileno(), 0) & select.POLLIN:
+                    sock, _ = self.listener.accept()
+                    if current is not None:
+                        self.refused += 1
+                        sock.close()
+                        continue
+                    current = sock
+                    self.taken += 1
+                    current.sendall(b'{"id":"evt_hello","n":%d}\r\n' % self.taken)
+                    poller.register(current, select.POLLRDHUP)
+        finally:
+            if current is not None:
+                current.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+def test_a_device_that_takes_one_client_accepts_the_reconnect_after_close():
+    device = OneClientDevice()
+    try:
+        async def scenario():
+            inbox = Inbox()
+            client = new_client(device.port, inbox, write_timeout=60.0)
+            await client.connect()
+            await until(lambda: inbox.messages, what="the first greeting")
+            blocked = await block_a_writer(client)
+            await client.close()
+            with pytest.raises(LinkClosedError):
+                await asyncio.wait_for(blocked, 5.0)
+            await client.connect()
+            await until(lambda: len(inbox.messages) == 2, what="the greeting of the reconnect")
+            assert inbox.messages[1] == {"id": "evt_hello", "n": 2}
+            assert client.connected and device.refused == 0
+            await client.close()
+        run(scenario())
+    finally:
+        device.close()
+
+
+def test_a_write_waiting_on_a_lost_connection_raises_peer_closed():
+    listener = non_reading_listener()
+    try:
+        async def scenario():
+            client = new_client(listener.getsockname()[1], write_timeout=60.0)
+            await client.connect()
+            conn, _ = listener.accept()
+            blocked = await block_a_writer(client)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            conn.close()  # a reset from the device
+            with pytest.raises(PeerClosedError):
+                await asyncio.wait_for(blocked, 5.0)
+            await until(lambda: not client.connected, what="the loss to be seen")
+            await client.close()
+        run(scenario())
+    finally:
+        listener.close()
+
+
+def test_close_of_a_healthy_link_is_orderly():
+    async def scenario():
+        async with RawPeer() as device:
+            client = new_client(device.port)
+            await client.connect()
+            await client.write_message(MsgType.EVENT, "last", {"v": 1})
+            await client.close()
+            reader, _ = await device.peer()
+            # everything written arrives, then an end of stream (not a reset)
+            assert await asyncio.wait_for(reader.read(), 5) == b'{"id":"evt_last","v":1}\r\n'
+    run(scenario())
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), ("1", TypeError)])
+def test_bad_close_grace_is_refused(value, error):
+    with pytest.raises(error, match="close_grace"):
+        new_client(5000, close_grace=value)
 
 
 # ---------------------------------------------------------------- line endings: "\n" and "\r\n"

@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import time
 
 from ..core.checks import check_host, check_port, check_seconds, format_host_port
@@ -50,7 +51,14 @@ from ..core.jsonwire import (
     reply_reason,
 )
 from ..core.stats import LinkStats
-from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
+from ..errors import (
+    ConnectFailedError,
+    LinkClosedError,
+    LinkError,
+    LinkTimeoutError,
+    PeerClosedError,
+    ReadOverflowError,
+)
 
 __all__ = [
     "MsgType", "AsyncTCPClient", "CommandError", "CommandTimeoutError", "TERMINATOR", "REPLY_IDS", "classify_id",
@@ -60,7 +68,12 @@ __all__ = [
 log = logging.getLogger("socs_tcp.jsonlines")  # the name the docs promise
 
 _READ_CHUNK = 65536
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _TEXT_IN_LOG = 500  # characters of a message quoted in the log
+
+#: Default ``close_grace`` of :class:`AsyncTCPClient`: how long :meth:`~AsyncTCPClient.close`
+#: waits for an orderly close before it resets the connection, seconds.
+CLOSE_GRACE = 0.5
 
 
 def __getattr__(name):
@@ -161,6 +174,9 @@ class AsyncTCPClient:
         line_ending (str): what the client ends its lines with: ``"\\r\\n"``
             (default, as ``ts_m2com``) or ``"\\n"``.  Lines from the device
             may end with either.
+        close_grace (float): how long :meth:`close` waits for an orderly
+            close (unsent data taken, then the end of stream) before it resets
+            the connection, seconds (default :data:`CLOSE_GRACE`, 0.5 s).
 
     Attributes:
         log (logging.Logger): the logger.
@@ -182,7 +198,7 @@ class AsyncTCPClient:
     def __init__(self, host, port, callback_process_message, *args, log=None, sequence_generator=None,
                  name="tcp-client", check_message_rate=False, timeout=1.0, on_disconnect=None,
                  max_message_size=1 << 20, message_rate_interval=1.0, command_timeout=10.0, write_timeout=10.0,
-                 line_ending=TERMINATOR):
+                 line_ending=TERMINATOR, close_grace=CLOSE_GRACE):
         host = check_host(host)
         check_port(port)
         if not callable(callback_process_message):
@@ -200,6 +216,7 @@ class AsyncTCPClient:
         self.message_rate_interval = check_seconds(message_rate_interval, "message_rate_interval", positive=True)
         self.command_timeout = check_seconds(command_timeout, "command_timeout", positive=True)
         self.write_timeout = check_seconds(write_timeout, "write_timeout", positive=True)
+        self.close_grace = check_seconds(close_grace, "close_grace")
         self.on_disconnect = on_disconnect
         self.last_sequence_id = -1
         self.message_rate = None
@@ -216,7 +233,7 @@ class AsyncTCPClient:
         self._reader = None
         self._writer = None
         self._read_task = None
-        self._write_lock = None
+        self._released = None
         self._connect_lock = asyncio.Lock()
         self._disconnected = None
         self._closing = False
@@ -279,8 +296,10 @@ class AsyncTCPClient:
         if dropped:
             self.log.info("%s: discarded %d bytes left from the previous connection", self.name, dropped)
         self._reader, self._writer = reader, writer
-        self._write_lock = asyncio.Lock()
-        self._disconnected = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # resolved, with the error a waiting write raises, the moment this connection is let go
+        self._released = loop.create_future()
+        self._disconnected = loop.create_future()
         self._closing = False
         self.disconnect_reason = None
         self.stats.connects += 1
@@ -290,40 +309,75 @@ class AsyncTCPClient:
         self.log.info("%s: connected to %s", self.name, self.address)
 
     async def close(self):
-        """Stop the receive loop and close the connection.
+        """Stop the receive loop and close the connection, at once.
 
-        Safe to call without a connection and more than once.  Commands
-        waiting in :meth:`send_command` fail with
-        :class:`~socs_tcp.errors.LinkError`.  ``on_disconnect`` is not called.
+        The close is orderly when it can be: what was written is sent, then an
+        end of stream.  If the device does not take the unsent data (it has
+        stopped reading) within ``close_grace`` seconds (0.5 s by default),
+        the connection is reset instead, so the socket is released and the
+        device sees the end of the connection either way.
+
+        A :meth:`write_message` (or :meth:`send_command`) blocked on a device
+        that stopped reading wakes at once with
+        :class:`~socs_tcp.errors.LinkClosedError`; commands waiting in
+        :meth:`send_command` fail with it too.  ``on_disconnect`` is not
+        called.  Safe to call without a connection and more than once.
         """
         self._closing = True
         self.disconnect_reason = None
         was_open = self._writer is not None
-        await self._release()
-        self._fail_pending(LinkError(f"{self.name}: connection to {self.address} closed by the client"))
+        error = LinkClosedError(f"{self.name}: connection to {self.address} closed by the client")
+        await self._release(error)
+        self._fail_pending(error)
         if was_open:
             self.log.info("%s: connection to %s closed", self.name, self.address)
 
-    async def _release(self):
-        """Cancel the receive loop and close the socket, if any."""
-        task, writer = self._read_task, self._writer
-        self._read_task = self._reader = self._writer = None
+    async def _release(self, error=None):
+        """Cancel the receive loop and close the socket, if any; a waiting write raises ``error``."""
+        task, writer, released = self._read_task, self._writer, self._released
+        self._read_task = self._reader = self._writer = self._released = None
+        if released is not None and not released.done():
+            released.set_result(error or LinkClosedError(f"{self.name}: connection to {self.address} closed"))
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if writer is not None:
-            try:
-                if not writer.is_closing() and writer.can_write_eof():
-                    writer.write_eof()
-            except OSError:
-                pass
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
-            except (OSError, asyncio.TimeoutError, TimeoutError):
-                pass
+            await self._shut(writer)
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(self.disconnect_reason)
+
+    async def _shut(self, writer):
+        """Close ``writer``'s connection: orderly within ``close_grace``, then by a reset."""
+        transport = writer.transport
+        try:
+            if not transport.is_closing() and writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            pass
+        writer.close()
+        # waited on with asyncio.wait, which does not cancel it: cancelling wait_closed() would
+        # cancel the protocol's own close future, and a second wait would fail at once
+        closed = asyncio.ensure_future(writer.wait_closed())
+        await asyncio.wait((closed,), timeout=self.close_grace)
+        if not closed.done():
+            self.log.info("%s: %s did not take the last %d bytes within close_grace=%g s; resetting the connection",
+                          self.name, self.address, transport.get_write_buffer_size(), self.close_grace)
+            # the data the device does not read would keep the socket open for ever: reset it.
+            # Closing alone is not enough: the kernel would still try to send that data, and the
+            # FIN after it, to a device that reads nothing; a zero linger time sends a reset.
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
+            await asyncio.wait((closed,), timeout=1.0)
+        if closed.done():
+            if not closed.cancelled():
+                closed.exception()  # an error of the closing connection is of no interest here
+        else:
+            self.log.warning("%s: the connection to %s did not close after a reset", self.name, self.address)
 
     async def wait_disconnected(self):
         """Wait until the current connection ends; return why.
@@ -375,7 +429,10 @@ class AsyncTCPClient:
                 name; a value JSON cannot carry (NaN, infinity).
             TypeError: details that are not a dict or not JSON-serialisable.
             RuntimeError: not connected.
-            LinkError: the connection failed while writing.
+            LinkTimeoutError: the device did not take the message within
+                ``write_timeout`` (it has stopped reading).
+            LinkClosedError: :meth:`close` was called while the write waited.
+            PeerClosedError: the connection was lost while writing.
 
         Nothing is written, and no sequence id is used, when an error is
         raised before writing.
@@ -412,26 +469,53 @@ class AsyncTCPClient:
         if pending is not None:
             pending.sequence_id = sequence_id
             self._pending[sequence_id] = pending
-        await self._send(data)
+        await self._send(data, self.write_timeout)
         return sequence_id
 
-    async def _send(self, data):
+    @property
+    def pending_write_bytes(self):
+        """Bytes written but not yet taken by the socket (``0`` when not
+        connected): they grow when the device stops reading."""
         writer = self._writer
-        async with self._write_lock:
-            if writer is None or writer.is_closing():
-                raise PeerClosedError(f"{self.name}: connection to {self.address} is closed")
-            writer.write(data)
-            try:
-                await asyncio.wait_for(writer.drain(), self.write_timeout)
-            except (asyncio.TimeoutError, TimeoutError):
-                raise LinkTimeoutError(f"{self.name}: {self.address} did not take {len(data)} bytes "
-                                       f"within {self.write_timeout:g} s") from None
-            except OSError as exc:
-                raise PeerClosedError(f"{self.name}: connection to {self.address} lost while writing: {exc}") from exc
+        return 0 if writer is None else writer.transport.get_write_buffer_size()
+
+    async def _send(self, data, timeout):
+        """Write ``data`` (one whole message) and wait up to ``timeout`` for the socket to take it.
+
+        Concurrent writes never interleave: the transport queues each message
+        whole, in order.
+        """
+        writer, released = self._writer, self._released
+        if writer is None or writer.is_closing() or released is None or released.done():
+            raise PeerClosedError(f"{self.name}: connection to {self.address} is closed")
+        writer.write(data)
+        transport = writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
+            await self._drain(writer, released, len(data), timeout)
         self.stats.bytes_out += len(data)
         self.messages_sent += 1
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("%s -> %s", self.name, data[:_TEXT_IN_LOG].decode("utf-8", "replace").rstrip())
+
+    async def _drain(self, writer, released, size, timeout):
+        """Wait until the socket takes the queued data, the deadline passes, or the connection is let go."""
+        drain = asyncio.ensure_future(writer.drain())
+        try:
+            await asyncio.wait((drain, released), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not drain.done():
+                drain.cancel()
+        failure = None if not drain.done() or drain.cancelled() else drain.exception()
+        if released.done():
+            error = released.result()
+            raise type(error)(f"{error}; {size} bytes of a message may not have been sent")
+        if not drain.done():
+            raise LinkTimeoutError(f"{self.name}: {self.address} did not take {size} bytes within {timeout:g} s")
+        if failure is not None:
+            if isinstance(failure, OSError):
+                raise PeerClosedError(f"{self.name}: connection to {self.address} lost while writing: "
+                                      f"{failure}") from failure
+            raise failure
 
     async def send_command(self, msg_name, msg_details=None, timeout=None):
         """Write a command and wait for its final status.
@@ -592,7 +676,7 @@ class AsyncTCPClient:
         self.disconnect_reason = error
         self.stats.failure()
         self.log.warning("%s: connection lost: %s", self.name, error)
-        await self._release()
+        await self._release(error)
         self._fail_pending(error)
         if self.on_disconnect is not None:
             try:
