@@ -1105,6 +1105,17 @@ class _Loader:
         out = {}
         if "sets" in m:
             for var, (knode, vnode) in self.items(m["sets"][1], f"{key}.sets").items():
+                if isinstance(vnode, yaml.MappingNode):
+                    sm = self.mapping(vnode, f"{key}.sets.{var}", ("from", "map"), required=("from",))
+                    src = self.string(sm["from"][1], f"{key}.sets.{var}.from") if "from" in sm else None
+                    if src is not None and src not in names:
+                        self.problem(sm["from"][1], f"{key}.sets.{var}.from", f"unknown argument {src!r}")
+                    table = {str(k): self.plain(v, f"{key}.sets.{var}.map.{k}")
+                             for k, (_, v) in self.items(sm["map"][1], f"{key}.sets.{var}.map").items()} \
+                        if "map" in sm else {}
+                    self.state_template(knode, f"{key}.sets.{var}", var, names)
+                    out[var] = {"from": src, "map": table}
+                    continue
                 expr = self.plain(vnode, f"{key}.sets.{var}")
                 if isinstance(expr, str) and expr.startswith("{") and expr.endswith("}"):
                     arg = expr[1:-1]
