@@ -109,6 +109,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ..core.checks import check_bool, check_host, check_port, check_seconds, format_host_port
 from ..core.codec import format_traffic
+from ..core.deadline import Deadline
 from ..core.framing import FrameDecodeError, MessageFramer
 from ..errors import ReadOverflowError
 
@@ -125,7 +126,6 @@ _TERMINATOR = "\0"
 _RECV_SIZE = 65536
 # How long disconnect()/terminate() wait for a thread, beyond the linger time.
 _JOIN_DEADLINE = 5.0
-_monotonic = time.monotonic
 
 
 def _library_version():
@@ -169,13 +169,17 @@ class _Link:
     connection that this side is closing: nothing more is sent or delivered.
     """
 
-    __slots__ = ("sock", "framer", "peer", "name", "send_lock", "_fd_lock", "closed", "local_close", "first")
+    __slots__ = ("sock", "framer", "peer", "name", "eof", "ended", "send_lock", "_fd_lock", "closed", "local_close",
+                 "first")
 
-    def __init__(self, sock, framer, peer, name):
+    def __init__(self, sock, framer, peer, name, eof):
         self.sock = sock
         self.framer = framer
         self.peer = peer
         self.name = name
+        # why the connection ended when the peer closes it, and why it ended (None while open)
+        self.eof = eof
+        self.ended = None
         self.send_lock = threading.Lock()
         self._fd_lock = threading.Lock()
         self.closed = threading.Event()
@@ -197,6 +201,56 @@ class _Link:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: sent to %s: %s", self.name, self.peer, format_traffic(data))
         return True
+
+    def receive(self):
+        """Read the socket once and frame what came: the one receive step of servers and clients.
+
+        Returns:
+            ``(messages, ended)``: the messages completed by this read (bad
+            frames are logged and skipped), and ``None`` while the connection
+            is open or the reason it ended (the peer closed it, it broke, or
+            the peer sent a message longer than ``max_message_size``).
+            Nothing to read yet (a socket timeout, a non-blocking socket) is
+            ``([], None)``.
+        """
+        if self.ended is not None:
+            return [], self.ended
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return [], None
+        except OSError as exc:
+            self.ended = f"connection error: {exc}"
+            return [], self.ended
+        if not data:
+            self.ended = self.eof
+            return [], self.ended
+        if self.local_close:
+            log.debug("%s: discarded %d bytes from %s received after the disconnect", self.name, len(data), self.peer)
+            return [], None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: received from %s: %s", self.name, self.peer, format_traffic(data))
+        try:
+            self.framer.feed(data)
+        except ReadOverflowError as exc:
+            log.error("%s: %s: %s; closing the connection", self.name, self.peer, exc)
+            self.ended = "message too long"
+        return self.messages(), self.ended
+
+    def messages(self):
+        """The complete messages buffered so far; frames that are not valid text are logged and skipped."""
+        framer = self.framer
+        out = []
+        while True:
+            try:
+                msg = framer.next_message()
+            except FrameDecodeError as exc:
+                self.first = False
+                log.warning("%s: dropped a frame from %s: %s", self.name, self.peer, exc)
+                continue
+            if msg is None:
+                return out
+            out.append(msg)
 
     def shutdown(self, how):
         with self._fd_lock:
@@ -524,7 +578,7 @@ class TCPServer:
                 with self._lock:
                     stop = self._terminating
                     drops, self._drops = self._drops, []
-                now = _monotonic()
+                now = time.monotonic()
                 for link in drops:
                     if not link.closed.is_set():
                         lingering[link] = now + self._linger
@@ -567,7 +621,7 @@ class TCPServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        link = _Link(sock, MessageFramer(*self._framer_args), addr[0], self._name)
+        link = _Link(sock, MessageFramer(*self._framer_args), addr[0], self._name, "closed by the client")
         with self._lock:
             refuse = self._current is not None or self._terminating
             if not refuse:
@@ -582,7 +636,7 @@ class TCPServer:
                 link.send(self._occupied)
             link.local_close = True
             link.shutdown(socket.SHUT_WR)
-            lingering[link] = _monotonic() + self._linger
+            lingering[link] = time.monotonic() + self._linger
             return
         try:
             if self._handshake:
@@ -593,41 +647,11 @@ class TCPServer:
             link.send_lock.release()
 
     def _readable(self, link, sel, lingering):
-        reason = "closed by the client"
-        try:
-            data = link.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError, TimeoutError):
-            return
-        except OSError as exc:
-            data = b""
-            reason = f"connection error: {exc}"
-        if not data:
-            self._close(link, sel, lingering, reason)
-            return
-        if link.local_close:
-            log.debug("%s: discarded %d bytes from %s after the disconnect", self._name, len(data), link.peer)
-            return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: received from %s: %s", self._name, link.peer, format_traffic(data))
-        try:
-            link.framer.feed(data)
-        except ReadOverflowError as exc:
-            self._deliver(link)
-            log.error("%s: %s: %s; dropping the client", self._name, link.peer, exc)
-            self._close(link, sel, lingering, "message too long")
-            return
-        self._deliver(link)
-
-    def _deliver(self, link):
-        while True:
-            try:
-                msg = link.framer.next_message()
-            except FrameDecodeError as exc:
-                log.warning("%s: dropped a frame from %s: %s", self._name, link.peer, exc)
-                continue
-            if msg is None:
-                return
+        messages, ended = link.receive()
+        for msg in messages:
             self._dispatcher.put(self.MESSAGE, msg, link)
+        if ended is not None:
+            self._close(link, sel, lingering, ended)
 
     def _close(self, link, sel, lingering, reason=None):
         try:
@@ -664,7 +688,7 @@ class TCPServer:
             self._terminating = True
             link, self._current = self._current, None
             drops, self._drops = self._drops, []
-        now = _monotonic()
+        now = time.monotonic()
         for other in ([link] if link is not None else []) + drops:
             other.local_close = True
             other.shutdown(socket.SHUT_WR)
@@ -672,7 +696,7 @@ class TCPServer:
         # give clients a moment to read what was sent and close their side
         deadline = now + self._linger
         while lingering:
-            remaining = deadline - _monotonic()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             for key, _ in sel.select(remaining):
@@ -959,10 +983,10 @@ class TCPClient:
         return False
 
     def _connect(self, timeout):
-        deadline = None if timeout is None else _monotonic() + timeout
+        deadline = Deadline(timeout)
         self._notify(self.CONNECTING, self._address)
         try:
-            sock = socket.create_connection((self._host, self._port), timeout)
+            sock = socket.create_connection((self._host, self._port), deadline.remaining())
         except OSError as exc:
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {timeout} s"
@@ -978,8 +1002,8 @@ class TCPClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        framer = MessageFramer(*self._framer_args)
-        outcome, first = self._handshake(sock, framer, deadline)
+        link = _Link(sock, MessageFramer(*self._framer_args), self._address, self._name, "closed by the server")
+        outcome, first = self._handshake(link, deadline)
         with self._lock:
             aborted = self._abort
         if aborted:
@@ -992,7 +1016,6 @@ class TCPClient:
             return self._fail(self.CONNECTION_FAILED, f"connection failed while waiting for the server: {first}", sock)
 
         sock.settimeout(self._send_timeout)
-        link = _Link(sock, framer, self._address, self._name)
         link.first = outcome == "silent"
         dispatcher = _Dispatcher(self, f"tcpcom-client-events[{self._address}]")
         receiver = threading.Thread(target=self._receive, args=(link, first, dispatcher),
@@ -1014,41 +1037,34 @@ class TCPClient:
         dispatcher.thread.start()
         return True
 
-    def _handshake(self, sock, framer, deadline):
-        """Read the server's first frame.  Returns ``(outcome, messages or reason)``."""
-        until = _monotonic() + self._handshake_timeout
-        if deadline is not None:
-            until = min(until, deadline)
+    def _handshake(self, link, deadline):
+        """Read the server's first frame, within ``handshake_timeout`` and the connect deadline.
+
+        Returns:
+            ``(outcome, messages or reason)``: ``"accepted"``, ``"occupied"``,
+            ``"data"`` (the first frame was a message), ``"silent"``,
+            ``"closed"`` or ``"failed"``, with the messages received so far
+            (to deliver) or the reason of the failure.
+        """
+        limit = deadline.bound(self._handshake_timeout)
+        until = Deadline(limit)
         while True:
-            try:
-                msg = framer.next_message()
-            except FrameDecodeError as exc:
-                log.warning("%s: dropped a frame from the server: %s", self._name, exc)
-                return "data", []
-            if msg == HANDSHAKE_ACCEPTED:
-                return "accepted", []
-            if msg == HANDSHAKE_OCCUPIED:
-                return "occupied", []
-            if msg is not None:
-                return "data", [msg]
-            remaining = until - _monotonic()
+            remaining = until.remaining()
             if remaining <= 0:
                 return "silent", []
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                return "silent", []
-            except OSError as exc:
-                return "failed", exc.strerror or str(exc)
-            if not data:
+            link.sock.settimeout(remaining)
+            messages, ended = link.receive()
+            if ended is not None and ended != link.eof:
+                return "failed", ended
+            if messages:
+                first = messages[0]
+                if first == HANDSHAKE_ACCEPTED:
+                    return "accepted", messages[1:]
+                if first == HANDSHAKE_OCCUPIED:
+                    return "occupied", []
+                return "data", messages  # an end of stream after them is seen by the receiving thread
+            if ended is not None:
                 return "closed", []
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: received: %s", self._name, format_traffic(data))
-            try:
-                framer.feed(data)
-            except ReadOverflowError as exc:
-                return "failed", str(exc)
 
     # -- receiving -------------------------------------------------------------
 
@@ -1057,30 +1073,13 @@ class TCPClient:
         try:
             for msg in first:
                 self._route(link, msg, dispatcher)
-            self._deliver(link, dispatcher)
             while True:
-                try:
-                    data = link.sock.recv(_RECV_SIZE)
-                except TimeoutError:  # the socket timeout is for sends; keep reading
-                    continue
-                except OSError as exc:
-                    reason = f"connection error: {exc}"
+                messages, ended = link.receive()
+                for msg in messages:
+                    self._take(link, msg, dispatcher)
+                if ended is not None:
+                    reason = ended
                     break
-                if not data:
-                    break
-                if link.local_close:
-                    log.debug("%s: discarded %d bytes received after disconnect()", self._name, len(data))
-                    continue
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s: received: %s", self._name, format_traffic(data))
-                try:
-                    link.framer.feed(data)
-                except ReadOverflowError as exc:
-                    self._deliver(link, dispatcher)
-                    log.error("%s: %s; closing the connection", self._name, exc)
-                    reason = "message too long"
-                    break
-                self._deliver(link, dispatcher)
         except Exception:
             log.exception("%s: the receiving thread failed", self._name)
             reason = "internal error"
@@ -1101,27 +1100,18 @@ class TCPClient:
             dispatcher.put(self.DISCONNECTED, "")
             dispatcher.stop()
 
-    def _deliver(self, link, dispatcher):
-        while True:
-            try:
-                msg = link.framer.next_message()
-            except FrameDecodeError as exc:
-                link.first = False
-                log.warning("%s: dropped a frame from the server: %s", self._name, exc)
-                continue
-            if msg is None:
+    def _take(self, link, msg, dispatcher):
+        """One received message: a late handshake frame is not a message; the rest are routed."""
+        if link.first:
+            # connect() did not wait for the handshake frame; do not report it as a message
+            link.first = False
+            if msg == HANDSHAKE_ACCEPTED:
+                log.debug("%s: acceptance frame arrived after CONNECTED", self._name)
                 return
-            if link.first:
-                # connect() did not wait for the handshake frame; do not report it as a message
-                link.first = False
-                if msg == HANDSHAKE_ACCEPTED:
-                    log.debug("%s: acceptance frame arrived after CONNECTED", self._name)
-                    continue
-                if msg == HANDSHAKE_OCCUPIED:
-                    log.warning("%s: the server is occupied by another client; it will close this connection",
-                                self._name)
-                    continue
-            self._route(link, msg, dispatcher)
+            if msg == HANDSHAKE_OCCUPIED:
+                log.warning("%s: the server is occupied by another client; it will close this connection", self._name)
+                return
+        self._route(link, msg, dispatcher)
 
     def _route(self, link, msg, dispatcher):
         """Give ``msg`` to the waiting request, or to the MESSAGE callback."""
@@ -1129,7 +1119,7 @@ class TCPClient:
             if link.local_close:
                 return
             owed = self._owed
-            now = _monotonic()
+            now = time.monotonic()
             while owed and owed[0] <= now:
                 owed.popleft()
                 log.debug("%s: stopped expecting a late reply", self._name)
@@ -1148,7 +1138,7 @@ class TCPClient:
         dispatcher.put(self.MESSAGE, msg, link)
 
     def _request(self, data, msg, wait):
-        deadline = _monotonic() + wait
+        deadline = time.monotonic() + wait
         if not self._request_lock.acquire(timeout=wait):
             log.log(self._level, "%s: another request kept the link busy for response_time=%s s; not sent: %.200r",
                     self._name, wait, msg)
@@ -1165,7 +1155,7 @@ class TCPClient:
                     if self._waiter is waiter:
                         self._waiter = None
                 return None
-            waiter.event.wait(max(0.0, deadline - _monotonic()))
+            waiter.event.wait(max(0.0, deadline - time.monotonic()))
             with self._lock:
                 if waiter.reply is not None:
                     return waiter.reply
@@ -1173,7 +1163,7 @@ class TCPClient:
                     self._waiter = None
                 owes = self._link is link and not link.local_close
                 if owes and self._late_window > 0:
-                    self._owed.append(_monotonic() + self._late_window)
+                    self._owed.append(time.monotonic() + self._late_window)
             if owes:
                 log.log(self._level, "%s: no reply within response_time=%s s to %.200r", self._name, wait, msg)
             return None
