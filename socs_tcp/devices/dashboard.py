@@ -16,7 +16,7 @@ provisions (uid ``ocs-influxdb``, see ``deploy/grafana/provisioning``):
 - one panel per field of ``polling.feed_fields``, in file order: numbers
   (``float``, ``int``) as a time series of ``mean()`` per interval, with the
   field's unit and its warning and alarm limits drawn as coloured threshold
-  bands; text and booleans as a ``stat`` panel of the latest value;
+  bands (pressures on a logarithmic axis); text and booleans as a ``stat`` panel of the latest value;
 - a row with the link health of the same agents (``link_health`` feed):
   connected, and the latency of the last transaction.
 
@@ -169,6 +169,9 @@ def _field_panel(field, feed: str, block: str, uid: str, panel_id: int, grid: di
         defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0, "pointSize": 3,
                               "showPoints": "auto", "spanNulls": False,
                               "thresholdsStyle": {"mode": "line+area" if has_limits else "off"}}
+        if unit and unit.startswith("pressure") and field.type == "float":
+            # vacuum readings span decades: a logarithmic axis
+            defaults["custom"]["scaleDistribution"] = {"type": "log", "log": 10}
         panel.update({
             "type": "timeseries",
             "fieldConfig": {"defaults": defaults, "overrides": []},
