@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["AgentTask", "agent_tasks", "agent_modes", "acq_parameters", "task_docstring", "acq_docstring", "example_value",
-           "render_page", "add_cli"]
+           "render_page", "write_pages", "add_cli"]
 
 _FEED_EXAMPLE_TIME = 1700000000.0
 
@@ -566,6 +566,23 @@ def render_page(spec, instance_id: str | None = None) -> str:
     code += ["client.acq.start()", "print(client.acq.status().session['data'])", "client.acq.stop()"]
     lines += [".. code-block:: python", ""] + ["   " + c if c else "" for c in code] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def write_pages(directory, names=None) -> list:
+    """Write ``<name>.rst`` for each shipped device file (or each of *names*)
+    into *directory*; returns the paths written.  The docs keep these pages
+    (``docs/devices/``), and a test checks they match the files."""
+    import pathlib
+
+    from . import list_devices, load
+
+    directory = pathlib.Path(directory)
+    written = []
+    for name in names or list_devices():
+        path = directory / f"{name}.rst"
+        path.write_text(render_page(load(name)), encoding="utf-8")
+        written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------- CLI
