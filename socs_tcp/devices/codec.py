@@ -122,7 +122,13 @@ def _convert(op_name, f, raw, reply):
 
 def _scaled(f, value):
     if f.scale is not None or f.offset is not None:
-        value = value * (1 if f.scale is None else f.scale) + (0 if f.offset is None else f.offset)
+        scale = 1 if f.scale is None else f.scale
+        inverse = 1 / scale if scale else 0
+        if inverse and abs(inverse - round(inverse)) < 1e-9 and abs(inverse) > 1:
+            value = value / round(inverse)  # 0.1 as "divide by 10": 267 -> 26.7, not 26.700000000000003
+        else:
+            value = value * scale
+        value = value + (0 if f.offset is None else f.offset)
         if f.type == "int":
             value = int(round(value))
     if f.type == "float":

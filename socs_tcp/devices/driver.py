@@ -88,10 +88,12 @@ class Device(TCPInterface):
         self._exchanges = None
         self._term_regexes = {}
         self._in_terms = ()
+        self._prompt = b""
         if self._text:
             self._out_term = conn.out_terminator.encode(self._enc)
             self._in_terms = tuple(t.encode(self._enc) for t in conn.in_terminator)
             self._forbidden = "".join(sorted(set(conn.out_terminator + "".join(conn.in_terminator))))
+            self._prompt = conn.prompt.encode(self._enc) if conn.prompt else b""
         kwargs = dict(
             encoding=None,
             read_termination=list(self._in_terms) if self._text else None,
@@ -319,10 +321,10 @@ class Device(TCPInterface):
                 values = self._text_op(op, request)
                 break
             except _ErrorToken as e:
-                code, message = self._recover(op, e.frame)
-                if attempt >= tries:
+                code, message, recovered = self._recover(op, e.frame)
+                if attempt >= tries or not recovered:
                     raise DeviceError(op.name, code, message
-                                      + (f" (after {tries} attempts)" if tries > 1 else "")) from None
+                                      + (f" (after {attempt} attempts)" if attempt > 1 else "")) from None
                 log.warning("%s: %s answered with an error (%s %s); retrying (%d of %d)", self.name, op.name, code,
                             message, attempt + 1, tries)
         queue = self.spec.error_queue
@@ -433,10 +435,15 @@ class Device(TCPInterface):
         """One frame up to the first of ``terms``: ``(frame, terminator)``."""
         data = self.expect(self._term_regex(terms), timeout=timeout)
         self._note_received(data)
+        frame, found = data, b""
         for term in sorted(terms, key=len, reverse=True):
             if data.endswith(term):
-                return data[:-len(term)], term
-        return data, b""  # not reached: expect() ends at a terminator
+                frame, found = data[:-len(term)], term
+                break
+        if self._prompt:
+            while frame.lstrip(b"\r\n").startswith(self._prompt):
+                frame = frame.lstrip(b"\r\n")[len(self._prompt):]
+        return frame, found
 
     def _drain_quiet(self, reason, wait=0.0):
         """Discard input, waiting up to ``wait`` seconds for more to arrive."""
@@ -465,17 +472,24 @@ class Device(TCPInterface):
         """After an error token: ask why, recover if the code says how. Returns (code, message)."""
         rerr = self.spec.reply_error
         code, message = "?", frame.decode(self._enc, "replace").strip() or "error token"
+        if not rerr.query:
+            # no follow-up query: the error reply itself may carry the code
+            if rerr.parse is not None:
+                m = rerr.parse.search(message)
+                if m is not None:
+                    code, message = _code(m.group("code")), (m.groupdict().get("message") or "").strip()
+            return code, message, False
         if rerr.query:
             self._drain_quiet("before the error query")
             self._send(rerr.query.encode(self._enc) + self._out_term, op.timeout)
             try:
                 reply, _ = self._read_frame(self._in_terms, op.timeout)
             except LinkTimeoutError:
-                return code, f"{message} (no answer to {rerr.query!r})"
+                return code, f"{message} (no answer to {rerr.query!r})", False
             text = reply.decode(self._enc, "replace").strip()
             m = rerr.parse.search(text)
             if m is None:
-                return code, f"error token; {rerr.query!r} answered {text!r}"
+                return code, f"error token; {rerr.query!r} answered {text!r}", False
             code = _code(m.group("code"))
             message = (m.groupdict().get("message") or "").strip()
             command = (rerr.recover or {}).get(str(code))
@@ -488,7 +502,8 @@ class Device(TCPInterface):
                         self._read_frame(self._in_terms, op.timeout)
                     except LinkTimeoutError:
                         pass
-        return code, message
+                return code, message, True
+        return code, message, False
 
     def _check_queue(self, op):
         queue = self.spec.error_queue

@@ -294,7 +294,17 @@ class SimulatorLogic:
     # ------------------------------------------------------------------
     # shared
     def _values(self, op, args):
-        return {f.name: self.state.field_value(f, args) for f in op.value_fields}
+        out = {}
+        for f in op.value_fields:
+            value = self.state.field_value(f, args)
+            if f.flags and isinstance(value, int):
+                # flag bits follow state variables named like the flags (set by commands)
+                for flag, bit in f.flags.items():
+                    on = self.state.get(flag)
+                    if on is not None:
+                        value = value | (1 << bit) if on else value & ~(1 << bit)
+            out[f.name] = value
+        return out
 
     def _apply(self, op, args):
         for template, expr in (op.sim_sets or {}).items():

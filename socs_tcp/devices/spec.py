@@ -347,6 +347,8 @@ class ConnectionSpec:
     min_gap: float = 0.0
     stale_input: str = "drain"
     strip: bool = True
+    #: a ready prompt the device prints; removed from the start of each reply frame
+    prompt: str = None
     init: list = dataclasses.field(default_factory=list)
     query_transaction: TransactionSpec = None
     command_transaction: TransactionSpec = None
@@ -885,7 +887,7 @@ class _Loader:
 
     # -- connection ----------------------------------------------------
     CONNECTION = ("port", "protocol", "encoding", "out_terminator", "in_terminator", "timeout", "connect_timeout",
-                  "min_gap", "stale_input", "strip", "init", "query_transaction", "command_transaction", "unit",
+                  "min_gap", "stale_input", "strip", "prompt", "init", "query_transaction", "command_transaction", "unit",
                   "transaction_id")
 
     def connection(self, node):
@@ -916,6 +918,8 @@ class _Loader:
                     c.stale_input = self.choice(v, key, STALE_INPUT, "stale_input mode")
                 elif k == "strip":
                     c.strip = self.boolean(v, key)
+                elif k == "prompt":
+                    c.prompt = self.string(v, key, allow_empty=False)
                 elif k == "init":
                     c.init = self.steps(v, key, in_transaction=False)
                 elif k in ("query_transaction", "command_transaction"):
@@ -936,7 +940,7 @@ class _Loader:
                 if k in m:
                     self.problem(m[k][0], f"connection.{k}", "only for protocol: modbus")
         if c.protocol != "text":
-            for k in ("out_terminator", "in_terminator", "query_transaction", "command_transaction"):
+            for k in ("out_terminator", "in_terminator", "query_transaction", "command_transaction", "prompt"):
                 if k in m:
                     self.problem(m[k][0], f"connection.{k}", f"only for protocol: text (this is {c.protocol})")
         elif not c.in_terminator:
