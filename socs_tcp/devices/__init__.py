@@ -13,7 +13,7 @@ simulator, OCS agent, dashboard and docs page from that one file.
 The format is described in the documentation (``docs/devices/format.rst``).
 """
 
-from .errors import DeviceError, DeviceFileError, DeviceFileProblem, DeviceReplyError
+from .errors import DeviceError, DeviceFileError, DeviceFileProblem, DeviceInterlockError, DeviceReplyError
 from .spec import (
     REQUIRED,
     AgentSpec,
@@ -35,7 +35,7 @@ __all__ = [
     "load", "loads", "find", "list_devices", "Device",
     "DeviceSpec", "ConnectionSpec", "OperationSpec", "ArgSpec", "FieldSpec", "PollSpec", "PollItem", "AgentSpec",
     "TaskSpec", "REQUIRED",
-    "DeviceFileError", "DeviceFileProblem", "DeviceReplyError", "DeviceError",
+    "DeviceFileError", "DeviceFileProblem", "DeviceReplyError", "DeviceError", "DeviceInterlockError",
 ]
 
 

@@ -39,7 +39,7 @@ from ..core.codec import format_traffic, parse_address
 from ..errors import LinkTimeoutError
 from ..transport.interface import TCPInterface
 from . import codec
-from .errors import DeviceError, DeviceReplyError
+from .errors import DeviceError, DeviceInterlockError, DeviceReplyError
 from .spec import DeviceSpec, Step, load
 
 __all__ = ["Device"]
@@ -176,6 +176,8 @@ class Device(TCPInterface):
             try:
                 if stale != "keep" and self.comm is not None:
                     self.drain()
+                if op.guard is not None:
+                    self._check_guard(op, checked)
                 values = self._run_op(op, checked, request)
                 return values, self._exchanges
             except LinkTimeoutError:
@@ -308,6 +310,20 @@ class Device(TCPInterface):
 
     # ------------------------------------------------------------------
     # running one operation (the caller holds the lock)
+    def _check_guard(self, op, args):
+        """Run the file's interlock checks for ``op``; raise before anything of ``op`` is sent."""
+        guard = op.guard
+        if guard.skip_if is not None and args.get(guard.skip_if):
+            return
+        for check in guard.checks:
+            if any(args.get(k) != v for k, v in check.when.items()):
+                continue
+            query = self.spec.operations[check.query]
+            values = self._run_op(query, check.args, self._build(query, check.args))
+            value = values.get(check.field)
+            if value is None or not check.allows(value):
+                raise DeviceInterlockError(op.name, f"{check.message} ({check.query} gave {check.field}={value!r})")
+
     def _run_op(self, op, args, request):
         protocol = self.spec.connection.protocol
         if protocol == "binary":

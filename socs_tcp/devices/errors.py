@@ -5,7 +5,9 @@
 * :class:`DeviceReplyError` -- a reply did not have the form the file
   describes (a :class:`ValueError`: the link is fine, the bytes are not).
 * :class:`DeviceError` -- the device reported an error (an error token that
-  recovery did not clear, or an entry in its error queue).
+  recovery did not clear, or an entry in its error queue); its subclass
+  :class:`DeviceInterlockError` is a ``guard`` of the file refusing an
+  operation before anything of it was sent.
 
 Link failures are the library's :class:`~socs_tcp.errors.LinkError`
 subclasses (all :class:`ConnectionError`), raised unchanged.
@@ -15,7 +17,7 @@ import dataclasses
 
 from ..core.codec import format_traffic
 
-__all__ = ["DeviceFileProblem", "DeviceFileError", "DeviceReplyError", "DeviceError"]
+__all__ = ["DeviceFileProblem", "DeviceFileError", "DeviceReplyError", "DeviceError", "DeviceInterlockError"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,3 +74,11 @@ class DeviceError(RuntimeError):
         self.code = code
         self.message = message
         super().__init__(f"{operation}: device error {code}: {message}")
+
+
+class DeviceInterlockError(DeviceError):
+    """An interlock of the device file (``guard``) refused the operation;
+    nothing was sent for it.  ``code`` is ``"interlock"``."""
+
+    def __init__(self, operation, message):
+        super().__init__(operation, "interlock", message)

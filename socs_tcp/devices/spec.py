@@ -28,7 +28,7 @@ __all__ = [
     "load", "find", "list_devices", "files_dir",
     "DeviceSpec", "ConnectionSpec", "OperationSpec", "ArgSpec", "FieldSpec", "ReplySpec", "ArraySpec",
     "StatusSpec", "SimSpec", "Step", "TransactionSpec", "ReplyErrorSpec", "ErrorQueueSpec", "ModbusSpec",
-    "RequestItem", "PollSpec", "PollItem", "AgentSpec", "TaskSpec", "REQUIRED",
+    "RequestItem", "GuardSpec", "GuardCheck", "PollSpec", "PollItem", "AgentSpec", "TaskSpec", "REQUIRED",
     "ARG_TYPES", "FIELD_TYPES", "WIRE_TYPES", "BYTE_ORDERS",
 ]
 
@@ -284,6 +284,45 @@ class ModbusSpec:
 
 
 @dataclasses.dataclass
+class GuardCheck:
+    """One interlock check: when the arguments match ``when``, run ``query`` and
+    require its ``field`` to satisfy the bounds, else refuse with ``message``."""
+
+    when: dict
+    query: str
+    args: dict
+    field: str
+    min: float = None
+    max: float = None
+    below: float = None
+    above: float = None
+    equals: object = None
+    message: str = ""
+    line: int = 0
+
+    def allows(self, value):
+        if self.equals is not None and value != self.equals:
+            return False
+        if self.min is not None and not value >= self.min:
+            return False
+        if self.max is not None and not value <= self.max:
+            return False
+        if self.below is not None and not value < self.below:
+            return False
+        if self.above is not None and not value > self.above:
+            return False
+        return True
+
+
+@dataclasses.dataclass
+class GuardSpec:
+    """Interlocks checked before an operation sends anything."""
+
+    checks: list
+    skip_if: str = None
+
+
+@dataclasses.dataclass
 class OperationSpec:
     """A command or query of a device."""
 
@@ -301,6 +340,7 @@ class OperationSpec:
     check_errors: bool = None
     sim_sets: dict = None
     modbus: ModbusSpec = None
+    guard: GuardSpec = None
     line: int = 0
 
     @property
@@ -695,6 +735,7 @@ class _Loader:
             if "description" in top else ""
         replaces = self.attempt(self.replaces, top["replaces"][1]) if "replaces" in top else None
         self.enums = self.attempt(self.enum_table, top["enums"][1], default={}) if "enums" in top else {}
+        self.guards = []
         self.transactions = {}
         if "transactions" in top:
             self.attempt(self.transaction_table, top["transactions"][1])
@@ -724,6 +765,8 @@ class _Loader:
                 op = self.attempt(self.operation, vnode, key, op_name, kind, connection)
                 if op is not None:
                     operations[op_name] = op
+        for op, gnode, gkey in self.guards:
+            op.guard = self.attempt(self.guard, op, gnode, gkey, operations)
         if not operations and "queries" not in top and "commands" not in top:
             self.problem(node, "", "a device needs at least one of 'queries' or 'commands'")
         sim_state, sim_unknown = {}, None
@@ -1034,7 +1077,7 @@ class _Loader:
 
     # -- operations ----------------------------------------------------
     OP = ("description", "request", "args", "reply", "transaction", "timeout", "attempts", "writes",
-          "check_errors", "sim", "modbus")
+          "check_errors", "sim", "modbus", "guard")
 
     def operation(self, node, key, name, kind, connection):
         m = self.mapping(node, key, self.OP)
@@ -1102,7 +1145,68 @@ class _Loader:
             op.check_errors = self.attempt(self.boolean, m["check_errors"][1], f"{key}.check_errors")
         if "sim" in m:
             op.sim_sets = self.attempt(self.op_sim, m["sim"][1], f"{key}.sim", names, default=None)
+        if "guard" in m:
+            self.guards.append((op, m["guard"][1], f"{key}.guard"))
         return op
+
+    GUARD_CHECK = ("when", "query", "args", "field", "min", "max", "below", "above", "equals", "message")
+
+    def guard(self, op, node, key, operations):
+        """Checked after every operation is known (a guard names a query)."""
+        m = self.mapping(node, key, ("skip_if", "checks"), required=("checks",))
+        g = GuardSpec([])
+        if "skip_if" in m:
+            g.skip_if = self.string(m["skip_if"][1], f"{key}.skip_if")
+            arg = op.arg_map.get(g.skip_if)
+            if arg is None or arg.type != "bool":
+                self.fail(m["skip_if"][1], f"{key}.skip_if", f"must name a bool argument of {op.name!r}, got {g.skip_if!r}")
+        if "checks" not in m:
+            raise _Skip
+        for i, item in enumerate(self.seq(m["checks"][1], f"{key}.checks")):
+            k = f"{key}.checks[{i}]"
+            cm = self.mapping(item, k, self.GUARD_CHECK, required=("query", "field", "message"))
+            if not all(x in cm for x in ("query", "field", "message")):
+                continue
+            qname = self.string(cm["query"][1], f"{k}.query")
+            q = operations.get(qname)
+            if q is None or q.writes:
+                self.problem(cm["query"][1], f"{k}.query", f"{qname!r} is not a read-only query of this device")
+                continue
+            fname = self.string(cm["field"][1], f"{k}.field")
+            if fname not in {f.name for f in q.fields}:
+                self.problem(cm["field"][1], f"{k}.field", f"{qname!r} has no field {fname!r}")
+                continue
+            when = {}
+            if "when" in cm:
+                for an, (aknode, av) in self.items(cm["when"][1], f"{k}.when").items():
+                    arg = op.arg_map.get(an)
+                    if arg is None:
+                        self.problem(aknode, f"{k}.when.{an}", f"{op.name!r} has no argument {an!r}")
+                        continue
+                    try:
+                        when[an] = arg.check(self.plain(av, f"{k}.when.{an}"))
+                    except (TypeError, ValueError) as e:
+                        self.problem(av, f"{k}.when.{an}", str(e))
+            qargs = {}
+            if "args" in cm:
+                raw = {an: self.plain(av, f"{k}.args.{an}") for an, (_, av) in self.items(cm["args"][1], f"{k}.args").items()}
+                try:
+                    qargs = q.check_args(**raw)
+                except (TypeError, ValueError) as e:
+                    self.problem(cm["args"][1], f"{k}.args", str(e))
+                    continue
+            check = GuardCheck(when, qname, qargs, fname, message=self.string(cm["message"][1], f"{k}.message"),
+                               line=item.start_mark.line + 1)
+            for b in ("min", "max", "below", "above"):
+                if b in cm:
+                    setattr(check, b, self.number(cm[b][1], f"{k}.{b}"))
+            if "equals" in cm:
+                check.equals = self.plain(cm["equals"][1], f"{k}.equals")
+            if all(getattr(check, b) is None for b in ("min", "max", "below", "above", "equals")):
+                self.problem(item, k, "needs a bound: min, max, below, above or equals")
+                continue
+            g.checks.append(check)
+        return g
 
     def op_sim(self, node, key, names):
         m = self.mapping(node, key, ("sets",))
