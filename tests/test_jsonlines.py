@@ -616,6 +616,50 @@ class OneClientDevice:
         self.listener.close()
 
 
+def test_command_timeout_bounds_the_write_to_a_device_that_stopped_reading():
+    listener = non_reading_listener()
+    conn = None
+    try:
+        async def scenario():
+            nonlocal conn
+            client = new_client(listener.getsockname()[1], write_timeout=60.0, max_message_size=64 << 20)
+            await client.connect()
+            conn, _ = listener.accept()
+            t0 = time.monotonic()
+            with pytest.raises(CommandTimeoutError, match="did not take it within 0.5 s") as info:
+                # one deadline for the whole command: the write may not use write_timeout's 60 s
+                await asyncio.wait_for(client.send_command("big", {"data": "x" * (32 << 20)}, timeout=0.5), 10.0)
+            assert time.monotonic() - t0 < 5.0
+            assert info.value.acked is False and info.value.sequence_id == 1
+            assert client.stats.snapshot(client.connected)["timeouts"] == 1
+            await client.close()
+        run(scenario())
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
+
+
+def test_write_timeout_shorter_than_the_command_timeout_still_applies():
+    listener = non_reading_listener()
+    conn = None
+    try:
+        async def scenario():
+            nonlocal conn
+            client = new_client(listener.getsockname()[1], write_timeout=0.3, max_message_size=64 << 20)
+            await client.connect()
+            conn, _ = listener.accept()
+            with pytest.raises(LinkTimeoutError, match="did not take") as info:
+                await asyncio.wait_for(client.send_command("big", {"data": "x" * (32 << 20)}, timeout=30.0), 10.0)
+            assert not isinstance(info.value, CommandTimeoutError)
+            await client.close()
+        run(scenario())
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
+
+
 def test_a_device_that_takes_one_client_accepts_the_reconnect_after_close():
     device = OneClientDevice()
     try:

@@ -1154,3 +1154,35 @@ def test_camelcase_keywords_are_accepted():
     client = TCPClient(ipAddress="[::1]", port=5000, stateChanged=rec, isVerbose=True)
     assert client.address == "[::1]:5000"
     assert not client.isConnected() and not client.isConnecting()
+
+
+# ---------------------------------------------------------------- one deadline per request
+
+
+def test_response_time_bounds_the_send_to_a_server_that_stopped_reading(plain_server, make_client, conns):
+    # a server that took the connection and reads nothing: its buffers fill and the send blocks
+    plain_server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    rec = Recorder("client")
+    client = make_client(plain_server.getsockname()[1], rec, handshake_timeout=0, send_timeout=60.0,
+                         max_message_size=64 << 20)
+    assert client.connect(timeout=5)
+    accept(plain_server, conns)
+    t0 = time.monotonic()
+    reply = client.send_message("x" * (32 << 20), response_time=0.5)
+    elapsed = time.monotonic() - t0
+    assert reply is None
+    # the request's response_time bounds the send too, not only the wait for the reply
+    assert elapsed < 5.0, f"send_message(..., response_time=0.5) took {elapsed:.1f} s (send_timeout is 60 s)"
+    # a send cut off half-way closes the connection: no partial message is followed by another
+    rec.wait_count(C.DISCONNECTED)
+    assert not client.is_connected()
+
+
+def test_connect_timeout_bounds_the_handshake_wait(plain_server, make_client, conns):
+    rec = Recorder("client")
+    client = make_client(plain_server.getsockname()[1], rec, handshake_timeout=30.0)
+    t0 = time.monotonic()
+    # a plain server that says nothing: the handshake wait ends with the connect deadline, not after 30 s
+    assert client.connect(timeout=0.3)
+    assert time.monotonic() - t0 < 5 * 0.3 + 1.0
+    assert rec.states()[:2] == [C.CONNECTING, C.CONNECTED]

@@ -36,6 +36,7 @@ import struct
 import time
 
 from ..core.checks import check_host, check_port, check_seconds, format_host_port
+from ..core.deadline import Deadline
 from ..core.jsonwire import (
     REPLY_IDS,
     TERMINATOR,
@@ -127,13 +128,15 @@ class CommandTimeoutError(LinkTimeoutError):
 
 
 class _Pending:
-    __slots__ = ("name", "sequence_id", "future", "started", "acked")
+    """A command waiting for its final status, with the one deadline of the whole operation."""
 
-    def __init__(self, name, sequence_id, future):
+    __slots__ = ("name", "sequence_id", "future", "deadline", "acked")
+
+    def __init__(self, name, sequence_id, future, deadline):
         self.name = name
         self.sequence_id = sequence_id
         self.future = future
-        self.started = time.perf_counter()
+        self.deadline = deadline
         self.acked = False
 
 
@@ -469,7 +472,8 @@ class AsyncTCPClient:
         if pending is not None:
             pending.sequence_id = sequence_id
             self._pending[sequence_id] = pending
-        await self._send(data, self.write_timeout)
+        # the write's own limit, and for a command no more than what is left of its deadline
+        await self._send(data, self.write_timeout if pending is None else pending.deadline.bound(self.write_timeout))
         return sequence_id
 
     @property
@@ -527,45 +531,59 @@ class AsyncTCPClient:
         Args:
             msg_name (str): the command name (without ``cmd_``).
             msg_details (dict): its parameters.
-            timeout (float): deadline for the final status, seconds
-                (default: ``command_timeout``).
+            timeout (float): deadline of the whole command, seconds
+                (default: ``command_timeout``): the write (at most
+                ``write_timeout`` of it) and the wait for the final status.
 
         Returns:
             dict: the ``success`` reply.
 
         Raises:
             CommandError: ``noack`` or ``fail``.
-            CommandTimeoutError: no final status in time (its ``acked`` says
-                whether the ``ack`` came); a :class:`LinkTimeoutError`.
+            CommandTimeoutError: no final status in time, or the device did
+                not even take the command in time (its ``acked`` says whether
+                the ``ack`` came); a :class:`LinkTimeoutError`.
+            LinkTimeoutError: the device did not take the command within
+                ``write_timeout``, when that is shorter than ``timeout``.
             LinkError: the connection ended while waiting.
             ValueError, TypeError, RuntimeError: as :meth:`write_message`;
                 also a ``timeout`` that is not a number (:class:`TypeError`)
                 or not positive (:class:`ValueError`).
         """
-        timeout = self.command_timeout if timeout is None else check_seconds(timeout, "timeout", positive=True)
-        pending = _Pending(msg_name, None, asyncio.get_running_loop().create_future())
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", positive=True)
+        # one deadline for the whole command: the write and the wait for its final status
+        deadline = Deadline(self.command_timeout if timeout is None else timeout, clock=time.perf_counter)
+        pending = _Pending(msg_name, None, asyncio.get_running_loop().create_future(), deadline)
         try:
             await self._write(MsgType.COMMAND, msg_name, msg_details, pending=pending)
+        except LinkTimeoutError:
+            self._pending.pop(pending.sequence_id, None)
+            if not deadline.expired:
+                raise  # write_timeout, shorter than what was left of the command's timeout
+            self.stats.failure(timeout=True)
+            raise CommandTimeoutError(f"command {msg_name!r} (sequence_id {pending.sequence_id}): the device did not "
+                                      f"take it within {deadline.timeout:g} s", msg_name, pending.sequence_id,
+                                      False) from None
         except BaseException:
             if pending.sequence_id is not None:
                 self._pending.pop(pending.sequence_id, None)
             raise
         sequence_id = pending.sequence_id
-        deadline = pending.started + timeout
         try:
-            reply = await asyncio.wait_for(asyncio.shield(pending.future), max(0.0, deadline - time.perf_counter()))
+            reply = await asyncio.wait_for(asyncio.shield(pending.future), deadline.remaining())
         except (asyncio.TimeoutError, TimeoutError):
             self._pending.pop(sequence_id, None)
             self.stats.failure(timeout=True)
             what = "acknowledged but no final status" if pending.acked else "no acknowledgement"
             raise CommandTimeoutError(f"command {msg_name!r} (sequence_id {sequence_id}): {what} "
-                                      f"within {timeout:g} s", msg_name, sequence_id, pending.acked) from None
+                                      f"within {deadline.timeout:g} s", msg_name, sequence_id, pending.acked) from None
         except CommandError:
             self.stats.failure()
             raise
         finally:
             self._pending.pop(sequence_id, None)
-        self.stats.success(time.perf_counter() - pending.started)
+        self.stats.success(deadline.elapsed())
         return reply
 
     def _match_reply(self, message):

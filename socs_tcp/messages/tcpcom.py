@@ -187,17 +187,41 @@ class _Link:
         # a client checks the first frame for a handshake it did not wait for
         self.first = False
 
-    def send(self, data):
-        """Send one encoded frame; ``False`` if the link is closing or the send failed."""
-        with self.send_lock:
+    def send(self, data, timeout=None):
+        """Send one encoded frame; ``False`` if the link is closing or the send failed.
+
+        ``timeout`` bounds the whole send (waiting for another sender
+        included) when it is shorter than the socket's own send timeout: a
+        request gives what is left of its ``response_time``.
+        """
+        if not self.send_lock.acquire(timeout=-1 if timeout is None else timeout):
+            log.warning("%s: another send to %s kept the connection busy for %.3g s; not sent", self.name, self.peer,
+                        timeout)
+            return False
+        try:
             if self.local_close or self.closed.is_set():
                 return False
+            default = None
             try:
+                if timeout is not None:
+                    default = self.sock.gettimeout()
+                    if default is None or timeout < default:
+                        self.sock.settimeout(max(timeout, 1e-3))
+                    else:
+                        default = None
                 self.sock.sendall(data)
             except OSError as exc:
                 log.warning("%s: sending to %s failed (%s); closing the connection", self.name, self.peer, exc)
                 self.shutdown(socket.SHUT_RDWR)
                 return False
+            finally:
+                if default is not None:
+                    try:
+                        self.sock.settimeout(default)
+                    except OSError:
+                        pass
+        finally:
+            self.send_lock.release()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: sent to %s: %s", self.name, self.peer, format_traffic(data))
         return True
@@ -923,7 +947,9 @@ class TCPClient:
             msg: the message, a ``str`` without ``"\\0"``.
             response_time: if ``> 0``, wait up to this many seconds for the
                 server's next message and return it (it is then not passed to
-                the ``MESSAGE`` callback; see the module documentation).
+                the ``MESSAGE`` callback; see the module documentation).  It
+                is the deadline of the whole request: waiting for another
+                request, sending (at most ``send_timeout``) and the reply.
             responseTime: the ``tcpcom`` spelling of ``response_time``.
 
         Returns:
@@ -1138,7 +1164,8 @@ class TCPClient:
         dispatcher.put(self.MESSAGE, msg, link)
 
     def _request(self, data, msg, wait):
-        deadline = time.monotonic() + wait
+        # one deadline for the whole request: waiting for the link, sending, and the reply
+        deadline = Deadline(wait)
         if not self._request_lock.acquire(timeout=wait):
             log.log(self._level, "%s: another request kept the link busy for response_time=%s s; not sent: %.200r",
                     self._name, wait, msg)
@@ -1150,12 +1177,12 @@ class TCPClient:
                     log.debug("%s: not connected; request not sent: %.200r", self._name, msg)
                     return None
                 waiter = self._waiter = _Waiter(link)
-            if not link.send(data):
+            if not link.send(data, deadline.remaining()):
                 with self._lock:
                     if self._waiter is waiter:
                         self._waiter = None
                 return None
-            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+            waiter.event.wait(deadline.remaining())
             with self._lock:
                 if waiter.reply is not None:
                     return waiter.reply
