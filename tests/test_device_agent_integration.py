@@ -30,6 +30,7 @@ from ocs_replies import failed, ok
 
 from socs_tcp.devices import load
 from socs_tcp.devices.docgen import agent_tasks
+from socs_tcp.devices.simulator import DeviceSimulator
 from socs_tcp_stack.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -56,10 +57,58 @@ def wait_for(condition, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
+# A device file of our own: an alias with a renamed argument, a hidden operation,
+# and no agent modes (so the defaults apply).  Served by its simulator: this file
+# tests the agent's mechanics, not the device description.
+LAMP = """\
+device: lamp
+title: Lamp controller
+description: A file for the alias, hide and default-mode paths of DeviceAgent.
+connection: {port: 7000}
+queries:
+  get_level:
+    description: Brightness (LEV?).
+    request: "LEV?"
+    reply: {fields: {level: {type: int, unit: "%", sim: {state: level, value: 10}}}}
+  idn:
+    request: "*IDN?"
+    reply: {fields: {idn: {sim: {value: "ACME,LAMP,1"}}}}
+commands:
+  set_level:
+    description: Set the brightness (LEV n).
+    request: "LEV {level}"
+    args:
+      level: {type: int, min: 0, max: 100}
+    sim:
+      sets: {level: "{level}"}
+polling:
+  feed: lamp
+  block: lamp
+  rate: 2
+  items:
+    - query: get_level
+agent:
+  hide: [idn]
+  tasks:
+    brightness:
+      operation: set_level
+      args: {percent: level}
+      description: The lab's name for set_level.
+"""
+
+
 @pytest.fixture(scope="module")
-def devices():
+def lamp_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("devices") / "lamp.yaml"
+    path.write_text(LAMP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def devices(lamp_file):
     made = {"tpg": TPG366Emulator(), "cpa": CryomechCPAEmulator(), "guarded": TPG366Emulator(),
-            "socs_tpg": TPG366Emulator(data_terminator=b"\r\n"), "socs_cpa": CryomechCPAEmulator()}
+            "socs_tpg": TPG366Emulator(data_terminator=b"\r\n"), "socs_cpa": CryomechCPAEmulator(),
+            "lamp": DeviceSimulator(lamp_file)}
     try:
         for device in made.values():
             device.start()
@@ -70,7 +119,7 @@ def devices():
 
 
 @pytest.fixture(scope="module")
-def stack(devices):
+def stack(devices, lamp_file):
     st = Stack()
     try:
         common = ["--timeout", TIMEOUT]
@@ -90,8 +139,16 @@ def stack(devices):
         st.add_instance("DeviceAgent", "socs-cryomech", [
             "--device-file", "cryomech_cpa", "--ip-address", "127.0.0.1", "--serial-number", "CPA1234TEST-111111A",
             "--mode", "acq", "--port", devices["socs_cpa"].port])
+        st.add_instance("DeviceAgent", "lamp", [
+            "--device-file", lamp_file, "--address", f"127.0.0.1:{devices['lamp'].port}", "--mode", "idle", *common])
+        # these two must refuse to start
+        broken = lamp_file.parent / "broken.yaml"
+        broken.write_text(LAMP.replace("type: int, min: 0", "type: itn, min: 0"))
+        st.add_instance("DeviceAgent", "broken", ["--device-file", broken, "--address", "127.0.0.1:1"])
+        st.add_instance("DeviceAgent", "badmode", ["--device-file", "tpg366", "--address", "127.0.0.1:1",
+                                                   "--mode", "fly"])
         st.start()
-        for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech"):
+        for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech", "lamp"):
             st.start_agent(iid, wait=False)
         for iid in st.agents:
             st.agents[iid].wait_ready(timeout=90)
@@ -155,6 +212,33 @@ def test_cryomech_task_names_and_signatures_are_socs_cryomech_agents(stack):
     tasks = {name: encoded["docstring"] for name, _, encoded in api(stack, "cryomech")["tasks"]}
     assert tasks["init"].startswith("init(auto_acquire=False)\n")
     assert tasks["power_ptc"].startswith("power_ptc(state)\n")
+
+
+@pytest.mark.parametrize("instance, needles", [
+    ("broken", ["broken.yaml:", "commands.set_level.args.level", "'itn'"]),
+    ("badmode", ["--mode 'fly' is not a mode of device file 'tpg366'; its modes: acq, test, idle"]),
+])
+def test_the_agent_refuses_to_start_with_a_bad_file_or_mode(stack, instance, needles):
+    agent = stack.start_agent(instance, wait=False)
+    wait_for(lambda: not agent.alive(), 60, f"{instance} to exit")
+    assert agent.returncode not in (0, None)
+    log = agent.log_tail(80)
+    for needle in needles:
+        assert needle in log, (needle, log)
+
+
+def test_aliases_rename_arguments_and_hidden_operations_are_not_tasks(stack, devices):
+    tasks = {name: encoded["docstring"] for name, _, encoded in api(stack, "lamp")["tasks"]}
+    assert set(tasks) == {"get_level", "set_level", "brightness"}
+    assert tasks["brightness"].startswith("brightness(percent)\n\n**Task** - The lab's name for set_level.")
+    lamp = stack.client("lamp")
+    ok(lamp.brightness(percent=55))
+    assert ok(lamp.get_level())["values"] == {"level": 55}
+    reply = lamp.brightness(percent=101)
+    assert reply.status == ocs.ERROR and "'percent'=101" in reply.msg and "<= 100" in reply.msg
+    assert lamp.brightness(level=5).status == ocs.ERROR            # the operation's own name is not the alias's
+    ok(lamp.set_level(level=7))
+    assert ok(lamp.get_level())["values"] == {"level": 7}
 
 
 # ---------------------------------------------------------------- tasks

@@ -18,6 +18,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -214,6 +216,16 @@ def test_cli_reports_a_bad_file_with_file_and_line(tmp_path):
 def test_cli_reports_an_unknown_device():
     code, out, err = run_cli(["dashboard", "no_such_device"])
     assert code == 1 and out == "" and "no_such_device" in err
+
+
+def test_the_package_cli_has_the_dashboard_subcommand():
+    proc = subprocess.run([sys.executable, "-m", "socs_tcp.devices", "dashboard", "tpg366"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == devdash.make_dashboard(load("tpg366"))
+    proc = subprocess.run([sys.executable, "-m", "socs_tcp.devices", "dashboard", "tpg366", "--datasource", ""],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "datasource uid must be a non-empty string" in proc.stderr
 
 
 # ======================================================================

@@ -7,6 +7,8 @@ makes from the shipped files, so the docs can never drift from the files.
 
 import argparse
 import io
+import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -166,3 +168,11 @@ def test_cli_reports_bad_files_and_bad_output_paths(tmp_path):
     assert code == 1 and "dir.rst" in err
     code, out, err = run_cli(["docs", "no_such_device"])
     assert code == 1 and "no_such_device" in err
+
+
+def test_the_package_cli_has_the_docs_subcommand(tmp_path):
+    target = tmp_path / "cryomech_cpa.rst"
+    proc = subprocess.run([sys.executable, "-m", "socs_tcp.devices", "docs", "cryomech_cpa", "--out", str(target)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_text() == docgen.render_page(load("cryomech_cpa"))
