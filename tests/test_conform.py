@@ -210,3 +210,24 @@ def regenerate():
 
 if __name__ == "__main__":
     regenerate()
+
+
+def test_live_device_down_is_mismatched_not_a_crash():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = "tpg366" if "tpg366" in EMULATED else EMULATED[0]
+    report = conform(name, address=f"127.0.0.1:{port}", timeout=1.0)
+    ran = [r for r in report.results if r.status != SKIPPED]
+    assert ran and all(r.status == MISMATCHED and "link failed" in r.detail for r in ran)
+    assert not report.ok
+
+
+def test_cli_against_a_live_emulator():
+    name = "tpg366" if "tpg366" in EMULATED else EMULATED[0]
+    with emulator_class(name)() as emulator:
+        res = run_cli(name, "--address", emulator.address)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"conform {name} against device {emulator.address}: " in res.stdout
+    assert " 0 mismatched, 0 unparsable" in res.stdout
