@@ -408,9 +408,9 @@ def _replaces_lines(spec) -> list[str]:
         rows.append([f"SOCS {_lit(agent) if agent else 'agent'}", text])
     if docs_lines is not None:
         rows.append(["SOCS docs page for it", f"{_esc(docs_lines)}"])
-    lines += [f"The device file replaces the SOCS agent {_lit(agent)} and its driver: the generated "
-              "agent keeps its feed, field and task names." if agent else
-              "The device file replaces a hand-written agent and driver.", ""]
+    lines += [f"The device file takes the place of the SOCS agent {_lit(agent)} and its driver "
+              "(the description above says which of that agent's names it keeps)." if agent else
+              "The device file takes the place of a hand-written agent and driver.", ""]
     lines += _table(["What", "Lines"], rows, [50, 50])
     if total:
         lines += [f"The device file is {spec.source_lines / total:.0%} of the agent and driver it replaces; "
