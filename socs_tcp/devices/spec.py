@@ -1088,6 +1088,9 @@ class _Loader:
         if "args" in m:
             op.args = self.attempt(self.args, m["args"][1], f"{key}.args", protocol, default=[])
         names = {a.name for a in op.args}
+        if "args" in m and isinstance(m["args"][1], yaml.MappingNode):
+            # an argument with a problem of its own is still an argument: no second error for its use
+            names |= {k.value for k, _ in m["args"][1].value if isinstance(k, yaml.ScalarNode)}
         if protocol == "modbus":
             if "request" in m:
                 self.problem(m["request"][0], f"{key}.request", "a modbus operation uses 'modbus', not 'request'")
