@@ -930,6 +930,7 @@ def test_connection_reset_is_reported_as_lost():
             assert await server.drop_connections(abort=True) == 1
             reason = await asyncio.wait_for(client.wait_disconnected(), 5)
             assert isinstance(reason, LinkError)
+            assert "reset" in str(reason).lower(), reason  # abort=True is a reset, not an orderly close
             assert not client.connected
             # and the client can come back
             await client.connect()

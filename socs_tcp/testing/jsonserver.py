@@ -15,6 +15,8 @@ JsonLinesServer`` keeps working for one release.  It logs to the
 import asyncio
 import inspect
 import logging
+import socket
+import struct
 import time
 from collections import deque
 
@@ -404,6 +406,13 @@ class JsonLinesServer:
             return
         self._connections.discard(conn)
         if abort:
+            # a zero linger time makes the close a reset (RST), even with nothing left to send
+            sock = conn.writer.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             conn.writer.transport.abort()
         else:
             conn.writer.close()
