@@ -32,9 +32,11 @@ least the :data:`HEALTH_FIELDS`) and, optionally, ``next_attempt_in()``
 """
 
 import argparse
+import gc
 import logging
 import math
 import os
+import sys
 import threading
 import time
 
@@ -48,7 +50,7 @@ __all__ = [
     "add_address_arguments", "add_device_arguments", "add_access_arguments", "add_reconnect_arguments",
     "device_address", "write_privs", "access_control_enabled", "reconnect_policy", "check_positive",
     "parse_assignments", "register_feeds", "as_feed_value", "health_fields",
-    "run_op", "Outage", "Backoff", "Poller",
+    "run_op", "Outage", "Backoff", "Poller", "UPDATE_INTERVAL", "CATCH_UP", "BEHIND_PAUSE", "FAST_SWITCH_INTERVAL",
     "start_logging", "route_library_logs", "log_access_control", "make_link",
 ]
 
@@ -482,6 +484,25 @@ class Backoff:
 
 # ====================================================================== the polling loop
 
+#: Above this many cycles per second (a period shorter than this), ``session.data``, the
+#: ``link_health`` block and the data feed are updated every ``UPDATE_INTERVAL`` seconds instead of
+#: every cycle; the data feed still carries every sample, published in batches.
+UPDATE_INTERVAL = 0.1
+
+#: How late a scheduled cycle may still run, seconds, when that is longer than one period: after a
+#: stall (the machine busy elsewhere, a slow reply), the slots due within this window are run at
+#: once, one after the other, and only older ones are skipped as ``missed_cycles``.
+CATCH_UP = 0.025
+
+#: Pause after a cycle that ran late, so a task waiting for the link gets it even when
+#: ``acq`` cannot keep up, seconds.
+BEHIND_PAUSE = 0.0005
+
+#: The interpreter's thread switch interval while a fast ``acq`` runs, seconds (Python's default is
+#: 5 ms).  A reply that arrives while the reactor thread holds the GIL (publishing a feed, serving a
+#: client) would otherwise wait up to 5 ms before the ``acq`` thread may read it.
+FAST_SWITCH_INTERVAL = 0.0005
+
 
 class Poller:
     """The body of an ``acq`` (or ``monitor``) process: one cycle at a fixed
@@ -493,18 +514,34 @@ class Poller:
     ``None``) and the link's :func:`health_fields` to ``health_feed``.  The
     :class:`Outage` (:attr:`outage`) logs the first failure and the recovery.
 
-    The link's own backoff decides when a reconnect is attempted, so a dead
-    device costs nothing per cycle but a fast-failing call.  While the link
-    is down the poller also runs an extra cycle as soon as the backoff allows
-    the next attempt (``link.next_attempt_in()``), and at once after
-    :meth:`wake` (e.g. from a disconnect callback), so a device that comes back
-    is seen within the backoff delay, not a whole period later; the regular
-    schedule is kept.
+    **Schedule.** Cycle ``k`` is due at ``start + k * period`` (absolute
+    deadlines: the jitter of one cycle does not shift the next).  A cycle that
+    ends after the next one was due makes the next one run at once (after
+    :data:`BEHIND_PAUSE`): late, but taken.  A slot is skipped, and counted in
+    ``missed_cycles``, only when it is more than ``max(period, CATCH_UP)``
+    late.  So a hiccup shorter than that costs no sample (the late samples
+    keep the time they were really taken), while a device slower than the
+    rate costs ``missed_cycles``, not an endless burst of catch-up cycles.
+    ``lateness_max`` in session.data is the latest any cycle started.
 
-    Cycles are scheduled on absolute deadlines (``start + k * period``), so
-    the jitter of one cycle does not shift the next.  A cycle that ends after
-    its successor was due counts the slots it overran as ``missed_cycles``
-    and the schedule restarts from that moment.
+    **Updates.** Up to ``1 / UPDATE_INTERVAL`` cycles per second, every cycle
+    publishes its sample and the link health and updates ``session.data``.
+    Above that, the samples are published in batches (OCS's multi-sample
+    block format, so the feed keeps every sample and its timestamp) and the
+    health and ``session.data`` are updated every :data:`UPDATE_INTERVAL`
+    seconds, and at once when the device is lost or back.  (OCS records feeds
+    in 1 s frames anyway; per-cycle publishing at hundreds of hertz only
+    costs the cycle time.)  While a fast run lasts, the objects that exist at
+    its start are frozen out of the garbage collector (:func:`gc.freeze`) and
+    the thread switch interval is :data:`FAST_SWITCH_INTERVAL`.
+
+    **Outages.** The link's own backoff decides when a reconnect is
+    attempted, so a dead device costs nothing per cycle but a fast-failing
+    call.  While the link is down the poller also runs an extra cycle as soon
+    as the backoff allows the next attempt (``link.next_attempt_in()``), and
+    at once after :meth:`wake` (e.g. from a disconnect callback), so a device
+    that comes back is seen within the backoff delay, not a whole period
+    later; the regular schedule is kept.
 
     Args:
         agent_obj: the agent object (its ``agent`` and ``log`` are used).
@@ -516,7 +553,7 @@ class Poller:
         process (str): the process name in log lines.
         outage (Outage): the bookkeeping to use (default: a new one for ``process``).
         session_data (callable): ``session_data(stats) -> dict``, merged into
-            session.data each cycle (an agent's extra fields).
+            session.data at each update (an agent's extra fields).
     """
 
     def __init__(self, agent_obj, link, poll, data_feed, data_block, health_feed="link_health", *,
@@ -534,6 +571,7 @@ class Poller:
         self._wake = threading.Event()
         self.cycles = 0
         self.missed = 0
+        self.lateness_max = 0.0
 
     def stop(self):
         """Make :meth:`run` return after the current cycle."""
@@ -560,71 +598,136 @@ class Poller:
     def run(self, session, rate, once=False):
         """Poll until :meth:`stop` (or after one cycle with ``once``); returns ``(True, message)``.
 
-        ``cycles`` and ``missed_cycles`` count from the start of this run.
+        ``cycles``, ``missed_cycles`` and ``lateness_max`` (the latest start
+        of a scheduled cycle after its due time, seconds) count from the start
+        of this run.
         """
+        period = 1.0 / rate
+        fast = period < UPDATE_INTERVAL
+        switch_interval = sys.getswitchinterval()
+        frozen = False
+        if fast and not once:
+            gc.collect()
+            gc.freeze()
+            frozen = True
+            sys.setswitchinterval(min(switch_interval, FAST_SWITCH_INTERVAL))
+        try:
+            return self._loop(session, period, fast, once)
+        finally:
+            if frozen:
+                sys.setswitchinterval(switch_interval)
+                gc.unfreeze()
+
+    def _loop(self, session, period, fast, once):
         self.cycles = 0
         self.missed = 0
-        period = 1.0 / rate
+        self.lateness_max = 0.0
         outage = self.outage
         publish = self.a.agent.publish_to_feed
         next_attempt_in = getattr(self.link, "next_attempt_in", None)
+        data_feed = self.data_feed
+        pending = {"batch": [], "values": None, "time": None}   # not yet published / shown
+
+        def update(now):
+            batch = pending["batch"]
+            if batch:
+                self._publish_batch(publish, data_feed, self.data_block, batch)
+                pending["batch"] = []
+            stats = self.link.stats()
+            publish(self.health_feed, {"block_name": "health", "timestamp": now, "data": health_fields(stats)})
+            data = dict(session.data or {})
+            if pending["values"] is not None:
+                if data_feed is not None:
+                    data["values"] = pending["values"]
+                data["timestamp"] = pending["time"]
+                pending["values"] = None
+            data.update(outage.data())
+            data.update({"connected": bool(stats["connected"]), "cycles": self.cycles, "missed_cycles": self.missed,
+                         "lateness_max": self.lateness_max, "stats": stats})
+            if self.session_data is not None:
+                data.update(self.session_data(stats))
+            session.data = data
+
+        window = max(period, CATCH_UP)        # the latest a slot may still run
         start = time.monotonic()
-        slot = 0                          # index of the next scheduled cycle: due at start + slot * period
-        while not self._stop.is_set():
+        slot = 0                              # the next scheduled cycle is due at start + slot * period
+        next_update = start
+        was_down = outage.degraded
+        updated = True
+        while True:
+            if self._stop.is_set():
+                if not updated:               # samples of the last cycles still unpublished
+                    update(time.time())
+                break
             self._wake.clear()
+            began = time.monotonic()
+            due = start + slot * period
+            if began >= due - 0.0002:         # a scheduled cycle (else an early retry, or a wake)
+                lateness = began - due
+                if lateness > self.lateness_max:
+                    self.lateness_max = lateness
+                slot += 1
             now = time.time()
             try:
                 values = self.poll()
             except ConnectionError as e:
                 values = None
-                failed = True
                 outage.failed(session, e)
             else:
-                failed = False
                 outage.recovered(session)
-                if values is not None and self.data_feed is not None:
-                    publish(self.data_feed, {"block_name": self.data_block, "timestamp": now, "data": values})
-            stats = self.link.stats()
-            publish(self.health_feed, {"block_name": "health", "timestamp": now, "data": health_fields(stats)})
+                if values is not None:
+                    pending["values"], pending["time"] = values, now
+                    if data_feed is not None:
+                        pending["batch"].append((now, values))
             self.cycles += 1
+            down = outage.degraded
             ended = time.monotonic()
+            updated = not fast or once or down != was_down or ended >= next_update
+            if updated:
+                was_down = down
+                next_update = max(next_update + UPDATE_INTERVAL, ended) if fast else ended
+                update(now)
+            if once:
+                break
             due = start + slot * period
-            if ended >= due:              # a scheduled cycle (an early retry ends before its slot)
-                slot += 1
-                due += period
-            if ended > due:
-                # behind schedule: count the slots overrun and restart the
-                # schedule from now (a cycle at once, then every period)
-                overrun = int((ended - due) // period) + 1
-                self.missed += overrun
-                start, slot = ended, 0
-                due = ended
+            if ended > due + window:
+                # too far behind: skip the slots older than the catch-up window
+                skip = int((ended - window - due) // period) + 1
+                self.missed += skip
+                slot += skip
+                due += skip * period
             wait = due - ended
-            if failed and next_attempt_in is not None:
+            if down and next_attempt_in is not None:
                 retry = next_attempt_in()
                 if retry is not None and retry + 0.005 < wait:
                     wait = retry + 0.005
-            data = dict(session.data or {})
-            if values is not None:
-                if self.data_feed is not None:
-                    data["values"] = values
-                data["timestamp"] = now
-            data.update(outage.data())
-            data.update({"connected": bool(stats["connected"]), "cycles": self.cycles, "missed_cycles": self.missed,
-                         "stats": stats})
-            if self.session_data is not None:
-                data.update(self.session_data(stats))
-            session.data = data
-            if once:
-                break
             if wait > 0:
                 self._wake.wait(wait)
             else:
-                # yield a moment even when behind, so a task waiting for the link gets it
-                time.sleep(0.0005)
+                # late: yield a moment all the same, so a task waiting for the link gets it
+                time.sleep(BEHIND_PAUSE)
         # cleared on the way out, so a stop that arrives before the loop starts is not lost
         self._stop.clear()
         return True, f"{self.process} stopped"
+
+    @staticmethod
+    def _publish_batch(publish, feed, block, batch):
+        """Publish ``[(timestamp, values), ...]``: one sample as is, several as
+        OCS multi-sample blocks (one per run of samples with the same fields)."""
+        if len(batch) == 1:
+            timestamp, values = batch[0]
+            publish(feed, {"block_name": block, "timestamp": timestamp, "data": values})
+            return
+        i = 0
+        while i < len(batch):
+            keys = batch[i][1].keys()
+            j = i + 1
+            while j < len(batch) and batch[j][1].keys() == keys:
+                j += 1
+            run = batch[i:j]
+            publish(feed, {"block_name": block, "timestamps": [t for t, _ in run],
+                           "data": {k: [v[k] for _, v in run] for k in keys}})
+            i = j
 
 
 # ====================================================================== logs

@@ -98,3 +98,89 @@ def test_no_early_retry_while_connected_but_timing_out():
     started = time.monotonic()
     run_until(poller, lambda: time.monotonic() - started > 0.5)
     assert len(link.calls) == 1, "a silent device is polled on the schedule only"
+
+
+class CountingLink:
+    """Always answers; counts the polls; each poll's values carry its number."""
+
+    def __init__(self, stall_on=None, stall=0.0):
+        self.n = 0
+        self.stall_on, self.stall = stall_on, stall
+
+    def poll(self):
+        self.n += 1
+        if self.n == self.stall_on:
+            time.sleep(self.stall)
+        return {"n": self.n}
+
+    def stats(self):
+        return {"connected": True}
+
+
+def run_cycles(poller, rate, cycles, timeout=30.0):
+    """Run ``poller`` until it has run ``cycles`` cycles, then stop it; returns its session."""
+    session = FakeSession()
+    thread = threading.Thread(target=poller.run, args=(session, rate), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while poller.cycles < cycles:
+            assert time.monotonic() < deadline, f"only {poller.cycles} cycles"
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    return session
+
+
+def test_fast_acq_publishes_every_sample_in_batches():
+    link = CountingLink()
+    obj = FakeAgentObj()
+    poller = Poller(obj, link, link.poll, "data", "block")
+    session = run_cycles(poller, 2000.0, 300)
+    samples, stamps = [], []
+    for feed, message in obj.published:
+        if feed != "data":
+            continue
+        if "timestamps" in message:
+            assert len(message["timestamps"]) == len(message["data"]["n"]) > 1
+            samples += message["data"]["n"]
+            stamps += message["timestamps"]
+        else:
+            samples.append(message["data"]["n"])
+            stamps.append(message["timestamp"])
+    assert samples == list(range(1, link.n + 1)), "every sample once, in order, the last ones flushed at stop"
+    assert stamps == sorted(stamps)
+    health = [m for feed, m in obj.published if feed == "link_health"]
+    assert len(health) < link.n, "health is published per update, not per cycle, at fast rates"
+    assert session.data["cycles"] == poller.cycles == link.n
+    assert session.data["values"] == {"n": link.n}
+
+
+def test_slow_acq_publishes_each_cycle_as_it_happens():
+    link = CountingLink()
+    obj = FakeAgentObj()
+    poller = Poller(obj, link, link.poll, "data", "block")
+    run_cycles(poller, 10.0, 3)                   # 1 / UPDATE_INTERVAL: still one update per cycle
+    data = [m for feed, m in obj.published if feed == "data"]
+    assert all("timestamp" in m and "timestamps" not in m for m in data)
+    assert [m["data"]["n"] for m in data] == list(range(1, link.n + 1))
+    assert len([m for feed, m in obj.published if feed == "link_health"]) == link.n
+
+
+def test_a_cycle_late_by_less_than_a_period_is_taken_not_missed():
+    link = CountingLink(stall_on=1, stall=0.3)      # period 1 s: the next cycle is due 0.7 s after the stall
+    obj = FakeAgentObj()
+    poller = Poller(obj, link, link.poll, "data", "block")
+    session = run_cycles(poller, 1.0, 2)
+    assert poller.missed == 0 and session.data["missed_cycles"] == 0
+    assert session.data["lateness_max"] >= 0
+
+
+def test_a_stall_of_several_periods_skips_slots_and_counts_them():
+    link = CountingLink(stall_on=1, stall=1.0)      # five periods of 0.2 s
+    obj = FakeAgentObj()
+    poller = Poller(obj, link, link.poll, "data", "block")
+    run_cycles(poller, 5.0, 2)
+    assert poller.missed >= 4, "the slots the stall swallowed are missed cycles"

@@ -57,17 +57,17 @@ class TCPBusAgent:
         self.read_termination = read_termination
         self.write_termination = write_termination
         self.acq_queries = list(acq_queries)
+        self._encoded_queries = [(name, command.encode() + write_termination) for name, command in self.acq_queries]
         self.sample_rate = sample_rate
         self.poller = Poller(self, link, self._poll, "tcp_bus", "queries")
         register_feeds(self.agent, "tcp_bus", "link_health")
 
     # ------------------------------------------------------------------ acq
     def _poll(self):
-        values = {}
-        for name, command in self.acq_queries:
-            reply = self.link.wrnrd_until(command.encode() + self.write_termination, [self.read_termination])
-            values[name] = as_feed_value(reply)
-        return values
+        # the queries are encoded once (in __init__); the terminator is passed as bytes,
+        # which the link's terminator cache takes as is
+        wrnrd_until, eot = self.link.wrnrd_until, self.read_termination
+        return {name: as_feed_value(wrnrd_until(data, eot)) for name, data in self._encoded_queries}
 
     @ocs_agent.param("test_mode", default=False, type=bool)
     def acq(self, session, params):
