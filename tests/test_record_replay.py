@@ -213,6 +213,18 @@ def test_rotation_keeps_n_bounded_parts(tmp_path, emulator):
     assert newest.data("out").endswith(b"r199\n")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_stops_recording_but_never_raises():
+    writer = RecordingWriter("/dev/full")
+    writer.connect(1)
+    writer.data(1, "out", b"A\n")
+    writer.close()
+    assert isinstance(writer.failed, OSError)
+    rec = Recorder(writer)
+    rec.on_connect("127.0.0.1:1")
+    rec.on_send(b"x")
+
+
 def test_writer_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="max_bytes"):
         RecordingWriter(tmp_path / "x.jsonl", max_bytes=10)

@@ -355,6 +355,8 @@ class RecordingWriter:
         self._closed = False
         self._fh = None
         self._size = 0
+        #: the error that stopped recording (a full disk), or None
+        self.failed = None
         self._start_part()
 
     # -- file handling
@@ -371,18 +373,31 @@ class RecordingWriter:
         self._put(header)
 
     def _rotate(self):
-        self._fh.close()
-        for i in range(self.keep, 0, -1):
-            src = self.path if i == 1 else f"{self.path}.{i - 1}"
-            if os.path.exists(src):
-                os.replace(src, f"{self.path}.{i}")
-        self._start_part(self._open_conns)
+        try:
+            self._fh.close()
+            for i in range(self.keep, 0, -1):
+                src = self.path if i == 1 else f"{self.path}.{i - 1}"
+                if os.path.exists(src):
+                    os.replace(src, f"{self.path}.{i}")
+            self._start_part(self._open_conns)
+        except OSError as exc:
+            self.failed = exc
+            log.error("recording %s: rotation failed, nothing more is recorded: %s", self.path, exc)
+            return
         log.info("recording %s rotated (part %d)", self.path, self.parts)
 
     def _put(self, obj):
+        if self.failed is not None:
+            return
         line = json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n"
-        self._fh.write(line)
-        self._fh.flush()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except (OSError, ValueError) as exc:
+            # a full disk must not break the link being recorded: stop recording, say so once
+            self.failed = exc
+            log.error("recording %s failed, nothing more is recorded: %s", self.path, exc)
+            return
         self._size += len(line.encode("utf-8"))
 
     def _t(self):
@@ -390,7 +405,7 @@ class RecordingWriter:
 
     def _event(self, obj):
         """Write one event (called with the lock held)."""
-        if self._closed:
+        if self._closed or self.failed is not None:
             return
         if self._full:
             self.dropped += 1
@@ -452,7 +467,10 @@ class RecordingWriter:
                            "reason": f"size cap of {self.max_bytes} bytes reached"})
             self._put({"t": self._t(), "event": "end", "events": self.events})
             self._closed = True
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:
+                log.error("recording %s: closing failed: %s", self.path, exc)
 
     @property
     def closed(self):
