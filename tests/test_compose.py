@@ -34,6 +34,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+#: The published ports, read by docker-compose with COMPOSE_FILE when it runs without -f.
+COMPOSE_OVERRIDE = ROOT / "docker-compose.override.yml"
 SITE_FILE = ROOT / "deploy" / "default.yaml"
 CROSSBAR_CONFIG = ROOT / "deploy" / "crossbar" / "config.json"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -60,7 +62,19 @@ def load_yaml(path):
 
 @pytest.fixture(scope="module")
 def compose():
-    return load_yaml(COMPOSE_FILE)
+    """The site as ``docker-compose up`` runs it: docker-compose.yml plus the ports of docker-compose.override.yml."""
+    return with_override(load_yaml(COMPOSE_FILE), load_yaml(COMPOSE_OVERRIDE))
+
+
+def with_override(base, override):
+    """*base* with the ``ports`` of *override* added, as docker-compose merges them (the only key the override sets)."""
+    merged = copy.deepcopy(base)
+    for name, svc in (override.get("services") or {}).items():
+        extra = set(svc) - {"ports"}
+        assert not extra, f"{COMPOSE_OVERRIDE.name} service {name!r} sets {sorted(extra)}; it should hold only ports"
+        assert name in merged["services"], f"{COMPOSE_OVERRIDE.name} names service {name!r}, not in {COMPOSE_FILE.name}"
+        merged["services"][name].setdefault("ports", []).extend(svc.get("ports") or [])
+    return merged
 
 
 @pytest.fixture(scope="module")
@@ -466,7 +480,7 @@ def dockerfile_problems(text, root):
     if not stages:
         return ["Dockerfile has no FROM"]
     final = stages[-1]
-    base = final[0][1].split()[0]
+    base = (final[0][1].split() or [""])[0]
     if not re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base):
         problems.append(f"runtime stage is based on {base!r}, expected python:3.11-slim")
     users = [args for word, args in final if word == "USER"]
@@ -608,6 +622,31 @@ def test_docker_compose_accepts_the_file(compose):
     # ("docker-compose config" prints a "$$" escape as written; the container gets one "$").
     for name, svc in services(compose).items():
         assert services(rendered)[name]["healthcheck"]["test"] == svc["healthcheck"]["test"], name
+
+
+def test_compose_file_runs_with_host_networking_and_the_override_publishes_the_ports(compose):
+    """Docker refuses published ports with host networking (the compose test), so they live in the override file,
+    which a plain ``docker-compose up`` reads too."""
+    assert [name for name, svc in services(load_yaml(COMPOSE_FILE)).items() if svc.get("ports")] == []
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        if in_ci():
+            pytest.fail("docker-compose is not installed (scripts/test installs it with apt-get)")
+        pytest.skip("docker-compose is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
+    proc = subprocess.run([exe, "config"], cwd=str(ROOT), capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rendered = yaml.safe_load(proc.stdout)
+    assert published_ports(rendered) == {"8001": "crossbar", "8086": "influxdb", "3000": "grafana"}
+    assert published_ports(rendered) == published_ports(compose)
+    assert port_problems(rendered) == []
+
+
+def test_override_with_other_keys_is_refused():
+    with pytest.raises(AssertionError, match="service 'crossbar' sets \\['image'\\]"):
+        with_override(_mini_compose(), {"services": {"crossbar": {"image": "x"}}})
+    with pytest.raises(AssertionError, match="names service 'nope'"):
+        with_override(_mini_compose(), {"services": {"nope": {"ports": ["127.0.0.1:1:1"]}}})
 
 
 def test_compose_config_reports_a_broken_file(tmp_path):
@@ -950,6 +989,16 @@ def test_dockerfile_problems_are_named(tmp_path):
         "COPY source 'missing_dir' does not exist"]
     assert "runtime stage does not switch to a non-root USER (USER 'root')" in dockerfile_problems(
         "FROM python:3.11-slim\nUSER root\n", tmp_path)
+
+
+def test_dockerfile_base_image_argument_is_resolved(tmp_path):
+    """FROM ${BASE_IMAGE} is checked with the ARG's default, which is what real builds use."""
+    good = "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE} AS build\nFROM $BASE_IMAGE\nUSER ocs\n"
+    assert not any("runtime stage is based" in p for p in dockerfile_problems(good, tmp_path))
+    bad = "ARG BASE_IMAGE=debian:12\nFROM ${BASE_IMAGE}\nUSER ocs\n"
+    assert "runtime stage is based on 'debian:12', expected python:3.11-slim" in dockerfile_problems(bad, tmp_path)
+    unset = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER ocs\n"
+    assert "runtime stage is based on '', expected python:3.11-slim" in dockerfile_problems(unset, tmp_path)
 
 
 def test_dockerfile_continuation_lines_are_joined():
