@@ -357,6 +357,21 @@ def test_replay_cli_reports_unexpected_and_can_fail(tmp_path, cli):
     assert "unexpected request" in err and "B" in err
 
 
+def test_replay_cli_options_reach_the_server(tmp_path, cli):
+    rep = cli("socs_tcp.replay", str(write_recording(tmp_path, POLL)), "--port", "0", "--match", "queues",
+              "--context", "1", "--timing", "0.5", "--at-end", "loop", "--on-unexpected", "ignore")
+    dev = client(rep.port)
+    # with --context 1, RDG? right after ID? gets the answer recorded after ID? ("2"); other RDG? take
+    # the plain RDG? queue in order, looping
+    assert [dev.query("ID?"), dev.query("RDG?"), dev.query("RDG?"), dev.query("RDG?")] == ["EMU", "2", "1", "2"]
+    with pytest.raises(LinkTimeoutError):
+        dev.query("NOPE?", timeout=0.3)
+    dev.close()
+    code, out, err = rep.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "matched=4 unexpected=1" in out
+
+
 def test_cli_bad_arguments_name_the_value(tmp_path):
     res = subprocess.run([sys.executable, "-m", "socs_tcp.record", "--device", "nohost", "--out", "x"],
                          capture_output=True, text=True, cwd=ROOT, timeout=30)
