@@ -6,35 +6,26 @@ attributes, ``send``/``recv`` and private hooks) that adds framing, the
 distinct exceptions.  All methods are blocking and thread-safe: OCS operations
 run in threads, and a write-and-read holds the link's lock from the first byte
 written to the last byte read.
+
+This module holds what a user sees: argument checks, the SOCS hooks and
+primitives, and the bus operations, each one line over
+:class:`~socs_tcp.transport.connection.Connection`, which owns the socket
+and the deadline (and is the only home of the fast path).  The logger is
+``socs_tcp.interface``.
 """
 
-import logging
-import math
-import os
-import select
 import socket
-import threading
 import time
 
-from ..core.buffer import ReceiveBuffer
 from ..core.checks import check_seconds
-from ..core.codec import (
-    bytes_to_hex,
-    decode_escapes,
-    format_traffic,
-    hex_to_bytes,
-    parse_address,
-    parse_conf_string,
-)
-from ..core.deadline import Deadline
+from ..core.codec import bytes_to_hex, decode_escapes, format_traffic, hex_to_bytes, parse_address, parse_conf_string
 from ..core.policy import ReconnectPolicy
-from ..core.readers import check_count, compile_pattern, describe, extract_match, terminators
-from ..core.stats import LinkStats
-from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
+from ..core.readers import check_count, compile_pattern, extract_match, terminators
+from ..errors import ConnectFailedError, LinkError
+from .connection import Connection, log
 
 __all__ = ["TCPInterface"]
 
-log = logging.getLogger("socs_tcp.interface")  # the name the docs promise
 
 class _Unset:
     def __repr__(self):
@@ -47,12 +38,9 @@ _FAMILIES = {
     "INET": socket.AF_INET, "IPV4": socket.AF_INET, "AF_INET": socket.AF_INET,
     "INET6": socket.AF_INET6, "IPV6": socket.AF_INET6, "AF_INET6": socket.AF_INET6,
 }
-# errno values that mean "this connection is dead", as opposed to a timeout.
-_DEAD_LINK = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-class TCPInterface:
+class TCPInterface(Connection):
     """A TCP link to a device.
 
     Positional arguments are those of ``socs.tcp.TCPInterface``; everything
@@ -170,19 +158,7 @@ class TCPInterface:
         self.close_on_timeout = bool(close_on_timeout)
         self.name = name or f"{self.ip_address}:{self.port}"
 
-        self.lock = threading.RLock()
-        self._buffer = ReceiveBuffer(max_read_size)
-        self._stats = LinkStats()
-        self._failures = 0            # consecutive failed connection attempts
-        self._next_attempt = 0.0      # monotonic time before which no attempt is made
-        self._last_connect_error = None
-        self._warned = False          # a failure streak has been logged at WARNING
-        self._poll_sock = None        # the socket self._poll watches
-        self._poll = None
-        self._timeout_sock = None     # the socket whose timeout was last set ...
-        self._timeout_value = None    # ... and to what
-        self._debug = False           # traffic logging on, decided once per operation
-        self._op_deadline = None      # the Deadline of the operation in progress (under the lock)
+        self._init_connection()
         if connect:
             self._attempt_connect()
 
@@ -224,146 +200,23 @@ class TCPInterface:
         return f"<{type(self).__name__} {self.name} {state}>"
 
     # ------------------------------------------------------------------
-    # connection management (the SOCS hooks are _connect and _reset)
+    # connection management: the SOCS hooks, then the public calls
     def _connect(self, address):
-        """Open a socket to ``address`` (``(host, port)``).
+        """Open a socket to ``address`` (``(host, port)``) (SOCS hook).
 
-        Returns the connected socket, or ``None`` after logging why not.
+        Returns the connected socket, or ``None`` after logging why not.  An
+        attempt lasts at most ``connect_timeout``, cut to what is left of the
+        current operation's deadline.
         """
-        host, port = address[0], address[1]
-        limit = self._connect_limit()
-        try:
-            infos = socket.getaddrinfo(host, port, self.family, socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as e:
-            self._connect_failed(f"cannot resolve {host!r}: {e}")
-            return None
-        error = None
-        for af, kind, proto, _, sockaddr in infos:
-            sock = socket.socket(af, kind, proto)
-            try:
-                sock.settimeout(limit)
-                sock.connect(sockaddr)
-                self._configure(sock)
-            except OSError as e:
-                sock.close()
-                error = e
-                continue
-            return sock
-        if isinstance(error, (socket.timeout, TimeoutError)):
-            if limit == self.connect_timeout:
-                reason = f"no answer within connect_timeout={self.connect_timeout} s"
-            else:
-                reason = (f"no answer within the {limit:.3g} s left of the operation's deadline "
-                          f"(connect_timeout={self.connect_timeout} s)")
-        else:
-            reason = getattr(error, "strerror", None) or str(error)
-        self._connect_failed(f"cannot connect to {host}:{port}: {reason}")
-        return None
-
-    def _connect_limit(self):
-        """How long one connection attempt may take: ``connect_timeout``,
-        cut to what is left of the current operation's deadline."""
-        deadline = self._op_deadline
-        return self.connect_timeout if deadline is None else deadline.bound(self.connect_timeout)
-
-    def _connect_failed(self, reason):
-        self._last_connect_error = reason
-        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: %s", self.name, reason)
-        self._warned = True
-
-    def _configure(self, sock):
-        if self.nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for opt, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-                if hasattr(socket, opt):
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
-
-    def _attempt_connect(self):
-        """One connection attempt, with bookkeeping.  Returns the socket or None."""
-        sock = self._connect((self.ip_address, self.port))
-        if sock is None:
-            self._failures += 1
-            self._stats.connect_failures += 1
-            self._next_attempt = time.monotonic() + self.reconnect_policy.delay(self._failures)
-            return None
-        self.comm = sock
-        stale = self._buffer.drain()
-        if stale:
-            log.warning("%s: discarded %d bytes left from the previous connection: %s",
-                        self.name, len(stale), format_traffic(stale))
-        if self._failures:
-            log.info("%s: connected after %d failed attempt(s)", self.name, self._failures)
-        elif self._stats.connects:
-            log.info("%s: reconnected", self.name)
-        else:
-            log.info("%s: connected", self.name)
-        self._failures = 0
-        self._next_attempt = 0.0
-        self._warned = False
-        self._stats.connects += 1
-        return sock
-
-    def _close(self, reason=None):
-        sock, self.comm = self.comm, None
-        if sock is None:
-            return
-        if reason:
-            log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: closing connection: %s",
-                    self.name, reason)
-            self._warned = True
-        try:
-            sock.close()
-        except OSError:
-            pass
-        if self.reconnect_policy.cooldown:
-            self._next_attempt = max(self._next_attempt, time.monotonic() + self.reconnect_policy.cooldown)
+        return self._open_socket(address)
 
     def _reset(self):
         """Close the connection and make one new attempt at once (SOCS hook).
 
-        Honours the policy's cool-down by waiting for it.
+        Honours the policy's cool-down by waiting for it, when the current
+        operation's deadline leaves time for that.
         """
-        self._close()
-        wait = self._next_attempt - time.monotonic()
-        deadline = self._op_deadline
-        if deadline is not None and deadline.expired:
-            self._last_connect_error = "the operation's deadline ran out before a reconnect"
-            return
-        if wait > 0 and self._failures == 0:
-            if deadline is not None and deadline.bound(wait) < wait:
-                self._last_connect_error = (f"the reconnect cool-down of {wait:.3g} s is longer than what is "
-                                            "left of the operation's deadline")
-                return
-            time.sleep(wait)
-        self._attempt_connect()
-
-    def _ensure_connected(self):
-        sock = self.comm
-        if sock is not None:
-            return sock
-        limit = self.reconnect_policy.max_attempts
-        if limit is not None and 0 < limit <= self._failures:
-            raise ConnectFailedError(
-                f"{self.name}: not connected; gave up after {self._failures} failed attempt(s) "
-                f"(reconnect_policy.max_attempts={limit}): {self._last_connect_error}; call reconnect() to try again")
-        wait = self._next_attempt - time.monotonic()
-        if wait > 0:
-            reason = self._last_connect_error or "cool-down after the last connection"
-            raise ConnectFailedError(
-                f"{self.name}: not connected ({reason}); next attempt allowed in {wait:.2f} s "
-                f"after {self._failures} failed attempt(s)")
-        deadline = self._op_deadline
-        if deadline is not None and deadline.expired:
-            raise LinkTimeoutError(f"{self.name}: not connected, and the operation's deadline "
-                                   f"({deadline.timeout} s) ran out before a connection attempt")
-        sock = self._attempt_connect()
-        if sock is None:
-            if deadline is not None and deadline.expired:
-                raise LinkTimeoutError(f"{self.name}: timed out connecting: {self._last_connect_error}")
-            raise ConnectFailedError(f"{self.name}: {self._last_connect_error}")
-        return sock
+        self._reconnect_now()
 
     def next_attempt_in(self):
         """Seconds until the backoff allows the next reconnect attempt.
@@ -465,202 +318,6 @@ class TCPInterface:
             return snap
 
     # ------------------------------------------------------------------
-    # low level I/O (callers hold the lock)
-    def _link_failed(self, error):
-        """Count a failed operation and log the start of a failure streak."""
-        self._stats.failure(timeout=isinstance(error, LinkTimeoutError))
-        log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
-        self._warned = True
-
-    def _fill(self, deadline, what, arg=None, into=None):
-        """Receive more bytes, waiting until ``deadline``: into the buffer, or
-        straight into the writable memoryview ``into`` (returns the count)."""
-        sock = self.comm or self._ensure_connected()
-        room = self.max_read_size - len(self._buffer)
-        if into is None and room <= 0:
-            self._overflow()
-        end = deadline.end
-        if end is None:
-            remaining = -1
-        else:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                # past the deadline (or timeout=0): take what is already
-                # waiting on the socket, but do not wait for more
-                before = len(self._buffer)
-                self._pull_pending()
-                if len(self._buffer) > before:
-                    return 0
-                raise self._timeout(what, arg)
-            remaining = math.ceil(remaining * 1000)
-        if self._poll_sock is not sock:
-            self._watch(sock)
-        if not self._poll.poll(remaining):
-            raise self._timeout(what, arg)
-        try:
-            # poll said readable: a plain read(2) cannot block, and skips the
-            # second poll that socket.recv makes on a socket with a timeout
-            if into is None:
-                data = os.read(sock.fileno(), min(self.buffer_size, room))
-            else:
-                count = os.readv(sock.fileno(), (into,))
-                data = into[:count]
-        except (BlockingIOError, InterruptedError):
-            return 0  # spurious wake-up: the caller checks the buffer and waits again
-        except OSError as e:
-            self._close(f"receive failed: {e}")
-            raise LinkError(f"{self.name}: connection lost while waiting for {describe(what, arg)}: {e}") from e
-        if not data:
-            partial = self._buffer.peek()
-            self._close("device closed the connection")
-            raise PeerClosedError(
-                f"{self.name}: device closed the connection while waiting for {describe(what, arg)}"
-                + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
-                   if partial else ""), partial)
-        self._stats.bytes_in += len(data)
-        if self._debug:
-            log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
-        if into is None:
-            self._buffer.feed(data)
-        return len(data)
-
-    def _watch(self, sock):
-        """Make ``self._poll`` watch ``sock`` for input (data, end of stream
-        or an error).  One poll object per socket, so waiting costs one
-        system call."""
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        self._poll_sock = sock
-
-    def _readable(self, sock, wait):
-        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be readable."""
-        if self._poll_sock is not sock:
-            self._watch(sock)
-        return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
-
-    def _set_timeout(self, sock):
-        """Give ``sock`` the link's timeout, calling ``settimeout`` only when it
-        changed (drivers that use ``comm`` directly see the SOCS behaviour)."""
-        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
-            sock.settimeout(self.timeout)
-            self._timeout_sock = sock
-            self._timeout_value = self.timeout
-
-    def _timeout(self, what, arg):
-        buffered = len(self._buffer)
-        return LinkTimeoutError(
-            f"{self.name}: timed out waiting for {describe(what, arg)}"
-            + (f"; {buffered} bytes received so far stay buffered" if buffered else "; nothing received"))
-
-    def _overflow(self):
-        # The rest of the oversized data is still in flight: on this connection
-        # its tail would be taken as the start of the next reply, so the
-        # connection is closed too and the next operation starts on a new one.
-        dropped = self._buffer.drain()
-        self._close()
-        log.error("%s: discarded %d buffered bytes and closed the connection: over max_read_size=%d: %s",
-                  self.name, len(dropped), self.max_read_size, format_traffic(dropped, 64))
-        raise ReadOverflowError(
-            f"{self.name}: receive overflow: more than max_read_size={self.max_read_size} bytes arrived without "
-            f"completing the read; the {len(dropped)} buffered bytes were discarded and the connection was "
-            "closed (the next operation reconnects)")
-
-    def _pull_pending(self):
-        """Move bytes already waiting on the socket into the buffer, without
-        blocking.  Notices a connection the device has closed meanwhile."""
-        sock = self.comm
-        while sock is not None and self._readable(sock, 0):
-            room = self._buffer.room
-            if room <= 0:
-                return
-            try:
-                data = os.read(sock.fileno(), min(self.buffer_size, room))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._close(f"connection broken: {e}")
-                return
-            if not data:
-                self._close("device closed the connection")
-                return
-            self._stats.bytes_in += len(data)
-            if self._debug:
-                log.debug("%s < %s", self.name, format_traffic(data))
-            self._buffer.feed(data)
-
-    def _send_bytes(self, data, deadline):
-        """Send all of ``data`` before ``deadline``; on a dead connection
-        reconnect once and resend."""
-        sock = self.comm
-        if sock is None or self._poll_sock is not sock or self._poll.poll(0):
-            # something is waiting (stale bytes or end of stream): take it
-            # first, so a device that closed the connection is noticed now
-            self._pull_pending()
-            sock = self._ensure_connected()
-        try:
-            self._sendall(sock, data, deadline)
-            return
-        except TimeoutError:
-            raise self._send_timed_out(data, deadline) from None
-        except OSError as e:
-            self._close(f"send failed: {e}")
-            first = e
-        self._reset()
-        if self.comm is None:
-            if deadline.expired:
-                raise LinkTimeoutError(f"{self.name}: send failed ({first}) and the operation's deadline "
-                                       f"({deadline.timeout} s) ran out reconnecting: {self._last_connect_error}")
-            raise ConnectFailedError(
-                f"{self.name}: send failed ({first}) and reconnecting failed: {self._last_connect_error}") from first
-        try:
-            self._sendall(self.comm, data, deadline)
-        except TimeoutError:
-            raise self._send_timed_out(data, deadline) from None
-        except OSError as e:
-            self._close(f"send failed again: {e}")
-            raise LinkError(f"{self.name}: send failed twice: {first}; then {e}") from e
-
-    def _send_timed_out(self, data, deadline):
-        self._close("send timed out")
-        return LinkTimeoutError(
-            f"{self.name}: sending {len(data)} bytes timed out (the operation's timeout is {deadline.timeout} s); "
-            "the connection was closed because part of the data may have been sent")
-
-    def _sendall(self, sock, data, deadline):
-        """Write all of ``data`` before ``deadline``, one write(2) in the common case.
-
-        Raises:
-            TimeoutError: the device stopped reading before all was sent.
-            OSError: the connection is broken.
-        """
-        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
-            self._set_timeout(sock)
-        if self._debug:
-            log.debug("%s > %s", self.name, format_traffic(data))
-        try:
-            # a socket with a timeout has a non-blocking descriptor: write(2)
-            # returns what fits; without one, MSG_DONTWAIT does the same
-            sent = os.write(sock.fileno(), data) if self.timeout is not None else sock.send(data, _DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent != len(data):
-            self._write_rest(sock, memoryview(data)[sent:], deadline)
-        self._stats.bytes_out += len(data)
-
-    def _write_rest(self, sock, view, deadline):
-        """Write ``view`` as the socket's send buffer gets room, before ``deadline``."""
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        while view:
-            if deadline.expired or not poller.poll(deadline.poll_ms()):
-                raise TimeoutError("send timed out")
-            try:
-                sent = sock.send(view, _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            view = view[sent:]
-
-    # ------------------------------------------------------------------
     # input checking (before anything touches the socket)
     def _encode(self, data, terminate=True):
         if isinstance(data, str):
@@ -690,71 +347,7 @@ class TCPInterface:
         return terminators(eot, self._text_encoding)
 
     # ------------------------------------------------------------------
-    # the operation skeleton: lock, deadline, stats
-    def _run(self, send, extract, arg, what, timeout):
-        """Optionally send ``send``, then receive until ``extract(arg)``
-        returns something other than ``None``, and return that.  ``what``
-        names the kind of read for error messages (see
-        :func:`~socs_tcp.core.readers.describe`)."""
-        with self.lock:
-            deadline = Deadline.start(timeout, self.timeout)  # the one check of the per-call timeout
-            self._op_deadline = deadline
-            self._debug = log.isEnabledFor(logging.DEBUG)
-            try:
-                if send is not None:
-                    if self.drain_before_query and extract is not None:
-                        self._discard_stale()
-                    self._send_bytes(send, deadline)
-                frame = None
-                if extract is not None:
-                    buffer = self._buffer
-                    if buffer:
-                        frame = extract(arg)
-                    while frame is None:
-                        self._fill(deadline, what, arg)
-                        frame = extract(arg)
-            except LinkTimeoutError as e:
-                if self.close_on_timeout and send is not None and extract is not None:
-                    self._close("no reply before the deadline: closed so that a late reply cannot answer "
-                                "a later query (close_on_timeout)")
-                    e = LinkTimeoutError(f"{e}; the connection was closed (close_on_timeout), the next "
-                                         "operation reconnects")
-                    self._link_failed(e)
-                    raise e from None
-                self._link_failed(e)
-                raise
-            except LinkError as e:
-                self._link_failed(e)
-                raise
-            finally:
-                self._op_deadline = None
-            self._stats.success(deadline.elapsed())
-            self._warned = False
-            return frame
-
-    def _drain_all(self):
-        """Discard everything received so far, buffered or waiting on the
-        socket, however much that is (up to 64 x ``max_read_size`` from a
-        device that never stops sending).  Returns ``(count, head)``: the
-        number of bytes discarded and the first ``max_read_size`` of them."""
-        head = bytearray()
-        count = 0
-        while count <= 64 * self.max_read_size:
-            self._pull_pending()
-            chunk = self._buffer.drain()
-            if not chunk:
-                break
-            count += len(chunk)
-            if len(head) < self.max_read_size:
-                head += chunk[:self.max_read_size - len(head)]
-        return count, bytes(head)
-
-    def _discard_stale(self):
-        count, head = self._drain_all()
-        if count:
-            log.warning("%s: discarded %d stale bytes before a query: %s", self.name, count,
-                        format_traffic(head, 64))
-
+    # readers (see socs_tcp.core.readers), called by Connection._run
     def _some(self, n):
         buffer = self._buffer
         return buffer.extract_some(n) if buffer else None
@@ -869,47 +462,7 @@ class TCPInterface:
             raise TypeError(f"readinto needs a writable buffer, got a read-only {type(buffer).__name__}")
         if not view.c_contiguous:
             raise TypeError(f"readinto needs a C-contiguous buffer, got a non-contiguous {type(buffer).__name__}")
-        view = view.cast("B")
-        total = len(view)
-        with self.lock:
-            deadline = Deadline.start(timeout, self.timeout)
-            self._op_deadline = deadline
-            self._debug = log.isEnabledFor(logging.DEBUG)
-            got = 0
-            source = self._buffer
-            try:
-                while got < total:
-                    if source:
-                        chunk = source.extract_some(total - got)
-                        view[got:got + len(chunk)] = chunk
-                        got += len(chunk)
-                    else:
-                        got += self._fill(deadline, "exact", total, view[got:])
-            except LinkError as e:
-                e = self._readinto_failed(e, view[:got], total)
-                self._link_failed(e)
-                raise e from None
-            finally:
-                self._op_deadline = None
-            self._stats.success(deadline.elapsed())
-            self._warned = False
-            return total
-
-    def _readinto_failed(self, error, received, total):
-        """The exception to raise when :meth:`readinto` stops after ``received``."""
-        got = len(received)
-        if isinstance(error, PeerClosedError):
-            return PeerClosedError(f"{error} after {got} of {total} bytes", bytes(received))
-        if not isinstance(error, LinkTimeoutError) or not got:
-            return error
-        try:
-            self._buffer.unread(received)
-        except ReadOverflowError:
-            return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; they are in "
-                                    f"the first {got} bytes of the buffer (too many to keep in max_read_size="
-                                    f"{self.max_read_size})")
-        return LinkTimeoutError(f"{self.name}: timed out after receiving {got} of {total} bytes; "
-                                "they stay buffered for the next read")
+        return self._transfer_into(view.cast("B"), timeout)
 
     def read_until(self, eot=None, timeout=None):
         """Read up to the first terminator of ``eot`` (default ``read_termination``).
