@@ -133,3 +133,30 @@ def test_check_args_names_the_bad_argument():
         op.check_args(volts=1)
     with pytest.raises(ValueError, match="finite"):
         op.check_args(volt_set=float("nan"))
+
+
+def test_the_tutorial_file_loads_and_behaves_as_the_tutorial_says():
+    from pathlib import Path
+
+    from socs_tcp.devices import Device
+    from socs_tcp.devices.simulator import DeviceSimulator
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "devices" / "examples" / "tm2.yaml"
+    spec = load(path)
+    assert list(spec.operations) == ["identify", "temperature", "temperatures", "unit", "status", "set_unit"]
+    assert [f.name for f in spec.polling.feed_fields] == ["temperature_1", "temperature_2", "alarm_1", "alarm_2"]
+    with DeviceSimulator(spec, seed=1) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=5)
+        try:
+            assert dev.identify() == {"maker": "ACME", "model": "TM-2", "serial": "0042", "firmware": "1.3"}
+            assert 20 <= dev.temperature(channel=1) <= 25
+            with pytest.raises(ValueError, match="argument 'channel' must be <= 2, got 3"):
+                dev.temperature(channel=3)
+            dev.set_unit(unit="K")
+            assert dev.unit() == "K"
+            assert sim.received[-3:] == ["UNIT 2", "ERR?", "UNIT?"]
+            assert dev.parse("temperatures", b"0,+21.50,1,+0.00\r\n") == {"temperature": [21.5, None],
+                                                                          "input_status": ["ok", "open"]}
+            assert set(dev.poll()) == {"temperature_1", "temperature_2", "alarm_1", "alarm_2"}
+        finally:
+            dev.close()
