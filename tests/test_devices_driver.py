@@ -110,6 +110,7 @@ def test_tpg366_data_line_ending_crlf_is_tolerated(connect):
 
 def test_tpg366_bad_channel_sends_nothing(tpg, connect):
     dev = connect("tpg366", tpg)
+    dev.unit()  # answered: everything sent so far has arrived
     before = list(tpg.received)
     with pytest.raises(ValueError, match="argument 'channel' must be <= 6, got 7"):
         dev.pressure(channel=7)
@@ -305,10 +306,13 @@ def test_ls372_input_setup_round_trip(connect):
         assert dev.get_input_setup(channel=1) == {"enabled": True, "dwell": 7, "pause": 3, "curve": 21,
                                                   "tempco": "negative"}
         dev.set_input_setup(channel=4, enabled=False, dwell=12, pause=4, curve=0, tempco="positive")
+        assert emu.wait_for_requests(2)  # a Lake Shore command has no reply: wait for it to arrive
         assert emu.received[-1] == b"INSET 4,0,12,4,0,2"
         assert dev.get_input_setup(channel=4)["tempco"] == "positive"
         assert dev.get_input_type(channel="A")["units"] == "ohms"
+        count = len(emu.received)
         dev.set_name(channel=3, name="still")
+        assert emu.wait_for_requests(count + 1)
         assert emu.received[-1] == b'INNAME 3,"still"'
         assert dev.get_name(channel=3) == "still"
         with pytest.raises(ValueError, match="at most 15 characters"):
