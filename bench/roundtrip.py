@@ -81,9 +81,18 @@ import time
 from benchutil import HOST, LogHistogram, Row, ServerProcess, fmt_rate, fmt_ratio, machine_info, percentile, verdict
 
 TARGET_RATIO = 0.85
+#: issue 14's targets: pinned, >= 0.85x the bare loop with a timeout, >= 0.75x
+#: the bare blocking loop and >= 1.5x every peer; unpinned, >= every peer
+TARGET_VS_BLOCKING = 0.75
+TARGET_VS_PEERS_PINNED = 1.5
+TARGET_VS_PEERS_UNPINNED = 1.0
 BASELINE = "bare socket"
 NO_TIMEOUT = "bare socket, no timeout"
 SOCS = "socs.tcp send+recv"
+PYVISA = "pyvisa-py query"
+PEERS = (SOCS, PYVISA)
+DROP_IN = "socs_tcp send+recv"
+POLL_WAIT = "socs_tcp wrnrd_until, poll wait"
 TARGET_CLIENTS = ("socs_tcp wrnrd_until", "socs_tcp query")
 TIMEOUT = 10.0
 
@@ -166,11 +175,22 @@ def make_socs_tcp_query(port, line):
     return round_trip, message, link.close
 
 
-def make_socs(port, line):
-    from socs.tcp import TCPInterface
-    link = TCPInterface(HOST, port, TIMEOUT)
-    if link.comm is None:
-        raise ConnectionError("socs.tcp.TCPInterface could not connect")
+def make_socs_tcp_poll_wait(port, line):
+    """socs_tcp with the other wait strategy (poll(2), then read(2)), for comparison."""
+    import socs_tcp
+    link = socs_tcp.TCPInterface(HOST, port)
+    link._blocking_wait = False
+    text = line.decode("ascii")
+
+    def round_trip():
+        return link.wrnrd_until(text, "\n")
+    return round_trip, text[:-1], link.close
+
+
+def _recv_loop_client(link, line):
+    """A SOCS-style driver: ``send`` the line, then loop on ``recv()`` until
+    the terminator, keeping what follows it (as a driver written for
+    ``socs.tcp`` does)."""
     buf = bytearray()
     send, recv = link.send, link.recv
 
@@ -186,17 +206,56 @@ def make_socs(port, line):
             if not chunk:
                 raise ConnectionError("echo server closed the connection")
             buf.extend(chunk)
+    return round_trip
+
+
+def make_socs_tcp_recv_loop(port, line):
+    import socs_tcp
+    link = socs_tcp.TCPInterface(HOST, port, TIMEOUT)
+    return _recv_loop_client(link, line), line[:-1], link.close
+
+
+def make_socs(port, line):
+    from socs.tcp import TCPInterface
+    link = TCPInterface(HOST, port, TIMEOUT)
+    if link.comm is None:
+        raise ConnectionError("socs.tcp.TCPInterface could not connect")
 
     def close():
         if link.comm is not None:
             link.comm.close()
             link.comm = None
-    return round_trip, line[:-1], close
+    return _recv_loop_client(link, line), line[:-1], close
+
+
+def make_pyvisa(port, line):
+    import pyvisa
+    rm = pyvisa.ResourceManager("@py")
+    inst = rm.open_resource(f"TCPIP::{HOST}::{port}::SOCKET", read_termination="\n", write_termination="\n",
+                            timeout=int(TIMEOUT * 1000))
+    message = line[:-1].decode("ascii")
+
+    def round_trip():
+        return inst.query(message)
+
+    def close():
+        inst.close()
+        rm.close()
+    return round_trip, message, close
 
 
 def socs_available():
     try:
         import socs.tcp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pyvisa_available():
+    try:
+        import pyvisa  # noqa: F401
+        import pyvisa_py  # noqa: F401
     except ImportError:
         return False
     return True
@@ -240,16 +299,20 @@ def run_client(round_trip, expected, seconds, warmup):
     }, histogram
 
 
-def clients(socs=True):
-    """The ``(name, factory)`` pairs measured; the socs.tcp one only if asked and importable."""
+def clients(socs=True, pyvisa=True):
+    """The ``(name, factory)`` pairs measured; the peers only if asked and importable."""
     out = [
         (BASELINE, make_bare),
         (NO_TIMEOUT, make_bare_blocking),
         ("socs_tcp wrnrd_until", make_socs_tcp_wrnrd_until),
         ("socs_tcp query", make_socs_tcp_query),
+        (POLL_WAIT, make_socs_tcp_poll_wait),
+        (DROP_IN, make_socs_tcp_recv_loop),
     ]
     if socs and socs_available():
         out.append((SOCS, make_socs))
+    if pyvisa and pyvisa_available():
+        out.append((PYVISA, make_pyvisa))
     return out
 
 
@@ -288,6 +351,8 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
     have_socs = any(name == SOCS for name, _ in chosen)
     if not have_socs:
         log("socs not installed: skipped")
+    if not any(name == PYVISA for name, _ in chosen):
+        log("pyvisa / pyvisa-py not installed: skipped (pip install pyvisa pyvisa-py)")
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if not cpus or (placement == "split" and len(cpus) < 2):
@@ -342,12 +407,19 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
         # per-round (paired) ratios: less sensitive to drift between rounds
         row["ratio_vs_bare_per_round"] = [f["rate"] / b["rate"] for f, b in zip(results[name], results[BASELINE])]
     verdicts = {name: summary[name]["ratio_vs_bare"] >= TARGET_RATIO for name in TARGET_CLIENTS}
+    peers = [p for p in PEERS if p in summary]
+    for name in TARGET_CLIENTS:
+        row = summary[name]
+        row["ratio_vs_peers"] = {p: row["rate"] / summary[p]["rate"] for p in peers}
+    if SOCS in summary:
+        summary[DROP_IN]["ratio_vs_socs"] = summary[DROP_IN]["rate"] / summary[SOCS]["rate"]
     return {
         "benchmark": "write-then-read-until-\\n round trips on loopback",
         "parameters": {"seconds": seconds, "warmup": warmup, "rounds": rounds, "payload_bytes": payload,
                        "placement": placement, "client_cpu": client_cpu, "server_cpu": server_cpu,
                        "baseline": BASELINE, "target_ratio": TARGET_RATIO},
         "socs_installed": have_socs,
+        "pyvisa_installed": PYVISA in summary,
         "summary": summary,
         "rounds": results,
         "histograms": {name: h.to_dict() for name, h in histograms.items()},
@@ -374,25 +446,50 @@ def summary_rows(report):
 
 def print_report(report):
     summary = report["summary"]
+    params = report["parameters"]
     print()
-    header = (f"{'client':<26}{'round trips/s':>14}{'min-max':>17}{'median µs':>11}{'p99 µs':>9}"
-              f"{'vs bare':>9}{'(median)':>10}")
+    print(f"placement: {PLACEMENT_NAMES.get(params['placement'], params['placement'])}")
+    header = (f"{'client':<34}{'round trips/s':>14}{'min-max':>17}{'median µs':>11}{'p99 µs':>9}"
+              f"{'vs bare':>9}{'vs block':>10}")
     print(header)
     print("-" * len(header))
     for name, row in summary.items():
         spread = f"{row['rate_min']:,.0f}-{row['rate_max']:,.0f}"
-        print(f"{name:<26}{row['rate']:>14,.0f}{spread:>17}{row['latency_median_us']:>11.1f}"
-              f"{row['latency_p99_us']:>9.1f}{row['ratio_vs_bare']:>8.2f}x{row['ratio_vs_bare_by_median_latency']:>9.2f}x")
+        print(f"{name:<34}{row['rate']:>14,.0f}{spread:>17}{row['latency_median_us']:>11.1f}"
+              f"{row['latency_p99_us']:>9.1f}{row['ratio_vs_bare']:>8.2f}x{row['ratio_vs_bare_no_timeout']:>9.2f}x")
     if not report["socs_installed"]:
-        print(f"{SOCS:<26}  socs not installed: skipped")
-    print("vs bare: ratio of round trips/s to 'bare socket'; (median): the same ratio computed from median latencies")
-    print()
-    for name in TARGET_CLIENTS:
-        ratio = summary[name]["ratio_vs_bare"]
-        print(f"target socs_tcp >= {TARGET_RATIO}x bare: {name} = {ratio:.2f}x bare -> "
-              + ("MET" if report["target_met"][name] else "NOT MET")
-              + f" (by median latency {summary[name]['ratio_vs_bare_by_median_latency']:.2f}x; "
-              f"{summary[name]['ratio_vs_bare_no_timeout']:.2f}x bare without timeout)")
+        print(f"{SOCS:<34}  socs not installed: skipped")
+    if not report.get("pyvisa_installed"):
+        print(f"{PYVISA:<34}  pyvisa / pyvisa-py not installed: skipped")
+    print("vs bare: round trips/s over 'bare socket' (a socket with a timeout); "
+          "vs block: over 'bare socket, no timeout' (the blocking floor)")
+
+
+PLACEMENT_NAMES = {"same": "pinned (client and server on one CPU)", "none": "unpinned", "split": "split CPUs"}
+
+
+def targets(reports):
+    """Issue 14's round-trip targets over the reports of one run, one per
+    placement: a list of ``(target, value, met)``."""
+    out = []
+    for report in reports:
+        summary = report["summary"]
+        placement = report["parameters"]["placement"]
+        label = PLACEMENT_NAMES.get(placement, placement).split(" (")[0]
+        for name in TARGET_CLIENTS:
+            row = summary[name]
+            if placement == "same":
+                out.append((f"{label}: {name} >= {TARGET_RATIO}x bare (timeout)", row["ratio_vs_bare"],
+                            row["ratio_vs_bare"] >= TARGET_RATIO))
+                out.append((f"{label}: {name} >= {TARGET_VS_BLOCKING}x bare blocking", row["ratio_vs_bare_no_timeout"],
+                            row["ratio_vs_bare_no_timeout"] >= TARGET_VS_BLOCKING))
+            need = TARGET_VS_PEERS_PINNED if placement == "same" else TARGET_VS_PEERS_UNPINNED
+            for peer, ratio in row.get("ratio_vs_peers", {}).items():
+                out.append((f"{label}: {name} >= {need}x {peer}", ratio, ratio >= need))
+        if "ratio_vs_socs" in summary.get(DROP_IN, {}):
+            ratio = summary[DROP_IN]["ratio_vs_socs"]
+            out.append((f"{label}: drop-in recv() loop on socs_tcp >= 1.0x on socs.tcp", ratio, ratio >= 1.0))
+    return out
 
 
 def main(argv=None):
@@ -405,22 +502,34 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     parser.add_argument("--socs-path", metavar="DIR",
                         help="directory holding the socs package (e.g. from pip install --no-deps --target DIR socs)")
-    parser.add_argument("--placement", choices=("same", "split", "none"), default="same",
-                        help="pin client and server to the same CPU (default), to different CPUs, or not at all")
+    parser.add_argument("--placement", choices=("both", "same", "split", "none"), default="both",
+                        help="both (default: pinned to one CPU, then unpinned, in every run), or only one of: "
+                             "same CPU, different CPUs, no pinning")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.payload < 1:
         parser.error("--seconds and --payload must be > 0, --warmup >= 0, --rounds >= 1")
     add_socs_path(args.socs_path, parser)
 
     info = machine_info()
-    print(f"python {info['python']} on {info['platform']}, {info['nproc']} CPUs ({info['cpu_model']})")
-    report = run(args.seconds, args.payload, args.rounds, args.warmup, args.placement,
-                 log=lambda msg: print(msg, flush=True))
-    report["machine"] = info
-    print_report(report)
+    print(f"python {info['python']} on {info['platform']}, {info['nproc']} CPUs ({info['cpu_model']}), "
+          f"load average {info.get('loadavg')}")
+    placements = ("same", "none") if args.placement == "both" else (args.placement,)
+    reports = []
+    for placement in placements:
+        report = run(args.seconds, args.payload, args.rounds, args.warmup, placement,
+                     log=lambda msg: print(msg, flush=True))
+        report["machine"] = info
+        reports.append(report)
+    for report in reports:
+        print_report(report)
+    print()
+    results = targets(reports)
+    for what, value, met in results:
+        print(f"target {what}: {value:.2f}x -> {'MET' if met else 'NOT MET'}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(reports[0] if len(reports) == 1 else
+                      {"placements": reports, "targets": [list(t) for t in results]}, f, indent=2)
             f.write("\n")
         print(f"figures written to {args.json}")
     return 0

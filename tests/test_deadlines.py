@@ -246,3 +246,23 @@ def test_the_timeout_is_checked_once_per_call(emulator, bus_link, monkeypatch):
     dev = cmd_tcp.get_link(tcp_id)
     assert dev.wrnrd_until("*IDN?\n", "\\n", timeout=0.5) == "ACME,MODEL1,42,1.0"
     assert calls == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("blocking_wait", [True, False], ids=["blocking-read", "poll"])
+def test_both_wait_strategies_hold_the_deadline(stalled, blocking_wait):
+    """The blocking read (bounded by SO_RCVTIMEO / SO_SNDTIMEO) and the poll
+    wait (the fallback where those are not usable) both end on time, and
+    neither ends early (the kernel timeout is 90 % of the budget: the read
+    waits again for the rest)."""
+    dev = TCPInterface("127.0.0.1", stalled.port, LINK_TIMEOUT, encoding=None)
+    dev._blocking_wait = blocking_wait
+    try:
+        for timeout in (0.05, CALL_TIMEOUT, 0.3):
+            took, error = timed(lambda t=timeout: dev.read_until(b"\n", timeout=t))
+            assert isinstance(error, LinkTimeoutError), error
+            assert timeout <= took < timeout + BOUND, f"a read with timeout={timeout} took {took:.3f} s"
+        took, error = timed(lambda: dev.wrnrd_until(b"x" * BIG, b"\n", timeout=CALL_TIMEOUT))
+        assert isinstance(error, LinkTimeoutError) and took < BOUND, (error, took)
+    finally:
+        dev.close()
+

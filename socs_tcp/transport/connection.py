@@ -40,6 +40,8 @@ import math
 import os
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 
@@ -55,6 +57,14 @@ __all__ = ["Connection"]
 log = logging.getLogger("socs_tcp.interface")  # one logger for the link, the name the docs promise
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+#: wait for replies in a blocking read(2) bounded by SO_RCVTIMEO (see the
+#: header); elsewhere (Windows takes a DWORD there), wait in poll(2)
+BLOCKING_WAIT = sys.platform.startswith(("linux", "darwin", "freebsd"))
+_TIMEVAL = struct.Struct("@ll")
+#: the kernel rounds SO_RCVTIMEO up to whole clock ticks (up to 10 ms): the
+#: last TICK_MARGIN seconds before a deadline are waited in poll(2), whose
+#: millisecond timeout keeps the deadline to within about a millisecond
+TICK_MARGIN = 0.02
 
 
 class Connection:
@@ -83,6 +93,9 @@ class Connection:
         self._timeout_value = None    # ... and to what
         self._debug = False           # traffic logging on, decided once per operation
         self._op_deadline = None      # the Deadline of the operation in progress (under the lock)
+        self._blocking_wait = BLOCKING_WAIT
+        self._rcv_timeo = None        # SO_RCVTIMEO / SO_SNDTIMEO of _timeout_sock, seconds
+        self._snd_timeo = None        # (math.inf: none; None: unknown)
 
     # ------------------------------------------------------------------
     # connecting (with the policy's backoff) and closing
@@ -283,12 +296,13 @@ class Connection:
         room = self.max_read_size - len(self._buffer)
         if into is None and room <= 0:
             self._overflow()
+        if sock is not self._timeout_sock or self._timeout_value != self.timeout:
+            self._set_timeout(sock)
         end = deadline.end
-        if end is None:
-            remaining = -1
-        else:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
+        left = math.inf
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= 0:
                 # past the deadline (or timeout=0): take what is already
                 # waiting on the socket, but do not wait for more
                 before = len(self._buffer)
@@ -296,21 +310,27 @@ class Connection:
                 if len(self._buffer) > before:
                     return 0
                 raise self._timeout(what, arg)
-            remaining = math.ceil(remaining * 1000)
-        if self._poll_sock is not sock:
-            self._watch(sock)
-        if not self._poll.poll(remaining):
-            raise self._timeout(what, arg)
+        budget = left - TICK_MARGIN
+        if self._blocking_wait and budget > 0:
+            # wait in read(2) itself, bounded by SO_RCVTIMEO (see the header)
+            timeo = self._rcv_timeo
+            if timeo is None or timeo > budget or timeo < budget * 0.5:
+                self._rcv_timeo = self._set_timeo(sock, socket.SO_RCVTIMEO, budget)
+        else:
+            if self._poll_sock is not sock:
+                self._watch(sock)
+            if not self._poll.poll(-1 if end is None else math.ceil(left * 1000)):
+                raise self._timeout(what, arg)
         try:
-            # poll said readable: a plain read(2) cannot block, and skips the
-            # second poll that socket.recv makes on a socket with a timeout
             if into is None:
                 data = os.read(sock.fileno(), min(self.buffer_size, room))
             else:
                 count = os.readv(sock.fileno(), (into,))
                 data = into[:count]
         except (BlockingIOError, InterruptedError):
-            return 0  # spurious wake-up: the caller checks the buffer and waits again
+            # SO_RCVTIMEO ran out, or a spurious wake-up: the caller checks
+            # the buffer and calls again, which checks the deadline
+            return 0
         except OSError as e:
             self._close(f"receive failed: {e}")
             raise LinkError(f"{self.name}: connection lost while waiting for {describe(what, arg)}: {e}") from e
@@ -343,12 +363,34 @@ class Connection:
         return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
 
     def _set_timeout(self, sock):
-        """Give ``sock`` the link's timeout, calling ``settimeout`` only when it
-        changed (drivers that use ``comm`` directly see the SOCS behaviour)."""
-        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
-            sock.settimeout(self.timeout)
-            self._timeout_sock = sock
-            self._timeout_value = self.timeout
+        """Give ``sock`` the link's timeout (drivers that use ``comm``
+        directly see the SOCS behaviour: ``comm.gettimeout() == timeout``),
+        then, for the blocking wait, make its descriptor blocking again
+        under Python's back: Python's own calls on ``comm`` still poll with
+        that timeout first, and ours block in the kernel, bounded by
+        SO_RCVTIMEO / SO_SNDTIMEO."""
+        sock.settimeout(self.timeout)
+        if self._blocking_wait:
+            os.set_blocking(sock.fileno(), True)
+            self._rcv_timeo = self._snd_timeo = None
+        self._timeout_sock = sock
+        self._timeout_value = self.timeout
+
+    @staticmethod
+    def _set_timeo(sock, option, budget):
+        """Set the kernel timeout ``option`` of ``sock`` for a wait of at
+        most ``budget`` seconds (``math.inf``: no limit); returns the value
+        set: 90 % of ``budget``, so that the next operations, which have
+        about the same budget, can keep it (a wait that ends early is simply
+        made again with what is left)."""
+        if budget == math.inf:
+            value, packed = math.inf, _TIMEVAL.pack(0, 0)  # 0 means no limit to the kernel
+        else:
+            value = budget * 0.9
+            usec = max(1, int(value * 1e6))  # never 0, which would mean no limit
+            packed = _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, option, packed)
+        return value
 
     def _timeout(self, what, arg):
         buffered = len(self._buffer)
@@ -441,10 +483,23 @@ class Connection:
             self._set_timeout(sock)
         if self._debug:
             log.debug("%s > %s", self.name, format_traffic(data))
+        blocking = self._blocking_wait
+        if blocking:
+            # a blocking write(2) takes all of a message that fits at once;
+            # SO_SNDTIMEO bounds it when the device stops reading
+            budget = deadline.end
+            budget = math.inf if budget is None else budget - time.monotonic() - TICK_MARGIN
+            if budget > 0:
+                timeo = self._snd_timeo
+                if timeo is None or timeo > budget or timeo < budget * 0.5:
+                    self._snd_timeo = self._set_timeo(sock, socket.SO_SNDTIMEO, budget)
+            else:
+                blocking = False  # too close to the deadline: MSG_DONTWAIT, then poll
         try:
-            # a socket with a timeout has a non-blocking descriptor: write(2)
-            # returns what fits; without one, MSG_DONTWAIT does the same
-            sent = os.write(sock.fileno(), data) if self.timeout is not None else sock.send(data, _DONTWAIT)
+            # without the blocking wait the descriptor is non-blocking when
+            # the socket has a timeout; without one, MSG_DONTWAIT does the same
+            sent = (os.write(sock.fileno(), data) if blocking or (self.timeout is not None and not self._blocking_wait)
+                    else sock.send(data, _DONTWAIT))
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent != len(data):
