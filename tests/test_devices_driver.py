@@ -149,7 +149,7 @@ def test_cryomech_power_echo(connect):
     with CryomechCPAEmulator() as emu:
         dev = connect("cryomech_cpa", emu)
         _, exchanges = dev.transact("power_ptc", state="off")
-        assert exchanges == [[SOCS_OFF, SOCS_OFF]]
+        assert exchanges == [(SOCS_OFF, SOCS_OFF)]
         assert dev.status()["Compressor_State"] == 0
         _, exchanges = dev.transact("power_ptc", state="on")
         assert exchanges[0][0] == SOCS_ON
@@ -205,8 +205,10 @@ def test_ds378_wrong_length_reply_is_discarded_and_sent_again(connect):
         assert dev.get_status()["module_id"] == 35
         assert emu.received.count(b"\x30") == 2
         emu.partial_reply_once(2)
-        with pytest.raises(DeviceReplyError, match="get_status: 7 bytes, expected 8 \\(after 2 attempts\\)"):
+        with pytest.raises(DeviceReplyError, match="get_status: 7 bytes, expected 8 \\(after 2 attempts\\)") as info:
             dev.get_status()
+        assert [sent for sent, _ in info.value.exchanges] == [b"\x30", b"\x30"]
+        assert all(len(received) == 7 for _, received in info.value.exchanges)
 
 
 def test_ds378_limits_send_nothing(connect):

@@ -464,7 +464,7 @@ def _render_value(f, value):
         v = float(value)
         if f.scale is not None or f.offset is not None:
             v = (v - (f.offset or 0)) / (f.scale or 1)
-        return f"{v:+.4E}"
+        return repr(v)  # shortest text that reads back as the same float
     if f.type == "int":
         v = value
         if f.scale is not None or f.offset is not None:

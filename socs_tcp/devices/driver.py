@@ -166,7 +166,11 @@ class Device(TCPInterface):
 
     def transact(self, op_name, **args):
         """Like :meth:`call`, returning ``(values, exchanges)``: the list of
-        ``(sent bytes, received bytes)`` pairs of this call."""
+        ``(sent bytes, received bytes)`` pairs of this call.
+
+        When the call fails, the exception carries the same list as its
+        ``exchanges`` attribute (what was sent and received up to the failure).
+        """
         op = self.operation(op_name)
         checked = op.check_args(**args)
         request = self._build(op, checked)      # raises before anything is sent
@@ -179,16 +183,19 @@ class Device(TCPInterface):
                 if op.guard is not None:
                     self._check_guard(op, checked)
                 values = self._run_op(op, checked, request)
-                return values, self._exchanges
-            except LinkTimeoutError:
+                return values, [tuple(e) for e in self._exchanges]
+            except LinkTimeoutError as e:
                 if stale == "close" and self.comm is not None:
                     log.warning("%s: %s: no reply before the deadline: closing so that a late reply cannot answer "
                                 "a later call (stale_input: close)", self.name, op.name)
                     self.disconnect()
+                e.exchanges = [tuple(x) for x in self._exchanges]
+                raise
+            except (ConnectionError, DeviceError, DeviceReplyError) as e:
+                e.exchanges = [tuple(x) for x in self._exchanges]
                 raise
             finally:
-                exchanges, self._exchanges = self._exchanges, None
-                del exchanges
+                self._exchanges = None
 
     def poll(self):
         """One pass over the file's polling items: ``{feed field: value}``."""
@@ -552,12 +559,12 @@ class Device(TCPInterface):
                 data = self.read_bytes(length, timeout=op.timeout)
             except LinkTimeoutError as e:
                 partial = self.drain()
+                self._note_received(partial)
                 if not partial or attempt >= attempts:
                     if partial:
                         raise DeviceReplyError(op.name, partial, f"{len(partial)} bytes, expected {length} "
                                                                  f"(after {attempts} attempts)") from None
                     raise
-                self._note_received(partial)
                 log.warning("%s: %s: short reply (%d of %d bytes) discarded: %s; sending again (%d of %d)", self.name,
                             op.name, len(partial), length, format_traffic(partial, 64), attempt + 1, attempts)
                 del e
