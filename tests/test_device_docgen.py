@@ -7,6 +7,7 @@ makes from the shipped files, so the docs can never drift from the files.
 
 import argparse
 import io
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -28,6 +29,12 @@ def test_committed_page_matches_the_generator(name):
     assert page.exists(), f"docs/devices/{name}.rst is missing; make it with {REGENERATE}"
     assert page.read_text(encoding="utf-8") == docgen.render_page(load(name)), (
         f"docs/devices/{name}.rst differs from its device file; regenerate it with {REGENERATE}")
+
+
+def test_every_device_page_is_in_the_devices_toctree():
+    index = (PAGES / "index.rst").read_text()
+    for name in list_devices():
+        assert re.search(rf"^\s+{re.escape(name)}\s*$", index, re.M), f"{name} is not in docs/devices/index.rst"
 
 
 @pytest.mark.parametrize("name", list_devices())
