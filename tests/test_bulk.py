@@ -142,3 +142,48 @@ def test_read_bytes_bad_counts(serve, count, error, message):
     dev = TCPInterface("127.0.0.1", server.port, 5.0)
     with pytest.raises(error, match=message):
         dev.read_bytes(count)
+
+
+def test_read_bytes_of_a_large_block_keeps_the_rest_buffered(serve):
+    server = serve(pattern(300_000) + b"tail\n", close_after=False)
+    dev = TCPInterface("127.0.0.1", server.port, 5.0)
+    assert dev.read_bytes(300_000) == pattern(300_000)
+    assert dev.read_until("\n") == "tail"
+
+
+def test_read_bytes_of_a_large_block_timeout_keeps_what_arrived_in_order(serve):
+    server = serve(pattern(50_000), close_after=False)
+    dev = TCPInterface("127.0.0.1", server.port, 5.0)
+    with pytest.raises(LinkTimeoutError, match="50000 of 80000 bytes; they stay buffered"):
+        dev.read_bytes(80_000, timeout=0.3)
+    assert dev.is_connected
+    assert dev.read_bytes(50_000, timeout=1) == pattern(50_000)
+
+
+def test_read_bytes_of_a_large_block_peer_close_reports_the_partial_data(serve):
+    server = serve(pattern(20_000))
+    dev = TCPInterface("127.0.0.1", server.port, 5.0)
+    with pytest.raises(PeerClosedError, match="after 20000 of 30000 bytes") as info:
+        dev.read_bytes(30_000)
+    assert info.value.partial == pattern(20_000)
+
+
+def test_recv_hands_over_up_to_bufsize_in_one_call(serve):
+    """A SOCS-style recv() loop gets as much as has arrived, up to bufsize,
+    not buffer_size (4096) at a time; buffered bytes come first."""
+    block = pattern(200_000)
+    server = serve(b"x\n" + block, close_after=False)
+    dev = TCPInterface("127.0.0.1", server.port, 5.0, buffer_size=4096)
+    assert dev.read_until("\n") == "x"
+    got = bytearray()
+    sizes = []
+    while len(got) < len(block):
+        chunk = dev.recv(1 << 20)
+        sizes.append(len(chunk))
+        got += chunk
+    assert bytes(got) == block
+    assert max(sizes) > 4096, sizes
+    dev.timeout = 0.3   # recv() waits for the link's timeout
+    with pytest.raises(LinkTimeoutError):
+        dev.recv(1 << 20)
+    assert dev.is_connected

@@ -289,12 +289,14 @@ class Connection:
             self._warned = False
             return frame
 
-    def _fill(self, deadline, what, arg=None, into=None):
-        """Receive more bytes, waiting until ``deadline``: into the buffer, or
-        straight into the writable memoryview ``into`` (returns the count)."""
+    def _fill(self, deadline, what, arg=None, into=None, size=0):
+        """Receive more bytes, waiting until ``deadline``: into the buffer,
+        straight into the writable memoryview ``into`` (returns the count in
+        both cases), or, with ``size``, up to ``size`` bytes returned as
+        ``bytes`` past the buffer (``0`` after a wake-up without data)."""
         sock = self.comm or self._ensure_connected()
         room = self.max_read_size - len(self._buffer)
-        if into is None and room <= 0:
+        if into is None and room <= 0 and not size:
             self._overflow()
         if sock is not self._timeout_sock or self._timeout_value != self.timeout:
             self._set_timeout(sock)
@@ -323,7 +325,7 @@ class Connection:
                 raise self._timeout(what, arg)
         try:
             if into is None:
-                data = os.read(sock.fileno(), min(self.buffer_size, room))
+                data = os.read(sock.fileno(), size or min(self.buffer_size, room))
             else:
                 count = os.readv(sock.fileno(), (into,))
                 data = into[:count]
@@ -344,6 +346,8 @@ class Connection:
         self._stats.bytes_in += len(data)
         if self._debug:
             log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
+        if size:
+            return data
         if into is None:
             self._buffer.feed(data)
         return len(data)
@@ -545,7 +549,29 @@ class Connection:
                         format_traffic(head, 64))
 
     # ------------------------------------------------------------------
-    # bulk: straight into the caller's buffer
+    # past the buffer: recv() and bulk transfers
+    def _receive_some(self, n, timeout):
+        """Up to ``n`` bytes: buffered ones first, else one read(2) of up to
+        ``n`` bytes (not ``buffer_size``), handed over without going through
+        the buffer, as a driver's ``recv()`` loop expects."""
+        with self.lock:
+            deadline = Deadline.start(timeout, self.timeout)
+            self._op_deadline = deadline
+            self._debug = log.isEnabledFor(logging.DEBUG)
+            buffer = self._buffer
+            try:
+                data = None
+                while not data:
+                    data = buffer.extract_some(n) if buffer else self._fill(deadline, "data", None, size=n)
+            except LinkError as e:
+                self._link_failed(e)
+                raise
+            finally:
+                self._op_deadline = None
+            self._stats.success(deadline.elapsed())
+            self._warned = False
+            return data
+
     def _transfer_into(self, view, timeout):
         """Fill all of the writable byte memoryview ``view`` before the
         deadline of ``timeout``: bytes already buffered first, then straight

@@ -348,10 +348,6 @@ class TCPInterface(Connection):
 
     # ------------------------------------------------------------------
     # readers (see socs_tcp.core.readers), called by Connection._run
-    def _some(self, n):
-        buffer = self._buffer
-        return buffer.extract_some(n) if buffer else None
-
     def _match(self, regex):
         return extract_match(self._buffer, regex, self._op_deadline)
 
@@ -387,7 +383,7 @@ class TCPInterface(Connection):
         if isinstance(bufsize, bool) or not isinstance(bufsize, int) or bufsize < 1:
             raise ValueError(f"bufsize must be a positive int, got {bufsize!r}")
         try:
-            return self._run(None, self._some, bufsize, "data", None)
+            return self._receive_some(bufsize, None)
         except LinkError:
             if reset_on_error:
                 with self.lock:
@@ -429,7 +425,13 @@ class TCPInterface(Connection):
         binary transfers.  On timeout the bytes received so far stay buffered.
         """
         n = check_count(bytes_to_read, self.max_read_size)
-        return self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout)
+        if n <= self.buffer_size:
+            return self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout)
+        # a large block goes straight from the socket into its own buffer
+        # (timed out: what arrived is put back in the link's buffer, in order)
+        block = bytearray(n)
+        self._transfer_into(memoryview(block), timeout)
+        return bytes(block)
 
     def readinto(self, buffer, timeout=None):
         """Fill all of ``buffer`` with received bytes; return how many (its size).
