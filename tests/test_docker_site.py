@@ -14,7 +14,7 @@ What runs (all traffic on loopback):
   service, Grafana included, host networking and maps the service names to 127.0.0.1, and
   moves the site's ports to free loopback ports;
 * the compose file's own health checks decide when each service is up; then OCSClient
-  tasks on the three socs_tcp agents, feed data read back from InfluxDB, the SCPI simulator
+  tasks on the three socs_tcp agents, feed data read back from InfluxDB, the two simulators
   stopped and started again (degraded set, then cleared), and ``docker-compose down -v``.
 
 Needs root, Debian, dockerd, docker-compose and debootstrap (./scripts/test installs them).
@@ -70,7 +70,7 @@ def say(pytestconfig):
 
     def say(text):
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            print(f"\n[docker] {text}", end="", flush=True)
+            print(f"\n[docker] {text}", flush=True)
     return say
 
 
@@ -109,9 +109,9 @@ def site(engine, images, say):
     say(f"site ports: {site.ports}; services: {', '.join(site.started)} (grafana left out)")
     try:
         started = time.monotonic()
+        say("docker-compose up -d; every service must turn healthy by the compose file's own health checks")
         site.up()
-        say("docker-compose up -d done; waiting for the compose file's health checks")
-        site.wait_healthy(timeout=600)
+        site.wait_healthy(timeout=600, since=started)
         say(f"every service healthy {time.monotonic() - started:.0f} s after docker-compose up")
         yield site
     except BaseException:
@@ -184,23 +184,26 @@ def test_feed_data_reaches_influxdb_through_the_publisher(site):
     assert "output_voltage" in {row[0] for row in fields[0]["values"]}
 
 
-def test_stopping_the_simulator_degrades_the_agents_and_starting_it_clears(site, say):
-    bus, psu = site.client("tcp-bus"), site.client("scpi-psu")
-    site.compose("stop", "scpi-sim")
-    say("scpi-sim stopped")
-    for name, client in (("tcp-bus", bus), ("scpi-psu", psu)):
-        wait_for(lambda c=client: acq_session(c)["degraded"], DEADLINE, f"{name} acq degraded")
-        session = acq_session(client)
-        assert session["status"] == "running" and session["data"]["connected"] is False, session
-        say(f"  {name} acq degraded")
-    site.compose("start", "scpi-sim")
-    say("scpi-sim started again")
-    for name, client in (("tcp-bus", bus), ("scpi-psu", psu)):
-        wait_for(lambda c=client: acq_session(c)["degraded"] is False, DEADLINE, f"{name} degraded to clear")
-        say(f"  {name} acq no longer degraded")
+def test_stopping_the_simulators_degrades_the_agents_and_starting_them_clears(site, say):
+    """``docker-compose stop scpi-sim`` (and jsonlines-sim): the agents keep running, degraded; ``start``: they recover."""
+    bus, psu, link = site.client("tcp-bus"), site.client("scpi-psu"), site.client("message-link")
+    sessions = {"tcp-bus": lambda: acq_session(bus), "scpi-psu": lambda: acq_session(psu),
+                "message-link": lambda: link.monitor.status().session}
+    site.compose("stop", "scpi-sim", "jsonlines-sim")
+    say("scpi-sim and jsonlines-sim stopped")
+    for name, session in sessions.items():
+        wait_for(lambda s=session: s()["degraded"], DEADLINE, f"{name} degraded")
+        current = session()
+        assert current["status"] == "running" and current["data"]["connected"] is False, current
+        say(f"  {name} degraded")
     last = acq_session(bus)["data"]["timestamp"]
+    site.compose("start", "scpi-sim", "jsonlines-sim")
+    say("scpi-sim and jsonlines-sim started again")
+    for name, session in sessions.items():
+        wait_for(lambda s=session: s()["degraded"] is False, DEADLINE, f"{name} degraded to clear")
+        say(f"  {name} no longer degraded")
     wait_for(lambda: acq_session(bus)["data"]["timestamp"] > last, DEADLINE, "new tcp-bus data")
-    site.wait_healthy(["scpi-sim"], timeout=300)
+    site.wait_healthy(["scpi-sim", "jsonlines-sim"], timeout=300)
 
 
 def test_down_removes_every_container_network_and_volume(site, engine):

@@ -706,11 +706,12 @@ class Site:
         proc = self.compose("logs", "--no-color", f"--tail={tail}", *services, check=False, timeout=120)
         return proc.stdout.decode(errors="replace")
 
-    def wait_healthy(self, services=None, timeout=300):
-        """Wait until each service's own health check reports healthy; says when each one does."""
+    def wait_healthy(self, services=None, timeout=300, since=None):
+        """Wait until each service's own health check reports healthy; says when each one does
+        (seconds since *since*, a ``time.monotonic()`` value, by default the call)."""
         services = list(services or self.started)
-        started = time.monotonic()
-        deadline = started + timeout
+        started = time.monotonic() if since is None else since
+        deadline = time.monotonic() + timeout
         pending = dict.fromkeys(services, None)
         while pending:
             for service in list(pending):
@@ -718,7 +719,7 @@ class Site:
                 if status != pending[service]:
                     pending[service] = status
                     if status == "healthy":
-                        self.say(f"  {service:20s} healthy after {time.monotonic() - started:5.1f} s")
+                        self.say(f"  {service:20s} healthy, {time.monotonic() - started:5.1f} s")
                         del pending[service]
                         continue
                 state = state or {}
