@@ -14,7 +14,7 @@ connection:
 """
 
 FIELD_KEYS = ("type, unit, description, alarm, warning, map, enum, flags, flag_type, array, status, scale, offset, "
-              "true_text, false_text, wire, byte, register, order, sim")
+              "true_text, false_text, base, wire, byte, register, order, sim")
 TOP_KEYS = "device, title, description, replaces, connection, enums, transactions, errors, queries, commands, polling, agent, sim"
 
 CASES = {

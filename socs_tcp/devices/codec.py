@@ -93,13 +93,19 @@ def _convert(op_name, f, raw, reply):
         if f.type == "float":
             value = float(text)
         elif f.type == "int":
-            try:
-                value = int(text)
-            except ValueError:
-                number = float(text)
-                if not number.is_integer():
-                    raise
-                value = int(number)
+            if f.base is not None:
+                value = int(text, f.base)
+            else:
+                try:
+                    value = int(text)
+                except ValueError:
+                    try:
+                        value = int(text, 0)  # 0x1f, 0o17, 0b101
+                    except ValueError:
+                        number = float(text)
+                        if not number.is_integer():
+                            raise
+                        value = int(number)
         elif f.type == "bool":
             if f.true_text is not None or f.false_text is not None:
                 if text == f.true_text:
@@ -245,6 +251,8 @@ def _expected_items(fields):
 def _status_value(op, f, s_raw, raw):
     text = s_raw.strip()
     if f.status.map is None:
+        if not _numeric_status(f.status):
+            return text  # status words ("OK", "ERR") are kept as they are
         try:
             return int(text)
         except ValueError:
@@ -258,6 +266,11 @@ def _status_value(op, f, s_raw, raw):
     if key in f.status.map:
         return f.status.map[key]
     raise DeviceReplyError(op.name, raw, f"status of {f.name!r}: {text!r} is not one of {sorted(f.status.map)}")
+
+
+def _numeric_status(status_spec):
+    """Whether statuses are numbers (every valid value is an integer)."""
+    return all(re.fullmatch(r"[-+]?\d+", v) for v in status_spec.valid or ["0"])
 
 
 def _status_valid(status_spec, raw_text, value):
@@ -469,12 +482,26 @@ def _render_value(f, value):
         v = value
         if f.scale is not None or f.offset is not None:
             v = (v - (f.offset or 0)) / (f.scale or 1)
-        return str(int(round(v)))
+        v = int(round(v))
+        if f.base is not None and f.base != 10:
+            return _in_base(v, f.base)
+        return str(v)
     if f.type == "bool":
         if value:
             return f.true_text if f.true_text is not None else "1"
         return f.false_text if f.false_text is not None else "0"
     return str(value)
+
+
+def _in_base(v, base):
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    sign, v = ("-", -v) if v < 0 else ("", v)
+    out = ""
+    while True:
+        v, r = divmod(v, base)
+        out = digits[r] + out
+        if not v:
+            return sign + out
 
 
 def _status_text(f, ok=True):

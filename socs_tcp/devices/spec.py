@@ -220,6 +220,8 @@ class FieldSpec:
     offset: float = None
     true_text: str = None
     false_text: str = None
+    #: number base of a text int field (16 for hex replies without 0x)
+    base: int = None
     wire: str = None
     byte: int = None
     register: int = None
@@ -1442,7 +1444,7 @@ class _Loader:
     # -- replies ---------------------------------------------------------
     REPLY = ("split", "regex", "format", "strip", "fields", "length")
     FIELD = ("type", "unit", "description", "alarm", "warning", "map", "enum", "flags", "flag_type", "array",
-             "status", "scale", "offset", "true_text", "false_text", "wire", "byte", "register", "order", "sim")
+             "status", "scale", "offset", "true_text", "false_text", "base", "wire", "byte", "register", "order", "sim")
 
     def reply(self, node, key, op_name, protocol, op):
         if isinstance(node, yaml.ScalarNode):
@@ -1597,6 +1599,12 @@ class _Loader:
                 self.problem(m[k][0], f"{key}.{k}", f"only for type bool (this is {f.type})")
             f.true_text = self.string(m["true_text"][1], f"{key}.true_text") if "true_text" in m else None
             f.false_text = self.string(m["false_text"][1], f"{key}.false_text") if "false_text" in m else None
+        if "base" in m:
+            f.base = self.number(m["base"][1], f"{key}.base", integer=True, minimum=2)
+            if f.base > 36:
+                self.problem(m["base"][1], f"{key}.base", f"must be in 2..36, got {f.base}")
+            if protocol != "text" or f.type != "int":
+                self.problem(m["base"][0], f"{key}.base", "only for int fields of text replies")
         if "unit" in m:
             f.unit = self.string(m["unit"][1], f"{key}.unit")
         if "description" in m:
@@ -1722,7 +1730,9 @@ class _Loader:
         for f in fields:
             out.append(f)
             if f.status is not None and f.status.field:
-                out.append(FieldSpec(f.status.field, "str" if f.status.map else "int", description=f"status of {f.name}",
+                numeric = all(re.fullmatch(r"[-+]?\d+", v) for v in f.status.valid or ["0"])
+                out.append(FieldSpec(f.status.field, "int" if numeric and not f.status.map else "str",
+                                     description=f"status of {f.name}",
                                      array=f.array, source=f.name, line=f.line))
             for flag in (f.flags or {}):
                 out.append(FieldSpec(flag, f.flag_type, description=f"bit {f.flags[flag]} of {f.name}",
