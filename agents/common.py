@@ -494,8 +494,9 @@ UPDATE_INTERVAL = 0.1
 #: once, one after the other, and only older ones are skipped as ``missed_cycles``.
 CATCH_UP = 0.025
 
-#: Pause after a cycle that ran late, so a task waiting for the link gets it even when
-#: ``acq`` cannot keep up, seconds.
+#: Pause after each cycle once the loop has been behind schedule for longer than ``CATCH_UP``
+#: (it cannot keep up), so a task waiting for the link still gets it, seconds.  While it is
+#: catching up within the window it runs the late cycles back to back.
 BEHIND_PAUSE = 0.0005
 
 #: The interpreter's thread switch interval while a fast ``acq`` runs, seconds (Python's default is
@@ -516,12 +517,14 @@ class Poller:
 
     **Schedule.** Cycle ``k`` is due at ``start + k * period`` (absolute
     deadlines: the jitter of one cycle does not shift the next).  A cycle that
-    ends after the next one was due makes the next one run at once (after
-    :data:`BEHIND_PAUSE`): late, but taken.  A slot is skipped, and counted in
+    ends after the next one was due makes the next one run at once: late, but
+    taken.  A slot is skipped, and counted in
     ``missed_cycles``, only when it is more than ``max(period, CATCH_UP)``
     late.  So a hiccup shorter than that costs no sample (the late samples
     keep the time they were really taken), while a device slower than the
-    rate costs ``missed_cycles``, not an endless burst of catch-up cycles.
+    rate costs ``missed_cycles``, not an endless burst of catch-up cycles:
+    once the loop has been behind for longer than :data:`CATCH_UP` it pauses
+    :data:`BEHIND_PAUSE` after each cycle, so tasks still get the link.
     ``lateness_max`` in session.data is the latest any cycle started.
 
     **Updates.** Up to ``1 / UPDATE_INTERVAL`` cycles per second, every cycle
@@ -652,6 +655,7 @@ class Poller:
         start = time.monotonic()
         slot = 0                              # the next scheduled cycle is due at start + slot * period
         next_update = start
+        behind_since = None                   # when the loop last fell behind schedule
         was_down = outage.degraded
         updated = True
         while True:
@@ -702,9 +706,12 @@ class Poller:
                 if retry is not None and retry + 0.005 < wait:
                     wait = retry + 0.005
             if wait > 0:
+                behind_since = None
                 self._wake.wait(wait)
-            else:
-                # late: yield a moment all the same, so a task waiting for the link gets it
+            elif behind_since is None:
+                behind_since = ended          # catch up: the next cycle at once
+            elif ended - behind_since > CATCH_UP:
+                # cannot keep up: yield a moment after each cycle, so a task waiting for the link gets it
                 time.sleep(BEHIND_PAUSE)
         # cleared on the way out, so a stop that arrives before the loop starts is not lost
         self._stop.clear()
