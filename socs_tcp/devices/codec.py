@@ -39,6 +39,7 @@ MODBUS_EXCEPTIONS = {
 }
 
 _formatter = string.Formatter()
+_TEMPLATES = {}  # request template -> its parsed parts
 
 
 # ----------------------------------------------------------------------
@@ -52,7 +53,10 @@ def format_request(op, args, forbidden=""):
     """
     out = []
     arg_map = op.arg_map
-    for literal, name, spec, _ in _formatter.parse(op.request):
+    parts = _TEMPLATES.get(op.request)
+    if parts is None:
+        parts = _TEMPLATES[op.request] = tuple(_formatter.parse(op.request))
+    for literal, name, spec, _ in parts:
         out.append(literal)
         if name is None:
             continue

@@ -178,7 +178,7 @@ class Device(TCPInterface):
         with self.lock:
             self._exchanges = []
             try:
-                if stale != "keep" and self.comm is not None:
+                if stale != "keep" and self.comm is not None and not self._fast(op):
                     self.drain()
                 if op.guard is not None:
                     self._check_guard(op, checked)
@@ -359,8 +359,29 @@ class Device(TCPInterface):
                 self._check_queue(op)
         return values
 
+    def _fast(self, op):
+        """Whether ``op`` is one send and one reply up to the one in-terminator:
+        then it runs as a single link operation (which also drains stale input)."""
+        return (self._text and op.transaction is None and op.reply is not None and op.guard is None
+                and len(self._in_terms) == 1)
+
+    def _exchange(self, raw, timeout):
+        """Send ``raw`` and read one frame up to the in-terminator, as one link operation."""
+        self._gap_wait()
+        term = self._in_terms[0]
+        frame = self.wrnrd_until(raw, term, timeout=timeout)
+        self._last_send = time.monotonic()
+        if self._exchanges is not None:
+            self._exchanges.append([raw, frame + term])
+        frame = self._unprompt(frame)
+        self._check_token(frame, term)
+        return frame
+
     def _text_op(self, op, request):
         t = op.transaction
+        if self._fast(op):
+            frame = self._exchange(request + self._out_term, op.timeout)
+            return codec.parse_text(op, self._decode_frame(op, frame), frame)
         if t is None:
             steps = [Step("send", "{request}")]
             if op.reply is not None:
@@ -423,12 +444,8 @@ class Device(TCPInterface):
             return None
         terms = self._in_terms if step.terminator is None else tuple(t.encode(self._enc) for t in step.terminator)
         frame, term = self._read_frame(terms, timeout if step.timeout is None else step.timeout)
-        rerr = self.spec.reply_error
-        if rerr is not None and not init:
-            text = frame.decode(self._enc, "replace").strip()
-            if (rerr.terminator is not None and term == rerr.terminator.encode(self._enc)) or (
-                    rerr.match is not None and rerr.match.search(text)):
-                raise _ErrorToken(frame)
+        if not init:
+            self._check_token(frame, term)
         if a == "expect":
             got = frame.strip() if self.spec.connection.strip else frame
             want = step.value.encode(self._enc)
@@ -436,12 +453,31 @@ class Device(TCPInterface):
                 raise _Mismatch(got, want)
         return frame
 
-    def _send(self, raw, timeout):
+    def _check_token(self, frame, term):
+        """Raise _ErrorToken when ``frame`` (ended by ``term``) is the file's error token."""
+        rerr = self.spec.reply_error
+        if rerr is None:
+            return
+        if rerr.terminator is not None and term == rerr.terminator.encode(self._enc):
+            raise _ErrorToken(frame)
+        if rerr.match is not None and rerr.match.search(frame.decode(self._enc, "replace").strip()):
+            raise _ErrorToken(frame)
+
+    def _unprompt(self, frame):
+        if self._prompt:
+            while frame.lstrip(b"\r\n").startswith(self._prompt):
+                frame = frame.lstrip(b"\r\n")[len(self._prompt):]
+        return frame
+
+    def _gap_wait(self):
         gap = self.spec.connection.min_gap
         if gap and self._last_send is not None:
             wait = self._last_send + gap - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+
+    def _send(self, raw, timeout):
+        self._gap_wait()
         self.send(raw)
         self._last_send = time.monotonic()
         if self._exchanges is not None:
@@ -456,17 +492,19 @@ class Device(TCPInterface):
 
     def _read_frame(self, terms, timeout):
         """One frame up to the first of ``terms``: ``(frame, terminator)``."""
-        data = self.expect(self._term_regex(terms), timeout=timeout)
-        self._note_received(data)
-        frame, found = data, b""
-        for term in sorted(terms, key=len, reverse=True):
-            if data.endswith(term):
-                frame, found = data[:-len(term)], term
-                break
-        if self._prompt:
-            while frame.lstrip(b"\r\n").startswith(self._prompt):
-                frame = frame.lstrip(b"\r\n")[len(self._prompt):]
-        return frame, found
+        if len(terms) == 1:
+            # the common case: the link's own terminator search (no regex)
+            frame, found = self.read_until(terms[0], timeout=timeout), terms[0]
+            self._note_received(frame + found)
+        else:
+            data = self.expect(self._term_regex(terms), timeout=timeout)
+            self._note_received(data)
+            frame, found = data, b""
+            for term in sorted(terms, key=len, reverse=True):
+                if data.endswith(term):
+                    frame, found = data[:-len(term)], term
+                    break
+        return self._unprompt(frame), found
 
     def _drain_quiet(self, reason, wait=0.0):
         """Discard input, waiting up to ``wait`` seconds for more to arrive."""
@@ -532,8 +570,12 @@ class Device(TCPInterface):
         queue = self.spec.error_queue
         first = None
         for _ in range(32):
-            self._send(queue.query.encode(self._enc) + self._out_term, op.timeout)
-            reply, _ = self._read_frame(self._in_terms, op.timeout)
+            raw = queue.query.encode(self._enc) + self._out_term
+            if len(self._in_terms) == 1:
+                reply = self._exchange(raw, op.timeout)
+            else:
+                self._send(raw, op.timeout)
+                reply, _ = self._read_frame(self._in_terms, op.timeout)
             text = reply.decode(self._enc, "replace").strip()
             m = queue.parse.search(text)
             if m is None:
