@@ -100,6 +100,19 @@ def test_tpg366_init_enq_stops_continuous_output(connect):
         assert dev.unit() == "Torr"
 
 
+def test_tpg366_init_runs_again_on_every_reconnect(tpg, connect):
+    dev = connect("tpg366", tpg)
+    assert dev.unit() == "mbar"
+    tpg.drop_connections()
+    try:
+        unit = dev.unit()  # the link notices the close, reconnects and runs the init ENQ first ...
+    except ConnectionError:
+        unit = dev.unit()  # ... or, when the close arrives only after the request was sent, on the next call
+    assert unit == "mbar"
+    assert tpg.connections == 2
+    assert tpg.received == [b"\x05", b"UNI", b"\x05", b"\x05", b"UNI", b"\x05"]
+
+
 def test_tpg366_data_line_ending_crlf_is_tolerated(connect):
     # SOCS's fixture ends the data with CR LF: the LF left over is drained before the next call
     with TPG366Emulator(data_terminator=b"\r\n") as emu:
