@@ -123,6 +123,10 @@ CASES = {
         BASE + "commands:\n  go:\n    request: GO\n    guard:\n"
         "      checks:\n        - {query: go, field: x, min: 0, message: no}\n",
         ["demo.yaml:9: commands.go.guard.checks[0].query: 'go' is not a read-only query of this device"]),
+    "operation named like a driver method": (
+        BASE + "queries:\n  read: {request: R, reply: float}\n",
+        ["demo.yaml:5: queries.read: 'read' is a method or attribute of the driver (socs_tcp.devices.Device); "
+         "choose another name"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',
@@ -177,3 +181,12 @@ def test_missing_file_and_unknown_name():
         load("/nonexistent/dir/x.yaml")
     with pytest.raises(TypeError, match="short name or a path"):
         load(42)
+
+
+def test_reserved_names_are_the_drivers_attributes():
+    from socs_tcp.devices import Device
+    from socs_tcp.devices.spec import RESERVED_NAMES
+
+    dev = Device(load("tpg366"), "127.0.0.1", 1, connect=False)
+    public = {n for n in dir(type(dev)) if not n.startswith("_")} | {n for n in vars(dev) if not n.startswith("_")}
+    assert public <= RESERVED_NAMES

@@ -228,11 +228,9 @@ class Device(TCPInterface):
             if len(reply) != op.reply.length:
                 raise DeviceReplyError(op.name, reply, f"{len(reply)} bytes, expected {op.reply.length}")
             return codec.decode_binary(op.name, op.reply.fields, reply)
-        request = codec.modbus_request(op, op.check_args() if not op.args else {}, 0, self.spec.connection.unit) \
-            if op.modbus.function != 6 else None
         if op.modbus.function == 6:
-            return {}
-        return codec.parse_modbus(op, request, reply, self.spec.connection.unit)
+            return {}  # a write is answered by its echo: nothing to parse
+        return codec.parse_modbus(op, None, reply, self.spec.connection.unit)
 
     # ------------------------------------------------------------------
     # connect-time init (the SOCS ``_connect`` hook: runs on the new socket

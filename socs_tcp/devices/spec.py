@@ -53,6 +53,17 @@ BYTE_ORDERS = ("big", "little", "ABCD", "DCBA", "CDAB", "BADC")
 PROTOCOLS = ("text", "binary", "modbus")
 STALE_INPUT = ("drain", "keep", "close")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+#: public attributes of the driver (socs_tcp.devices.Device): an operation may not take one of these names,
+#: or its method would be hidden (a test keeps this list equal to the class's)
+RESERVED_NAMES = frozenset((
+    "call", "close", "connect", "disconnect", "drain", "expect", "from_address", "from_file", "is_connected",
+    "next_attempt_in", "operation", "parse", "parse_address", "poll", "query", "read", "read_bin", "read_bin_until",
+    "read_bytes", "read_until", "readinto", "reconnect", "recv", "send", "stats", "transact", "write", "write_bin",
+    "wrnrd", "wrnrd_bin", "wrnrd_bin_until", "wrnrd_until", "spec", "comm", "lock", "timeout", "port", "ip_address",
+    "name", "encoding", "family", "keepalive", "nodelay", "rstrip", "buffer_size", "max_read_size",
+    "read_termination", "write_termination", "reconnect_policy", "drain_before_query", "close_on_timeout",
+    "connect_timeout", "encoding_errors",
+))
 
 _DIR = pathlib.Path(__file__).resolve().parent / "files"
 
@@ -763,6 +774,10 @@ class _Loader:
                     continue
                 if op_name in operations:
                     self.problem(knode, key, f"{op_name!r} is already defined as a {operations[op_name].kind}")
+                    continue
+                if op_name in RESERVED_NAMES:
+                    self.problem(knode, key, f"{op_name!r} is a method or attribute of the driver "
+                                             "(socs_tcp.devices.Device); choose another name")
                     continue
                 op = self.attempt(self.operation, vnode, key, op_name, kind, connection)
                 if op is not None:
