@@ -69,11 +69,12 @@ class ReceiveBuffer:
             ReadOverflowError: the buffer would exceed ``max_size``.  The
                 buffer is left unchanged; the caller decides what to discard.
         """
-        if len(self._data) + len(data) > self.max_size:
+        buffered = self._data
+        if len(buffered) + len(data) > self.max_size:
             raise ReadOverflowError(
-                f"receive buffer overflow: {len(self._data)} buffered + {len(data)} new bytes "
+                f"receive buffer overflow: {len(buffered)} buffered + {len(data)} new bytes "
                 f"exceed max_read_size={self.max_size} without completing a read")
-        self._data += data
+        buffered += data  # in place: no attribute store
 
     def unread(self, data):
         """Put ``data`` back in front of the buffered bytes.
@@ -115,14 +116,23 @@ class ReceiveBuffer:
         if not data:
             return None
         if len(terminators) == 1:
+            # the common case, written out (this runs once per reply)
             term = terminators[0]
-            start = max(0, self._scanned - len(term) + 1) if self._scanned_for == terminators else 0
+            start = 0
+            if self._scanned_for is not None and self._scanned_for == terminators:
+                start = self._scanned - len(term) + 1
+                if start < 0:
+                    start = 0
             pos = data.find(term, start)
             if pos < 0:
                 self._scanned = len(data)
                 self._scanned_for = terminators
                 return None
-            return self._take(pos, len(term)), term
+            frame = bytes(data[:pos])
+            del data[:pos + len(term)]
+            self._scanned = 0
+            self._scanned_for = None
+            return frame, term
         longest = max(len(t) for t in terminators)
         start = 0
         if self._scanned_for == terminators:

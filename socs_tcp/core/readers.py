@@ -11,9 +11,10 @@ Operations
 
 Goals
     * The common forms of ``eot`` cost next to nothing on every call: one
-      ``bytes`` terminator, a list of one (what ``TCPBusAgent`` passes), or a
-      short string.  One small cache holds parsed strings with escapes
-      (``"\\r\\n,\\n"``); nothing else is cached.
+      ``bytes`` terminator or a list of one (what ``TCPBusAgent`` passes) are
+      taken after a type check, and a string is parsed once: one small
+      cache per encoding holds the parsed strings (up to 256); nothing else
+      is cached.
     * A regular expression can never hold the link for longer than the
       operation's deadline.  Python's :mod:`re` cannot be interrupted, so
       patterns are compiled with the `regex <https://pypi.org/project/regex/>`_
@@ -36,7 +37,7 @@ MIN_SEARCH = 0.001
 #: what ``expect`` accepts as an already compiled pattern
 PATTERN_TYPES = (re.Pattern, _regex.Pattern)
 
-_parsed = {}          # (eot str, encoding) -> terminators, for strings that need parsing
+_parsed = {}          # encoding -> {eot str: terminators}
 _PARSED_MAX = 256
 
 # re flags that mean something for a bytes pattern, and their regex equivalents
@@ -58,16 +59,14 @@ def terminators(eot, encoding):
         if eot:
             return (eot,)
     elif kind is str:
-        if eot and "\\" not in eot and "," not in eot:
-            return (eot.encode(encoding),)
-        key = (eot, encoding)
-        try:
-            return _parsed[key]
-        except KeyError:
-            pass
-        terms = parse_terminators(eot, encoding)
-        if len(_parsed) < _PARSED_MAX:
-            _parsed[key] = terms
+        cache = _parsed.get(encoding)
+        if cache is None:
+            cache = _parsed[encoding] = {}
+        terms = cache.get(eot)
+        if terms is None:
+            terms = parse_terminators(eot, encoding)
+            if len(cache) < _PARSED_MAX:
+                cache[eot] = terms
         return terms
     elif (kind is list or kind is tuple) and len(eot) == 1 and type(eot[0]) is bytes and eot[0]:
         return (eot[0],)
