@@ -322,7 +322,8 @@ def acq_docstring(spec) -> str:
     lines += _wrap(body, "")
     lines += ["", "Parameters:"]
     for name, ptype, _, text in params:
-        lines += _wrap(f"{name} ({ptype}): {text}", "    ")
+        wrapped = _wrap(f"{name} ({ptype}): {text}", "    ")
+        lines += [wrapped[0]] + ["    " + line for line in wrapped[1:]]
     lines += ["", "Notes:"]
     lines += _wrap("The latest values and the connection state are in session.data::", "    ")
     example = {"values": values, "timestamp": _FEED_EXAMPLE_TIME, "connected": True, "degraded": False,
