@@ -710,7 +710,7 @@ class Poller:
                 self._wake.wait(wait)
             elif behind_since is None:
                 behind_since = ended          # catch up: the next cycle at once
-            elif ended - behind_since > CATCH_UP:
+            elif ended - behind_since > CATCH_UP and BEHIND_PAUSE > 0:
                 # cannot keep up: yield a moment after each cycle, so a task waiting for the link gets it
                 time.sleep(BEHIND_PAUSE)
         # cleared on the way out, so a stop that arrives before the loop starts is not lost

@@ -47,6 +47,14 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    ``noise`` columns: p99.9 and max oversleep).  On a shared machine this,
    not the agent, is what misses cycles.
 
+3. The cost of the agent's own code per ``acq`` cycle, without OCS: the
+   same ten queries over one :class:`~socs_tcp.TCPInterface`, once in a bare
+   loop and once through ``TCPBusAgent``'s poll and the shared
+   :class:`~socs_tcp_agents.common.Poller` (with a stand-in for the OCS agent
+   whose publish does nothing, and no pause), in alternating rounds of
+   ``--overhead-seconds``.  Reported: cycles per second of each, their ratio,
+   and the difference per cycle in microseconds.
+
 The echo device is a :class:`socs_tcp.testing.DeviceEmulator` in a separate
 process (:class:`EmulatorProcess`: ``python -c``, ports read from its
 stdout), so it does not share a GIL with the client: it answers ``Qi`` with
@@ -487,6 +495,77 @@ def find_rate(stack, port, args, deadline, log):
 
 
 # ----------------------------------------------------------------------
+# part 3: the agent's own cost per cycle, without OCS
+class _StandInAgent:
+    """Just enough of an OCSAgent for TCPBusAgent and the Poller: feeds are accepted and dropped."""
+
+    class _Log:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    def __init__(self):
+        self.log = self._Log()
+
+    def register_feed(self, *args, **kwargs):
+        pass
+
+    def publish_to_feed(self, *args, **kwargs):
+        pass
+
+
+class _Session:
+    data = None
+    degraded = False
+
+
+def measure_overhead(port, seconds=0.5, rounds=12, log=print):
+    """Bare query loop vs TCPBusAgent's acq cycle on the same link, alternating rounds."""
+    import threading
+
+    import socs_tcp_agents.common as common
+    from socs_tcp_agents.tcp_bus.agent import TCPBusAgent
+
+    from socs_tcp import TCPInterface
+
+    link = TCPInterface(HOST, port, 5.0)
+    queries = [(f"f{i}", f"Q{i}") for i in range(N_FIELDS)]
+    bus = TCPBusAgent(_StandInAgent(), link, b"\n", b"\n", queries, sample_rate=1e6)
+    encoded = [(f"Q{i}\n").encode() for i in range(N_FIELDS)]
+    rates = {"bare": [], "poller": []}
+    pause = common.BEHIND_PAUSE
+    common.BEHIND_PAUSE = 0.0          # measure the code, not the deliberate pause
+    try:
+        for _ in range(rounds):
+            n = 0
+            t0 = time.perf_counter()
+            end = t0 + seconds
+            while time.perf_counter() < end:
+                for data in encoded:
+                    link.wrnrd_until(data, b"\n")
+                n += 1
+            rates["bare"].append(n / (time.perf_counter() - t0))
+            session = _Session()
+            thread = threading.Thread(target=bus.poller.run, args=(session, 1e6), daemon=True)
+            thread.start()
+            time.sleep(0.1)                # past the start of the run (its one gc.collect)
+            c0, t0 = bus.poller.cycles, time.perf_counter()
+            time.sleep(seconds)
+            c1, t1 = bus.poller.cycles, time.perf_counter()
+            bus.poller.stop()
+            thread.join(10)
+            rates["poller"].append((c1 - c0) / (t1 - t0))
+    finally:
+        common.BEHIND_PAUSE = pause
+        link.close()
+    bare, poller = statistics.median(rates["bare"]), statistics.median(rates["poller"])
+    result = {"bare_hz": bare, "poller_hz": poller, "ratio": poller / bare,
+              "overhead_us_per_cycle": (1 / poller - 1 / bare) * 1e6, "rounds": rates, "seconds": seconds}
+    log(f"overhead: bare {bare:.0f} cycles/s, poller {poller:.0f} cycles/s "
+        f"({result['ratio']:.2f}x, {result['overhead_us_per_cycle']:.0f} us per cycle)")
+    return result
+
+
+# ----------------------------------------------------------------------
 def machine_info():
     return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor(),
@@ -536,6 +615,12 @@ def print_report(report):
         print(f"\nhighest acq rate with zero missed cycles over {soak:g} s: {best:g} Hz "
               f"({N_FIELDS} fields, {best * N_FIELDS:g} queries/s) = {acq['best_vs_flat_out']:.2f}x flat-out; "
               f"target >= {acq['target_ratio']:g}x: {'MET' if acq['target_met'] else 'NOT MET'}")
+    over = report.get("overhead")
+    if over:
+        print(f"\nagent code per acq cycle, without OCS ({len(over['rounds']['bare'])} alternating rounds of "
+              f"{over['seconds']:g} s): bare loop {over['bare_hz']:.0f} cycles/s, TCPBusAgent poll + Poller "
+              f"{over['poller_hz']:.0f} cycles/s = {over['ratio']:.2f}x, "
+              f"{over['overhead_us_per_cycle']:.0f} us per cycle")
     print(f"total run time {report['runtime_s']:.0f} s")
 
 
@@ -556,6 +641,8 @@ def main(argv=None):
                         help="seconds of acq before the measuring window (default 1)")
     parser.add_argument("--budget", type=float, default=450.0,
                         help="seconds the whole run should stay within (default 450)")
+    parser.add_argument("--overhead-seconds", type=float, default=0.5,
+                        help="length of each of the 12 rounds of the agent-code overhead part (default 0.5; 0 skips it)")
     parser.add_argument("--loglevel", default="info", help="LOGLEVEL of crossbar and the agents (default info)")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -583,6 +670,8 @@ def main(argv=None):
             report["acq"] = find_rate(stack, device.port, args, deadline, log)
         finally:
             stack.stop()
+        if args.overhead_seconds > 0:
+            report["overhead"] = measure_overhead(device.port, args.overhead_seconds, log=log)
     report["runtime_s"] = time.monotonic() - started
     report["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_report(report)
