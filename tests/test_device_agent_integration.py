@@ -109,7 +109,7 @@ def lamp_file(tmp_path_factory):
 def devices(lamp_file):
     made = {"tpg": TPG366Emulator(), "cpa": CryomechCPAEmulator(), "guarded": TPG366Emulator(),
             "socs_tpg": TPG366Emulator(data_terminator=b"\r\n"), "socs_cpa": CryomechCPAEmulator(),
-            "lamp": DeviceSimulator(lamp_file)}
+            "lamp": DeviceSimulator(lamp_file), "late_cpa": CryomechCPAEmulator()}
     try:
         for device in made.values():
             device.start()
@@ -140,6 +140,9 @@ def stack(devices, lamp_file):
         st.add_instance("DeviceAgent", "socs-cryomech", [
             "--device-file", "cryomech_cpa", "--ip-address", "127.0.0.1", "--serial-number", "CPA1234TEST-111111A",
             "--mode", "acq", "--port", devices["socs_cpa"].port])
+        # started while its compressor is unreachable (see test_acq_started_while_the_device_is_down)
+        st.add_instance("DeviceAgent", "late-cryomech", [
+            "--device-file", "cryomech_cpa", "--address", devices["late_cpa"].address, "--mode", "acq", *common])
         st.add_instance("DeviceAgent", "lamp", [
             "--device-file", lamp_file, "--address", f"127.0.0.1:{devices['lamp'].port}", "--mode", "idle", *common])
         # these two must refuse to start
@@ -149,7 +152,9 @@ def stack(devices, lamp_file):
         st.add_instance("DeviceAgent", "badmode", ["--device-file", "tpg366", "--address", "127.0.0.1:1",
                                                    "--mode", "fly"])
         st.start()
-        for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech", "lamp"):
+        devices["late_cpa"].refuse_connections()
+        for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech", "lamp",
+                    "late-cryomech"):
             st.start_agent(iid, wait=False)
         for iid in st.agents:
             st.agents[iid].wait_ready(timeout=90)
@@ -363,6 +368,24 @@ def test_acq_degrades_when_the_device_goes_and_clears_when_it_is_back(stack, dev
         client.acq.stop()
         client.acq.wait(timeout=20)
     assert acq_session(client)["status"] == "done"
+
+
+def test_acq_started_while_the_device_is_down_runs_degraded_then_recovers(stack, devices):
+    """--mode acq runs init(auto_acquire=True): init fails (nothing answers), acq starts anyway."""
+    client = stack.client("late-cryomech")
+    try:
+        init = wait_for(lambda: client.init.status().session.get("status") == "done" and client.init.status(),
+                        30, "the start-up init to end")
+        assert init.session["success"] is False
+        wait_for(lambda: acq_session(client)["status"] == "running" and acq_session(client)["degraded"], 30,
+                 "acq running degraded")
+        devices["late_cpa"].refuse_connections(False)
+        wait_for(lambda: not acq_session(client)["degraded"], 30, "degraded to clear")
+        assert acq_session(client)["data"]["values"]["Coolant_In_Temp"] == pytest.approx(65.627, abs=1e-3)
+    finally:
+        devices["late_cpa"].refuse_connections(False)
+        client.acq.stop()
+        client.acq.wait(timeout=20)
 
 
 def test_garbage_from_the_device_degrades_acq_instead_of_crashing_it(cpa, devices, stack):

@@ -183,11 +183,12 @@ class DeviceAgent:
                     self.device.connect()
                     return {}
             ok, message = run_op(session, task.name, call, device_errors=DEVICE_ERRORS, data=self._data)
-            if ok:
-                self.initialized = True
-                if auto_acquire:
-                    _, text, _ = self.agent.start("acq", params={})
-                    self.log.info("{name}: starting acq: {text}", name=task.name, text=text)
+            self.initialized = self.initialized or ok
+            if auto_acquire:
+                # acq starts even when the device did not answer: it then runs
+                # degraded and recovers by itself once the device is back
+                _, text, _ = self.agent.start("acq", params={})
+                self.log.info("{name}: starting acq: {text}", name=task.name, text=text)
             return ok, message
         return init
 

@@ -261,7 +261,8 @@ def _task_body(task: AgentTask) -> str:
         if task.operation is not None:
             body += f" Runs the operation ``{task.operation.name}``."
         if any(a.name == "auto_acquire" for a in task.args):
-            body += " With auto_acquire, then starts the acq process."
+            body += (" With auto_acquire it then starts the acq process, even when the device did not answer "
+                     "(acq runs degraded until it does).")
     elif task.kind == "stop":
         body = body or "Stop the acq process."
     elif task.alias_of:
