@@ -73,6 +73,11 @@ NO_TIMEOUT = "bare recv_into, no timeout"
 BARE_COPY = "bare recv_into + bytes()"
 SOCS = "socs.tcp recv loop"
 TARGET_CLIENTS = ("socs_tcp readinto",)
+#: issue 14: a drop-in driver's recv() loop >= 0.9x the same loop on socs.tcp,
+#: and read_bytes not 10x slower than readinto
+RECV_LOOP = "socs_tcp recv loop"
+TARGET_RECV_VS_SOCS = 0.9
+TARGET_READ_BYTES_VS_READINTO = 0.1
 TIMEOUT = 30.0
 BLOCK = 1 << 20          # the server's write block, and the recv size of the recv loops
 MIB = 1 << 20
@@ -354,6 +359,10 @@ def run(mib=64, reps=5, rounds=3, placement="split", log=print):
     base = summary[BASELINE]["mib_per_s"]
     for row in summary.values():
         row["ratio_vs_bare"] = row["mib_per_s"] / base
+    extra = {"read_bytes_vs_readinto": summary["socs_tcp read_bytes"]["mib_per_s"]
+             / summary["socs_tcp readinto"]["mib_per_s"]}
+    if SOCS in summary:
+        extra["recv_loop_vs_socs"] = summary[RECV_LOOP]["mib_per_s"] / summary[SOCS]["mib_per_s"]
     return {
         "benchmark": "bulk binary read from a loopback server writing as fast as it can",
         "parameters": {"bytes": n, "reps": reps, "rounds": rounds, "placement": placement,
@@ -363,6 +372,7 @@ def run(mib=64, reps=5, rounds=3, placement="split", log=print):
         "summary": summary,
         "transfers": transfers,
         "target_met": {name: summary[name]["ratio_vs_bare"] >= TARGET_RATIO for name in TARGET_CLIENTS},
+        "ratios": extra,
     }
 
 
@@ -400,6 +410,15 @@ def print_report(report):
         ratio = report["summary"][name]["ratio_vs_bare"]
         print(f"target >= {TARGET_RATIO}x {BASELINE}: {name} = {ratio:.2f}x -> "
               + ("MET" if report["target_met"][name] else "NOT MET"))
+    ratios = report.get("ratios", {})
+    if "read_bytes_vs_readinto" in ratios:
+        ratio = ratios["read_bytes_vs_readinto"]
+        print(f"target read_bytes >= {TARGET_READ_BYTES_VS_READINTO}x readinto (not 10x slower): {ratio:.2f}x -> "
+              + ("MET" if ratio >= TARGET_READ_BYTES_VS_READINTO else "NOT MET"))
+    if "recv_loop_vs_socs" in ratios:
+        ratio = ratios["recv_loop_vs_socs"]
+        print(f"target {RECV_LOOP} >= {TARGET_RECV_VS_SOCS}x {SOCS}: {ratio:.2f}x -> "
+              + ("MET" if ratio >= TARGET_RECV_VS_SOCS else "NOT MET"))
 
 
 def main(argv=None):

@@ -266,3 +266,19 @@ def test_both_wait_strategies_hold_the_deadline(stalled, blocking_wait):
     finally:
         dev.close()
 
+
+
+def test_comm_keeps_the_socs_timeout_behaviour_for_drivers_that_use_it(stalled):
+    """The blocking wait changes only comm's descriptor mode: comm still
+    reports the link's timeout and a driver's own comm.recv() honours it."""
+    dev = TCPInterface("127.0.0.1", stalled.port, 0.3)
+    try:
+        with pytest.raises(LinkTimeoutError):
+            dev.read_until("\n", timeout=0.05)   # the link's own wait ran first
+        assert dev.comm.gettimeout() == 0.3
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            dev.comm.recv(10)
+        assert 0.3 <= time.monotonic() - started < BOUND + 0.3
+    finally:
+        dev.close()

@@ -25,14 +25,38 @@ Plan
     Callers hold ``self.lock`` around everything below ``_run``.
 
 Why it is shaped this way
-    A round trip on loopback costs a few microseconds of kernel time, so
-    each Python call and system call on the path shows in the figures
-    (``bench/roundtrip.py``, ``docs/benchmarks.rst``).  Hence: one
-    ``poll`` object per socket, kept while the socket lives, so a wait is
-    one system call; a plain ``read(2)`` once ``poll`` says readable
-    (``socket.recv`` on a socket with a timeout would poll again); one
-    ``write(2)`` for a message that fits in the send buffer; the deadline
-    made once per operation and read as a float on the path.
+    A small round trip on loopback costs a few microseconds of kernel time,
+    so each system call and Python call on the path shows in the figures
+    (``bench/roundtrip.py``, ``docs/benchmarks.rst``).  The common case is
+    one write and one read that completes the reply, and it is written for
+    that:
+
+    * The reply is waited for in ``read(2)`` itself, on a blocking
+      descriptor whose ``SO_RCVTIMEO`` comes from the operation's deadline:
+      one system call per wait, where ``poll(2)`` then ``read(2)`` (and
+      CPython's ``recv`` on a socket with a timeout) make two.  The kernel
+      timeout is set to 90 % of what is left and reused while it lies between
+      half of that and all of it, so operations with the same budget make no
+      ``setsockopt`` call; a wait that ends early is made again with what is
+      left.  The kernel rounds these timeouts up to clock ticks, so the last
+      ``TICK_MARGIN`` (20 ms) before a deadline is waited in ``poll(2)``,
+      which keeps the deadline to about a millisecond.  ``SO_SNDTIMEO``
+      bounds a send the same way.  Where these options cannot be used
+      (Windows), every wait is ``poll(2)``.
+    * ``comm`` keeps its Python timeout (``comm.gettimeout() == timeout``, as
+      in SOCS): only its descriptor is made blocking, so a driver's own calls
+      on ``comm`` still poll with that timeout before each call.
+    * One ``poll(0)`` before each send notices a device that closed the
+      connection since the last operation, so a restarted device costs no
+      failed operation; it is the only other system call besides the write
+      and the read.
+    * The deadline is made once per operation and read as a float on the
+      path; the readers are bound methods of the buffer called with one
+      argument; no closure, cache or alias stands between the call and the
+      buffer.
+    * ``recv(n)`` and bulk reads skip the buffer: one ``read(2)`` of up to
+      ``n`` bytes is handed over as it is, and ``readinto`` fills the
+      caller's memory straight from the socket.
 """
 
 import logging
