@@ -203,8 +203,10 @@ def test_every_operation_is_a_task_with_an_ocs_docstring(stack, instance, device
     first = next(iter(spec.operations))
     assert getattr(client, first).start.__doc__ == tasks[first]["docstring"]
     assert client.acq.start.__doc__.startswith("acq(sampling_frequency=2.5, test_mode=False)\n")
-    feeds = {name for name, _ in description["feeds"]}
-    assert feeds - {"heartbeat"} == {spec.polling.feed, "link_health"}
+    feeds = dict(description["feeds"])
+    assert set(feeds) - {"heartbeat"} == {spec.polling.feed, "link_health"}
+    data_feed = feeds[spec.polling.feed]
+    assert data_feed["record"] is True and data_feed["agg_params"]["frame_length"] == spec.polling.frame_length
 
 
 def test_tpg366_task_and_feed_names_are_socs_pfeiffer_agents(stack):

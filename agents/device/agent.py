@@ -111,7 +111,11 @@ class DeviceAgent:
         self.outage = Outage(self.log, "acq")
         self.poller = Poller(self, device, self._poll, self.feed, self.block, HEALTH_FEED, outage=self.outage)
         self.acq = self._make_acq()
-        register_feeds(agent, *([self.feed] if self.feed else []), HEALTH_FEED)
+        if self.feed is not None:
+            # recorded, with the aggregator frame the device file asks for (SOCS's agents use 60 s)
+            agent.register_feed(self.feed, record=True, agg_params={"frame_length": polling.frame_length},
+                                buffer_time=1.0)
+        register_feeds(agent, HEALTH_FEED)
 
     # ------------------------------------------------------------------ acq
     def _poll(self):
