@@ -159,6 +159,7 @@ class TCPInterface(Connection):
         self.name = name or f"{self.ip_address}:{self.port}"
 
         self._init_connection()
+        self._scratch = None          # read_bytes' buffer for blocks over buffer_size
         if connect:
             self._attempt_connect()
 
@@ -423,15 +424,27 @@ class TCPInterface(Connection):
 
         At most ``max_read_size`` bytes; use :meth:`readinto` for larger
         binary transfers.  On timeout the bytes received so far stay buffered.
+        A block larger than ``buffer_size`` is received into a scratch
+        buffer that the link keeps for the next one (at most
+        ``max_read_size`` bytes).
         """
         n = check_count(bytes_to_read, self.max_read_size)
         if n <= self.buffer_size:
             return self._run(None, self._buffer.maybe_extract_exact, n, "exact", timeout)
-        # a large block goes straight from the socket into its own buffer
-        # (timed out: what arrived is put back in the link's buffer, in order)
-        block = bytearray(n)
-        self._transfer_into(memoryview(block), timeout)
-        return bytes(block)
+        # a large block goes straight from the socket into a scratch buffer
+        # kept for the next one (fresh memory costs a page fault per page),
+        # then into the bytes returned; timed out, what arrived is put back
+        # in the link's buffer, in order
+        with self.lock:
+            scratch = self._scratch
+            if scratch is None or len(scratch) < n:
+                scratch = self._scratch = bytearray(n)
+            view = memoryview(scratch)[:n]
+            try:
+                self._transfer_into(view, timeout)
+                return view.tobytes()
+            finally:
+                view.release()
 
     def readinto(self, buffer, timeout=None):
         """Fill all of ``buffer`` with received bytes; return how many (its size).
