@@ -26,7 +26,16 @@ what parsing a reply costs next to a loopback transaction.
    then pauses 1 ms before the next.  Reported: each agent's best rate and
    capacity, and DeviceAgent / TCPBusAgent of both (target >= 0.9).
 
-2. Parse cost: for each device file measured (the ten-query file, and the
+2. The agents' own cost per ``acq`` cycle, without OCS (less sensitive to
+   the machine's load than part 1): the same ten queries from the same echo
+   device, through ``TCPBusAgent``'s poll and through ``DeviceAgent``'s
+   (each on its own link, both driven by the shared
+   :class:`~socs_tcp_agents.common.Poller` with a stand-in for the OCS agent
+   whose publish does nothing, and no pause), in alternating rounds of
+   ``--cycle-seconds``.  Reported: cycles per second of each and their
+   ratio, DeviceAgent / TCPBusAgent.
+
+3. Parse cost: for each device file measured (the ten-query file, and the
    shipped ``tpg366`` and ``cryomech_cpa``), a :class:`socs_tcp.devices.Device`
    in this process talks to the file's simulator
    (:class:`socs_tcp.devices.simulator.DeviceSimulator`) in another process on
@@ -42,6 +51,7 @@ before the script exits, even when it fails.
 Usage::
 
     python bench/device_agent.py [--probe-seconds S] [--soak-seconds S] [--json out.json]
+    python bench/device_agent.py --no-ocs        # parts 2 and 3 only, about a minute
     python bench/device_agent.py --parse-only
 """
 
@@ -56,7 +66,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents import LADDER, EmulatorProcess, acq_session, agent_args, machine_info, nice_between, rate_id, wait_for
+from agents import (
+    LADDER,
+    EmulatorProcess,
+    _Session,
+    _StandInAgent,
+    acq_session,
+    agent_args,
+    machine_info,
+    nice_between,
+    rate_id,
+    wait_for,
+)
 from socs_tcp.devices import Device, load
 from socs_tcp_stack.stack import Stack
 
@@ -194,7 +215,54 @@ def compare_rates(stack, port, device_file, args, deadline, log):
 
 
 # ----------------------------------------------------------------------
-# part 2: parse cost against a loopback transaction
+# part 2: each agent's cost per acq cycle, without OCS
+def measure_cycle_cost(port, device_file, seconds=0.5, rounds=12, log=print):
+    """TCPBusAgent's and DeviceAgent's acq cycles through the Poller, alternating rounds; cycles per second."""
+    import threading
+
+    import socs_tcp_agents.common as common
+    from socs_tcp_agents.device.agent import DeviceAgent
+    from socs_tcp_agents.tcp_bus.agent import TCPBusAgent
+
+    from socs_tcp import TCPInterface
+
+    bus_link = TCPInterface(HOST, port, 5.0, drain_before_query=True, close_on_timeout=True)
+    bus = TCPBusAgent(_StandInAgent(), bus_link, b"\n", b"\n", [(f"f{i}", f"Q{i}") for i in range(N_FIELDS)],
+                      sample_rate=1e6)
+    device = Device.from_file(load(device_file), f"{HOST}:{port}", timeout=5.0)
+    dev = DeviceAgent(_StandInAgent(), device, sample_rate=1e6)
+    rates = {"tcp_bus": [], "device": []}
+    pause = common.BEHIND_PAUSE
+    common.BEHIND_PAUSE = 0.0          # measure the code, not the deliberate pause
+    try:
+        for i in range(rounds):
+            for kind, agent in ((("tcp_bus", bus), ("device", dev)) if i % 2 == 0 else (("device", dev), ("tcp_bus", bus))):
+                session = _Session()
+                thread = threading.Thread(target=agent.poller.run, args=(session, 1e6), daemon=True)
+                thread.start()
+                time.sleep(0.1)                # past the start of the run
+                c0, t0 = agent.poller.cycles, time.perf_counter()
+                time.sleep(seconds)
+                c1, t1 = agent.poller.cycles, time.perf_counter()
+                agent.poller.stop()
+                thread.join(10)
+                if session.degraded:
+                    raise RuntimeError(f"{kind}: acq went degraded during the measurement: {session.data}")
+                rates[kind].append((c1 - c0) / (t1 - t0))
+    finally:
+        common.BEHIND_PAUSE = pause
+        bus_link.close()
+        device.close()
+    b, d = statistics.median(rates["tcp_bus"]), statistics.median(rates["device"])
+    result = {"tcp_bus_hz": b, "device_hz": d, "ratio": d / b, "extra_us_per_cycle": (1 / d - 1 / b) * 1e6,
+              "rounds": rates, "seconds": seconds, "passed": d / b >= RATE_TARGET}
+    log(f"cycle cost: TCPBusAgent {b:.0f} cycles/s, DeviceAgent {d:.0f} cycles/s ({result['ratio']:.2f}x, "
+        f"{result['extra_us_per_cycle']:.0f} us more per cycle)")
+    return result
+
+
+# ----------------------------------------------------------------------
+# part 3: parse cost against a loopback transaction
 SIMULATOR_CODE = r"""
 import sys
 from socs_tcp.devices.simulator import DeviceSimulator
@@ -302,6 +370,12 @@ def print_report(report):
             flat = acq["flat_out"]
             print(f"capacity (flat out): TCPBusAgent {flat['tcp_bus']['achieved_hz']:.0f} cycles/s, DeviceAgent "
                   f"{flat['device']['achieved_hz']:.0f} cycles/s, ratio {acq['capacity_ratio']:.2f}")
+    cyc = report.get("cycle")
+    if cyc:
+        print(f"\nagent code per acq cycle, without OCS ({len(cyc['rounds']['device'])} alternating rounds of "
+              f"{cyc['seconds']:g} s): TCPBusAgent {cyc['tcp_bus_hz']:.0f} cycles/s, DeviceAgent "
+              f"{cyc['device_hz']:.0f} cycles/s = {cyc['ratio']:.2f}x (target >= {RATE_TARGET}: "
+              f"{'MET' if cyc['passed'] else 'NOT MET'}), {cyc['extra_us_per_cycle']:.0f} us more per cycle")
     print("\nparse cost against a loopback transaction (Device in this process, simulator in another)")
     print(f"{'device.operation':<28}{'exchanges':>10}{'bytes':>7}{'transaction us':>16}{'parse us':>10}{'ratio':>8}  "
           f"target < {PARSE_TARGET:.0%}")
@@ -323,7 +397,10 @@ def main(argv=None):
                         help="a rate far too high to keep up with, probed once per agent (default 10000; 0 skips)")
     parser.add_argument("--budget", type=float, default=900.0, help="seconds the acq part should stay within")
     parser.add_argument("--calls", type=int, default=2000, help="timed transactions per device file (default 2000)")
+    parser.add_argument("--cycle-seconds", type=float, default=0.5, help="length of each round of part 2 (default 0.5)")
+    parser.add_argument("--cycle-rounds", type=int, default=12, help="rounds of each agent in part 2 (default 12)")
     parser.add_argument("--parse-only", action="store_true", help="run only the parse-cost part")
+    parser.add_argument("--no-ocs", action="store_true", help="skip part 1 (the agents under OCS)")
     parser.add_argument("--loglevel", default="warn", help="LOGLEVEL of crossbar and the agents (default warn)")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -344,6 +421,11 @@ def main(argv=None):
                            measure_parse("tpg366", "pressures", args.calls, log),
                            measure_parse("cryomech_cpa", "status", args.calls, log)]
         if not args.parse_only:
+            with EmulatorProcess(N_FIELDS) as device:
+                log(f"echo device: pid {device.pid}, port {device.port}")
+                report["cycle"] = measure_cycle_cost(device.port, device_file, args.cycle_seconds, args.cycle_rounds,
+                                                     log)
+        if not args.parse_only and not args.no_ocs:
             with EmulatorProcess(N_FIELDS) as device:
                 log(f"echo device: pid {device.pid}, port {device.port}")
                 stack = Stack(loglevel=args.loglevel)

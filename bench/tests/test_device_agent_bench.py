@@ -38,3 +38,17 @@ def test_parse_cost_part_runs_against_a_simulator_process(device, op):
 def test_a_simulator_process_that_cannot_start_is_reported(tmp_path):
     with pytest.raises(RuntimeError, match="did not report its port"):
         device_agent.SimulatorProcess(tmp_path / "missing.yaml", timeout=20)
+
+
+def test_cycle_cost_part_runs_both_agents_against_the_echo_device(tmp_path):
+    from agents import EmulatorProcess
+
+    path = tmp_path / "bench10.yaml"
+    path.write_text(device_agent.bench_device_file())
+    lines = []
+    with EmulatorProcess(device_agent.N_FIELDS) as device:
+        result = device_agent.measure_cycle_cost(device.port, path, seconds=0.1, rounds=2, log=lines.append)
+    assert len(result["rounds"]["tcp_bus"]) == len(result["rounds"]["device"]) == 2
+    assert result["tcp_bus_hz"] > 0 and result["device_hz"] > 0
+    assert result["ratio"] == result["device_hz"] / result["tcp_bus_hz"]
+    assert lines and "cycle cost" in lines[0]
