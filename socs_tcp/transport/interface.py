@@ -72,7 +72,9 @@ class TCPInterface(Connection):
         max_read_size (int): the most bytes buffered while waiting for a
             read to complete (default 1 MiB).  Exceeding it raises
             :class:`~socs_tcp.errors.ReadOverflowError`.
-        buffer_size (int): the most bytes taken from the socket per ``recv``.
+        buffer_size (int): the most bytes taken from the socket per read while
+            waiting for a reply (``recv(n)`` reads up to ``n``; bulk reads
+            fill their buffer).
         family: ``None``/``'auto'`` (any, in resolver order), ``'INET'`` /
             ``'IPv4'``, ``'INET6'``/``'IPv6'``, or a ``socket.AF_*`` value.
         connect_timeout (float or None): deadline of one connection attempt;
