@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from argparse import Namespace
 from importlib.metadata import entry_points
@@ -43,7 +44,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 #: Instance ids the site must have (the dashboards and the docs use the same ones).
 SITE_INSTANCES = {"registry": "RegistryAgent", "influxdb-publisher": "InfluxDBAgent",
-                  "scpi-psu": "ScpiInstrumentAgent", "tcp-bus": "TCPBusAgent", "message-link": "MessageLinkAgent"}
+                  "scpi-psu": "ScpiInstrumentAgent", "tcp-bus": "TCPBusAgent", "message-link": "MessageLinkAgent",
+                  "access-dir": "AccessDirector"}
 #: Image of OCS's own agents: it has only the ``ocs`` plugin installed.
 OCS_IMAGE = "simonsobs/ocs"
 LOOPBACK_IPS = ("127.0.0.1", "::1")
@@ -710,6 +712,57 @@ def test_client_on_the_docker_host_reaches_the_published_port():
     assert host.instances == []
 
 
+def access_problems(site, deploy_dir, config_dir="/config"):
+    """Access policies naming no AccessDirector of their host block, and director files missing or unusable."""
+    problems = []
+    for host in ((site or {}).get("hosts") or {}):
+        instances = site_instances(site, host)
+        directors = {iid for iid, inst in instances.items() if inst.get("agent-class") == "AccessDirector"}
+        for iid, inst in instances.items():
+            args = flat_arguments(inst)
+            if "--access-policy" in args:
+                policy = args[args.index("--access-policy") + 1]
+                kind, _, name = policy.partition(":")
+                if kind == "director" and name not in directors:
+                    problems.append(f"instance {iid!r}: --access-policy {policy!r} names no AccessDirector of host {host!r}")
+            if iid in directors:
+                path = args[args.index("--config-file") + 1] if "--config-file" in args else None
+                if not path or not path.startswith(config_dir + "/"):
+                    problems.append(f"instance {iid!r}: --config-file {path!r} is not under {config_dir}/ (the mounted deploy/)")
+                    continue
+                local = Path(deploy_dir) / path[len(config_dir) + 1:]
+                if not local.is_file():
+                    problems.append(f"instance {iid!r}: --config-file {path!r} is not in {deploy_dir}")
+                    continue
+                config = load_yaml(local) or {}
+                defaults = [b for b in config.get("passwords") or [] if b.get("default")]
+                if not defaults or defaults[0].get("password_1") != "":
+                    problems.append(f"{local.name}: no default block with password_1 '' (reads would need a password)")
+    return problems
+
+
+def test_access_director_and_policies_agree(site):
+    assert access_problems(site, SITE_FILE.parent) == []
+    policies = {iid: flat_arguments(inst) for iid, inst in site_instances(site, "docker").items()}
+    for iid in ("tcp-bus", "scpi-psu", "message-link"):
+        assert policies[iid][policies[iid].index("--access-policy") + 1] == "director:access-dir", iid
+
+
+def test_access_problems_are_named(tmp_path):
+    site = _mini_site()
+    site["hosts"]["docker"]["agent-instances"][0]["arguments"] += ["--access-policy", "director:nobody"]
+    site["hosts"]["docker"]["agent-instances"].append(
+        {"agent-class": "AccessDirector", "instance-id": "dir", "arguments": ["--config-file", "/config/missing.yaml"]})
+    assert access_problems(site, tmp_path) == [
+        "instance 'bus': --access-policy 'director:nobody' names no AccessDirector of host 'docker'",
+        f"instance 'dir': --config-file '/config/missing.yaml' is not in {tmp_path}"]
+    (tmp_path / "missing.yaml").write_text("passwords:\n  - default: true\n    password_2: x\n")
+    assert access_problems(site, tmp_path)[1] == "missing.yaml: no default block with password_1 '' (reads would need a password)"
+    site["hosts"]["docker"]["agent-instances"][1]["arguments"] = ["--config-file", "relative.yaml"]
+    assert access_problems(site, tmp_path)[1] == ("instance 'dir': --config-file 'relative.yaml' is not under /config/ "
+                                                  "(the mounted deploy/)")
+
+
 def test_every_bind_mount_exists(compose):
     assert bind_mount_problems(compose, ROOT) == []
 
@@ -1071,14 +1124,34 @@ def test_repository_crossbar_config_runs_the_site(tmp_path, compose, site, cross
         assert proc.returncode == 0, proc.stderr
 
         instances = site_instances(site, "docker")
+        # the site's access director with the site's password file (its /config path made local)
+        director_args = flat_arguments(instances["access-dir"])
+        config_file = director_args[director_args.index("--config-file") + 1]
+        director_args[director_args.index("--config-file") + 1] = str(SITE_FILE.parent / posixpath.basename(config_file))
+        stack.add_instance("AccessDirector", "access-dir", director_args)
+        stack.start_agent("access-dir", timeout=60)
         for iid in ("tcp-bus", "scpi-psu"):
             args = flat_arguments(instances[iid])
             args[args.index("--address") + 1] = f"127.0.0.1:{sim.port}"
             stack.add_instance(instances[iid]["agent-class"], iid, args)
             stack.start_agent(iid, timeout=60)
+        passwords = load_yaml(SITE_FILE.parent / posixpath.basename(config_file))["passwords"]
+        operator = next(block["password_2"] for block in passwords if block.get("default"))
 
-        # the controller role (HTTP bridge) can call a task the agent role registered
-        reply = stack.client("tcp-bus").wrnrd_until(data="*IDN?\n", eot="\\n")
+        def rules_received():
+            from ocs import site_config
+            return site_config.get_control_client("tcp-bus", args=stack.client_args).get_api()["access_control"][
+                "update_count"] >= 1
+        deadline = time.monotonic() + 60
+        while not rules_received():
+            assert time.monotonic() < deadline, "tcp-bus did not receive the access director's rules within 60 s"
+            time.sleep(0.2)
+
+        # the controller role (HTTP bridge) can call a task the agent role registered; a write task needs
+        # the level-2 password of the site's access director file
+        refused = stack.client("tcp-bus").wrnrd_until(data="*IDN?\n", eot="\\n")
+        assert refused.status == -1 and "requires credential level 2" in refused.msg, refused
+        reply = stack.client("tcp-bus", privs=operator).wrnrd_until(data="*IDN?\n", eot="\\n")
         assert reply.status == 0 and reply.session["success"] is True, reply
         assert "," in reply.session["data"]["response"]
 

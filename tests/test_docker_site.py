@@ -113,6 +113,11 @@ def site(engine, images, say):
         site.up()
         site.wait_healthy(timeout=600, since=started)
         say(f"every service healthy {time.monotonic() - started:.0f} s after docker-compose up")
+        # an agent with a director policy refuses clients until the access director's rules reach it
+        for instance, policy in site.access_policies().items():
+            wait_for(lambda i=instance: site.api(i)["access_control"]["update_count"] >= 1, DEADLINE,
+                     f"{instance} to receive its access rules ({policy})")
+            say(f"  {instance} has its access rules from {policy}")
         yield site
     except BaseException:
         with_logs = site.logs(tail=60) if site.up_called else ""
@@ -121,6 +126,12 @@ def site(engine, images, say):
     finally:
         if site.up_called:
             site.down()
+
+
+@pytest.fixture(scope="module")
+def operator(site):
+    """The level-2 password of the site's access director file: the device-writing tasks need it."""
+    return site.passwords()[2]
 
 
 def acq_session(client):
@@ -141,8 +152,8 @@ def test_every_service_is_healthy_and_no_network_exists(site, engine):
         assert inspect.stdout.decode().strip() == "host", service
 
 
-def test_tcp_bus_agent_answers_from_the_host(site):
-    bus = site.client("tcp-bus")
+def test_tcp_bus_agent_answers_from_the_host(site, operator):
+    bus = site.client("tcp-bus", privs=operator)
     reply = ok(bus.wrnrd_until(data="*IDN?\n", eot="\\n"))
     assert reply["response"].count(",") == 3, reply
     session = wait_for(lambda: (acq_session(bus).get("data") or {}).get("values") and acq_session(bus), DEADLINE,
@@ -151,8 +162,8 @@ def test_tcp_bus_agent_answers_from_the_host(site):
     assert set(session["data"]["values"]) == {"output_voltage", "idn"}
 
 
-def test_scpi_agent_answers_from_the_host(site):
-    psu = site.client("scpi-psu")
+def test_scpi_agent_answers_from_the_host(site, operator):
+    psu = site.client("scpi-psu", privs=operator)
     identity = ok(psu.init())["response"]
     assert identity["model"].startswith("SIM-PSU"), identity
     assert "SIM-PSU" in ok(psu.query(query="*IDN?"))["response"]
@@ -161,8 +172,8 @@ def test_scpi_agent_answers_from_the_host(site):
     assert session["degraded"] is False
 
 
-def test_message_link_agent_answers_from_the_host(site):
-    link = site.client("message-link")
+def test_message_link_agent_answers_from_the_host(site, operator):
+    link = site.client("message-link", privs=operator)
 
     def telemetry():
         session = link.monitor.status().session
@@ -171,6 +182,21 @@ def test_message_link_agent_answers_from_the_host(site):
     assert session["status"] == "running" and session["degraded"] is False
     data = ok(link.command(name="getStatus"))
     assert data["status"] == "success" and data["acked"] is True, data
+
+
+def test_access_director_guards_the_device_writing_tasks(site, operator):
+    """Without the level-2 password (none, or a wrong one) a write task is refused before it starts."""
+    assert set(site.access_policies()) == {"tcp-bus", "scpi-psu", "message-link"}
+    for instance, call in (("tcp-bus", lambda c: c.wrnrd_until(data="*IDN?\n", eot="\\n")),
+                           ("scpi-psu", lambda c: c.query(query="*IDN?")),
+                           ("message-link", lambda c: c.command(name="getStatus"))):
+        assert site.api(instance)["access_control"]["policy"] == "director"
+        for privs in (None, operator + "-wrong"):
+            reply = call(site.client(instance, privs=privs))
+            assert reply.status == -1 and "requires credential level 2" in reply.msg, (instance, privs, reply)
+        assert ok(call(site.client(instance, privs=operator))), instance
+    # reads and status stay open
+    assert site.client("tcp-bus").acq.status().status == 0
 
 
 def test_feed_data_reaches_influxdb_through_the_publisher(site):
@@ -184,7 +210,7 @@ def test_feed_data_reaches_influxdb_through_the_publisher(site):
     assert "output_voltage" in {row[0] for row in fields[0]["values"]}
 
 
-def test_stopping_the_simulators_degrades_the_agents_and_starting_them_clears(site, say):
+def test_simulators_stopped_set_degraded_and_started_again_clear_it(site, say):
     """``docker-compose stop scpi-sim`` (and jsonlines-sim): the agents keep running, degraded; ``start``: they recover."""
     bus, psu, link = site.client("tcp-bus"), site.client("scpi-psu"), site.client("message-link")
     sessions = {"tcp-bus": lambda: acq_session(bus), "scpi-psu": lambda: acq_session(psu),

@@ -661,8 +661,9 @@ class Site:
             out[name] = entry
         out["crossbar"]["image"] = self.images.crossbar_image
         out["crossbar"]["volumes"] = [f"{self.deploy / 'crossbar' / 'config.json'}:/ocs/.crossbar/config.json:ro"]
-        for name in ("registry", "influxdb-publisher"):
-            out[name]["image"] = self.images.ocs_image
+        for name, svc in self.compose_data["services"].items():
+            if str(svc.get("image") or "").startswith("simonsobs/ocs:"):
+                out[name]["image"] = self.images.ocs_image
         out["influxdb"]["image"] = INFLUXDB_IMAGE
         out["influxdb"]["environment"] = {
             "INFLUXDB_HTTP_BIND_ADDRESS": f"127.0.0.1:{self.ports['influxdb']}",
@@ -743,10 +744,37 @@ class Site:
         return self.compose("down", "-v", "--remove-orphans", timeout=600)
 
     # -- from the host
-    def client(self, instance_id):
+    def client_args(self):
+        return ["--site-file", str(self.site_file()), "--site-host", "localhost"]
+
+    def client(self, instance_id, privs=None):
         from ocs.ocs_client import OCSClient
 
-        return OCSClient(instance_id, args=["--site-file", str(self.site_file()), "--site-host", "localhost"])
+        return OCSClient(instance_id, privs=privs, args=self.client_args())
+
+    def api(self, instance_id):
+        """The agent's ``get_api`` reply (operations, their levels, its access control state)."""
+        from ocs import site_config
+
+        return site_config.get_control_client(instance_id, args=self.client_args()).get_api()
+
+    def access_policies(self):
+        """``{instance-id: policy}`` of the site's instances that give ``--access-policy``."""
+        out = {}
+        for inst in yaml.safe_load(self.site_file().read_text())["hosts"]["docker"]["agent-instances"]:
+            flat = [str(a) for a in inst.get("arguments") or []]
+            if "--access-policy" in flat:
+                out[inst["instance-id"]] = flat[flat.index("--access-policy") + 1]
+        return out
+
+    def passwords(self, director_file="access-director.yaml"):
+        """``{level: password}`` of the default block of the site's access director file."""
+        config = yaml.safe_load((self.deploy / director_file).read_text())
+        if config.get("passwords_block_default_hashfunc") != "none":
+            raise ValueError(f"deploy/{director_file}: the test needs clear-text passwords "
+                             "(passwords_block_default_hashfunc: none)")
+        (default,) = [block for block in config["passwords"] if block.get("default")]
+        return {level: default[f"password_{level}"] for level in (1, 2, 3) if f"password_{level}" in default}
 
     def influx_query(self, query, db="ocs_feeds"):
         url = (f"http://127.0.0.1:{self.ports['influxdb']}/query?"
