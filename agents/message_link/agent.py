@@ -273,7 +273,7 @@ class MessageLinkAgent:
                      'values': {'counter': 42, 'uptime': 41.0}}},
                  'messages_received': 130, 'invalid_messages': 0,
                  'message_rate': 3.0, 'timestamp': 1700000001.0,
-                 'cycles': 5, 'missed_cycles': 0,
+                 'cycles': 5, 'missed_cycles': 0, 'lateness_max': 0.0004,
                  'stats': {'connected': True, 'connects': 1, 'latency_last': 0.0011, ...}}
         """
         self._publishing = True

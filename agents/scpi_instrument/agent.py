@@ -139,7 +139,8 @@ class ScpiInstrumentAgent:
             >>> response.session['data']
             {'values': {'voltage': 2.5, 'current': 0.05, 'temperature': 25.1},
              'timestamp': 1700000000.0, 'connected': True, 'degraded': False,
-             'last_error': None, 'cycles': 12, 'missed_cycles': 0,
+             'down_since': None, 'last_error': None, 'cycles': 12, 'missed_cycles': 0,
+             'lateness_max': 0.0002,
              'stats': {'connected': True, 'latency_last': 0.0005, ...}}
         """
         return self.poller.run_exclusive(self.lock, session, self.sample_rate, once=params["test_mode"])

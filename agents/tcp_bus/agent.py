@@ -93,10 +93,16 @@ class TCPBusAgent:
                  'timestamp': 1700000000.0,
                  'connected': True,
                  'degraded': False,
+                 'down_since': None,
                  'last_error': None,
                  'cycles': 42,
                  'missed_cycles': 0,
+                 'lateness_max': 0.0003,
                  'stats': {'connected': True, 'latency_last': 0.0004, ...}}
+
+            Above 10 Hz the replies are published in batches and
+            session.data is updated ten times a second (see the
+            :class:`~socs_tcp_agents.common.Poller`).
         """
         return self.poller.run_exclusive(self.lock, session, self.sample_rate, once=params["test_mode"])
 
