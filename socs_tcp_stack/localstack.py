@@ -1,5 +1,7 @@
 """The local stack without Docker: crossbar, a simulated SCPI instrument, the
-TCPBusAgent and the ScpiInstrumentAgent, and a client printing live values.
+TCPBusAgent and the ScpiInstrumentAgent, a DeviceAgent made from the shipped
+Pfeiffer TPG 366 device file against that file's simulator, and a client
+printing live values.
 When ``influxd`` (InfluxDB 1.x) is installed, also InfluxDB with OCS's
 RegistryAgent and InfluxDBAgent, so the feeds land where the Grafana
 dashboards read them.
@@ -16,6 +18,7 @@ import sys
 import threading
 import time
 
+from socs_tcp.devices.simulator import DeviceSimulator
 from socs_tcp.testing.simulators.scpi import ScpiSimulator
 
 from .stack import InfluxDB, Stack, influxd_path
@@ -29,6 +32,10 @@ DATABASE = "ocs_feeds"
 #: (OCS default 30); changes are published at once anyway.
 REGISTRY_WAIT_TIME = 5
 
+#: The shipped device file whose DeviceAgent (instance ``tpg366``) runs
+#: against the simulator made from the same file.
+DEVICE_FILE = "tpg366"
+
 
 class LocalStack:
     """What :func:`build_stack` started.
@@ -36,14 +43,18 @@ class LocalStack:
     Attributes:
         stack (socs_tcp_stack.stack.Stack): crossbar, the site file and the agents.
         simulator (socs_tcp.simulators.scpi.ScpiSimulator): the instrument.
+        device_simulator (socs_tcp.devices.simulator.DeviceSimulator or None):
+            the simulator of :data:`DEVICE_FILE`, served to the ``tpg366``
+            DeviceAgent.
         influxdb (socs_tcp_stack.stack.InfluxDB or None): the InfluxDB server, or
             ``None`` when it was not started.
     """
 
-    def __init__(self, stack, simulator, influxdb=None):
+    def __init__(self, stack, simulator, influxdb=None, device_simulator=None):
         self.stack = stack
         self.simulator = simulator
         self.influxdb = influxdb
+        self.device_simulator = device_simulator
 
     def stop(self):
         """Stop the agents (in parallel: each needs a few seconds), crossbar, InfluxDB and the simulator."""
@@ -60,16 +71,23 @@ class LocalStack:
                 self.stack.stop()
             finally:
                 self.simulator.stop()
+                if self.device_simulator is not None:
+                    self.device_simulator.stop()
 
 
 def build_stack(workdir=None, sample_rate=2.0, influxdb=None, influxdb_port=None,
                 registry_wait_time=REGISTRY_WAIT_TIME, agent_args=None):
-    """Start the simulator, crossbar and both agents, and optionally InfluxDB with the registry and publisher.
+    """Start the simulators, crossbar and the agents, and optionally InfluxDB with the registry and publisher.
+
+    The agents are ``scpi-psu`` (ScpiInstrumentAgent) and ``tcp-bus``
+    (TCPBusAgent) on the SCPI simulator, and ``tpg366`` (DeviceAgent with the
+    shipped ``tpg366`` device file) on that file's simulator.
 
     Args:
         workdir: keep the configuration and logs there (default: a temporary
             directory, removed by :meth:`LocalStack.stop`).
-        sample_rate: ``acq`` rate of both agents, Hz.
+        sample_rate: ``acq`` rate of the SCPI and bus agents, Hz (the device
+            agent polls at its file's rate).
         influxdb: ``True`` to start InfluxDB, the ``RegistryAgent``
             (``registry``) and the ``InfluxDBAgent`` (``influxdb-publisher``,
             database :data:`DATABASE`); ``False`` not to; ``None`` to start
@@ -100,6 +118,11 @@ def build_stack(workdir=None, sample_rate=2.0, influxdb=None, influxdb_port=None
         raise
     local = LocalStack(stack, simulator)
     try:
+        local.device_simulator = DeviceSimulator(DEVICE_FILE).start()
+    except BaseException:
+        local.stop()
+        raise
+    try:
         order = []
         if influxdb:
             influx = local.influxdb = InfluxDB(stack.workdir / "influxdb", http_port=influxdb_port,
@@ -117,7 +140,10 @@ def build_stack(workdir=None, sample_rate=2.0, influxdb=None, influxdb_port=None
         stack.add_instance("TCPBusAgent", "tcp-bus", [
             "--address", sim_address, "--mode", "acq", "--sample-rate", str(sample_rate),
             "--acq-query", "output_voltage=MEAS:VOLT?", "idn=*IDN?", *extra.get("tcp-bus", [])])
-        order += ["scpi-psu", "tcp-bus"]
+        stack.add_instance("DeviceAgent", "tpg366", [
+            "--device-file", DEVICE_FILE, "--address", f"127.0.0.1:{local.device_simulator.port}",
+            "--mode", "acq", *extra.get("tpg366", [])])
+        order += ["scpi-psu", "tcp-bus", "tpg366"]
         stack.start()
         for instance_id in order:          # start them all, then wait for each
             stack.start_agent(instance_id, wait=False)
@@ -181,7 +207,7 @@ def demo_tasks(stack, out):
     return scpi, bus
 
 
-def watch(scpi, bus, out, stop, period=1.0):
+def watch(scpi, bus, out, stop, period=1.0, device=None):
     """Print the acq processes' latest values until ``stop`` is set."""
     out("live values (Ctrl-C to stop):")
     while not stop.is_set():
@@ -189,20 +215,27 @@ def watch(scpi, bus, out, stop, period=1.0):
         b = bus.acq.status().session
         sv = (s.get("data") or {}).get("values", {})
         bv = (b.get("data") or {}).get("values", {})
+        tpg = ""
+        if device is not None:
+            d = device.acq.status().session
+            dv = (d.get("data") or {}).get("values", d.get("data") or {})
+            p1 = dv.get("pressure_ch1")
+            p1 = f"{p1:.4e}" if isinstance(p1, (int, float)) else "?"
+            tpg = f"  tpg366 p1={p1} mbar degraded={d.get('degraded', False)}"
         stats = (s.get("data") or {}).get("stats", {})
         latency = stats.get("latency_last")
         out(f"{time.strftime('%H:%M:%S')}  V={sv.get('voltage', float('nan')):8.4f}  "
             f"I={sv.get('current', float('nan')):7.4f}  T={sv.get('temperature', float('nan')):7.3f}  "
             f"bus V={bv.get('output_voltage', float('nan')):8.4f}  "
             f"degraded={s.get('degraded', False)}/{b.get('degraded', False)}  "
-            f"latency={latency * 1000 if latency else 0:.2f} ms")
+            f"latency={latency * 1000 if latency else 0:.2f} ms{tpg}")
         stop.wait(period)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="keep configs and logs here (default: a temporary directory)")
-    parser.add_argument("--sample-rate", type=float, default=2.0, help="acq rate of both agents, Hz")
+    parser.add_argument("--sample-rate", type=float, default=2.0, help="acq rate of the SCPI and bus agents, Hz")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--no-influxdb", action="store_true",
                         help="do not start InfluxDB, the registry and the publisher even if influxd is installed")
@@ -219,16 +252,18 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with_influx = not args.no_influxdb and influxd_path() is not None
     if with_influx:
-        out("starting InfluxDB, crossbar, SCPI simulator, RegistryAgent, InfluxDBAgent, ScpiInstrumentAgent "
-            "and TCPBusAgent ...")
+        out("starting InfluxDB, crossbar, the SCPI and TPG 366 simulators, RegistryAgent, InfluxDBAgent, "
+            "ScpiInstrumentAgent, TCPBusAgent and DeviceAgent (tpg366) ...")
     else:
         reason = "--no-influxdb given" if args.no_influxdb else "influxd (InfluxDB 1.x) is not installed"
         out(f"without InfluxDB ({reason}): the feeds are not stored, the Grafana dashboards stay empty")
-        out("starting crossbar, SCPI simulator, ScpiInstrumentAgent and TCPBusAgent ...")
+        out("starting crossbar, the SCPI and TPG 366 simulators, ScpiInstrumentAgent, TCPBusAgent "
+            "and DeviceAgent (tpg366) ...")
     local = build_stack(args.workdir, args.sample_rate, influxdb=with_influx, influxdb_port=args.influxdb_port)
     stack, simulator = local.stack, local.simulator
     try:
-        out(f"crossbar: {stack.crossbar.url}   simulator: 127.0.0.1:{simulator.port}")
+        out(f"crossbar: {stack.crossbar.url}   SCPI simulator: 127.0.0.1:{simulator.port}   "
+            f"TPG 366 simulator: 127.0.0.1:{local.device_simulator.port}")
         out(f"site file: {stack.site_file}   agent logs: {stack.workdir / 'logs'}")
         out(f"try: ocs-client-cli --site-file {stack.site_file} --site-host {stack.site_host} ...")
         if local.influxdb is not None:
@@ -245,7 +280,7 @@ def main(argv=None):
             timer = threading.Timer(args.duration, stop.set)
             timer.daemon = True
             timer.start()
-        watch(scpi, bus, out, stop)
+        watch(scpi, bus, out, stop, device=stack.client("tpg366"))
     except KeyboardInterrupt:
         pass
     finally:

@@ -295,13 +295,14 @@ def site(influxd):
     local = build_stack(sample_rate=RATE, influxdb=True, registry_wait_time=1,
                         agent_args={iid: ["--timeout", str(TIMEOUT)] for iid in ("scpi-psu", "tcp-bus")})
     try:
-        assert sorted(local.stack.agents) == ["influxdb-publisher", "registry", "scpi-psu", "tcp-bus"]
+        assert sorted(local.stack.agents) == ["influxdb-publisher", "registry", "scpi-psu", "tcp-bus", "tpg366"]
         yield Site(local)
     finally:
         local.stop()
     for proc in (local.influxdb, local.stack.crossbar, *local.stack.agents.values()):
         assert not proc.alive(), f"{proc!r} still running"
     assert not local.simulator.running
+    assert not local.device_simulator._running
 
 
 @pytest.mark.integration
@@ -312,6 +313,22 @@ def test_local_stack_reports_where_the_feeds_go(site):
     text = "\n".join(influxdb_help(site.influx))
     assert site.influx.url in text and DB in text and "ocs-influxdb" in text
     assert 'q=SELECT last("voltage") FROM "observatory.scpi-psu"' in text
+
+
+@pytest.mark.integration
+def test_local_stack_runs_a_device_file_agent_on_its_simulator(site):
+    """The ``tpg366`` DeviceAgent polls the TPG 366 simulator made from the same
+    file, and its ``pressures`` feed lands in InfluxDB with SOCS's field names."""
+    query = 'SELECT last("pressure_ch1"), last("pressure_ch6") FROM "observatory.tpg366" WHERE "feed" = \'pressures\''
+    deadline = time.monotonic() + DATA_DEADLINE
+    while True:
+        series = site.run(query)
+        if series and series[0].get("values"):
+            break
+        assert time.monotonic() < deadline, "no tpg366 pressures reached InfluxDB"
+        time.sleep(0.5)
+    _, p1, p6 = series[0]["values"][-1]
+    assert isinstance(p1, float) and isinstance(p6, float) and p1 > 0 and p6 > 0
 
 
 def evaluate(site, board, selected=None):
@@ -353,7 +370,7 @@ def test_every_panel_query_returns_data(site, boards):
     assert set(values["bus_field"]) == {"output_voltage", "idn"}, "the health fields must be left out"
     assert not set(values["bus_field"]) & set(HEALTH_FIELDS)
     values, _ = dash.resolve_variables(boards["link_health"], site.run)
-    assert set(values["agent"]) == {"observatory.scpi-psu", "observatory.tcp-bus"}
+    assert set(values["agent"]) == {"observatory.scpi-psu", "observatory.tcp-bus", "observatory.tpg366"}
     values, _ = evaluate(site, boards["agent_operations"])
     assert values["registry"] == ["observatory.registry"]
     # (the registry does not receive its own heartbeat: WAMP does not echo a publication to its publisher)
