@@ -190,3 +190,52 @@ def test_reserved_names_are_the_drivers_attributes():
     dev = Device(load("tpg366"), "127.0.0.1", 1, connect=False)
     public = {n for n in dir(type(dev)) if not n.startswith("_")} | {n for n in vars(dev) if not n.startswith("_")}
     assert public <= RESERVED_NAMES
+
+
+JUNK = [None, 0, -1, 1.5, float("inf"), "", "x", "flaot", "{x}", "(?P<", "1..2", [], [1, "a"], {}, {"a": 1},
+        {"type": "int"}, True, 70000, "{request}", ["\r", ""]]
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+def test_any_damage_to_a_shipped_file_is_a_device_file_error_not_a_crash():
+    import copy
+
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from socs_tcp.devices import list_devices
+
+    docs = {name: yaml.safe_load(find(name).read_text()) for name in list_devices()}
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(sorted(docs)), st.data())
+    def check(name, data):
+        doc = copy.deepcopy(docs[name])
+        places = list(_paths(doc))[1:]
+        for _ in range(data.draw(st.integers(1, 3))):
+            path = data.draw(st.sampled_from(places))
+            node = doc
+            try:
+                for k in path[:-1]:
+                    node = node[k]
+                if data.draw(st.booleans()) and isinstance(node, dict):
+                    del node[path[-1]]
+                else:
+                    node[path[-1]] = copy.deepcopy(data.draw(st.sampled_from(JUNK)))
+            except (KeyError, IndexError, TypeError):
+                pass
+        try:
+            loads(yaml.safe_dump(doc), "f.yaml")
+        except DeviceFileError as e:
+            assert e.errors and all(str(p).startswith("f.yaml:") for p in e.errors)
+    check()

@@ -1135,7 +1135,8 @@ class _Loader:
             self.problem(m["reply"][0], f"{key}.reply", "a modbus write (function 6) has no reply fields: the "
                                                          "reply is the echo of the request")
         if protocol == "text":
-            default_t = connection.query_transaction if kind == "query" else connection.command_transaction
+            default_t = None if connection is None else (
+                connection.query_transaction if kind == "query" else connection.command_transaction)
             if "transaction" in m:
                 op.transaction = self.attempt(self.transaction_ref, m["transaction"][1], f"{key}.transaction")
             else:
