@@ -125,3 +125,26 @@ def test_binary_scale_sign_and_relay_bits():
     op = dev.spec.operations["set_relay"]
     assert codec.encode_binary(op, op.check_args(relay_number=8, on_off=1, pulse_time=70000)) == \
         bytes([0x31, 8, 1]) + (70000).to_bytes(4, "big")
+
+
+def test_any_reply_bytes_parse_or_raise_a_reply_error():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from socs_tcp.devices import DeviceError, list_devices
+
+    devs = {name: Device(load(name), "127.0.0.1", 1, connect=False) for name in list_devices()}
+    ops = [(name, op) for name, dev in devs.items() for op in dev.spec.operations]
+    alphabet = st.sampled_from(list(b"0123456789+-.,E:?#tf() \r\n\x00\xff"))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(ops), st.one_of(st.binary(max_size=120), st.lists(alphabet, max_size=80).map(bytes)))
+    def check(name_op, data):
+        name, op = name_op
+        try:
+            values = devs[name].parse(op, data)
+        except (DeviceReplyError, DeviceError) as e:
+            assert op in str(e)
+        else:
+            assert isinstance(values, dict)
+    check()

@@ -88,7 +88,7 @@ def _convert(op_name, f, raw, reply):
             return f.map[text]
         try:
             key = str(int(float(text)))
-        except ValueError:
+        except (ValueError, OverflowError):
             key = None
         if key in f.map:
             return f.map[key]
@@ -125,9 +125,12 @@ def _convert(op_name, f, raw, reply):
             raise ValueError
         else:
             return text
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {text!r} is not a {f.type}") from None
-    return _scaled(f, value)
+    try:
+        return _scaled(f, value)
+    except (ValueError, OverflowError) as e:
+        raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {e}") from None
 
 
 def _scaled(f, value):
@@ -418,6 +421,8 @@ def modbus_frame_length(header):
 
 def parse_modbus(op, request, frame, unit):
     """Values from one reply ADU (whose transaction id was already matched)."""
+    if len(frame) < 8:
+        raise DeviceReplyError(op.name, frame, f"{len(frame)} bytes: too short for a Modbus TCP frame")
     tid, proto, length, got_unit = struct.unpack(">HHHB", frame[:7])
     if proto != 0:
         raise DeviceReplyError(op.name, frame, f"protocol id {proto}, expected 0 (Modbus)")
