@@ -94,10 +94,11 @@ class SimulatorState:
                 return self._normal(f, self.values[key])
         value = self._fresh(f, sim)
         if self.noise and sim is not None and sim.noise and f.type == "float":
+            # six significant digits, as an instrument would print them
             if isinstance(value, list):
-                value = [None if v is None else v + self.rng.gauss(0, sim.noise) for v in value]
+                value = [None if v is None else float(f"{v + self.rng.gauss(0, sim.noise):.6g}") for v in value]
             elif value is not None:
-                value = value + self.rng.gauss(0, sim.noise)
+                value = float(f"{value + self.rng.gauss(0, sim.noise):.6g}")
         return self._normal(f, value)
 
     def _fresh(self, f, sim):
