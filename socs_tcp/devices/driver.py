@@ -26,7 +26,14 @@ Failures: bad arguments raise :class:`TypeError`/:class:`ValueError`; the
 link's :class:`~socs_tcp.errors.LinkError` subclasses (all
 :class:`ConnectionError`) pass through; a reply of the wrong form raises
 :class:`~socs_tcp.devices.errors.DeviceReplyError`; a device-reported error
-raises :class:`~socs_tcp.devices.errors.DeviceError`.
+raises :class:`~socs_tcp.devices.errors.DeviceError` (an interlock of the
+file, :class:`~socs_tcp.devices.errors.DeviceInterlockError`).
+
+The link underneath works in bytes (``encoding=None``): the inherited bus
+operations (``query``, ``wrnrd_until``, ...) take and return ``bytes``.
+Only the public :class:`~socs_tcp.TCPInterface` API and its ``_connect``
+hook are used, so a subclass can add hand-written methods next to the
+file's operations.
 """
 
 import itertools
