@@ -505,6 +505,35 @@ BEHIND_PAUSE = 0.0005
 FAST_SWITCH_INTERVAL = 0.0005
 
 
+class _FastRuns:
+    """The process-wide tuning of fast runs, counted, so that overlapping runs
+    (several pollers in one process) restore it only when the last one ends."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+        self._saved = None
+
+    def enter(self):
+        with self._lock:
+            self._count += 1
+            if self._count == 1:
+                gc.collect()
+                gc.freeze()
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, FAST_SWITCH_INTERVAL))
+
+    def leave(self):
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                sys.setswitchinterval(self._saved)
+                gc.unfreeze()
+
+
+_fast_runs = _FastRuns()
+
+
 class Poller:
     """The body of an ``acq`` (or ``monitor``) process: one cycle at a fixed
     rate until stopped, a lost device turned into ``session.degraded``.
@@ -607,19 +636,14 @@ class Poller:
         """
         period = 1.0 / rate
         fast = period < UPDATE_INTERVAL
-        switch_interval = sys.getswitchinterval()
-        frozen = False
-        if fast and not once:
-            gc.collect()
-            gc.freeze()
-            frozen = True
-            sys.setswitchinterval(min(switch_interval, FAST_SWITCH_INTERVAL))
+        tuned = fast and not once
+        if tuned:
+            _fast_runs.enter()
         try:
             return self._loop(session, period, fast, once)
         finally:
-            if frozen:
-                sys.setswitchinterval(switch_interval)
-                gc.unfreeze()
+            if tuned:
+                _fast_runs.leave()
 
     def _loop(self, session, period, fast, once):
         self.cycles = 0

@@ -184,3 +184,25 @@ def test_a_stall_of_several_periods_skips_slots_and_counts_them():
     poller = Poller(obj, link, link.poll, "data", "block")
     run_cycles(poller, 5.0, 2)
     assert poller.missed >= 4, "the slots the stall swallowed are missed cycles"
+
+
+def test_overlapping_fast_runs_restore_the_switch_interval_once_the_last_ends():
+    import sys
+
+    before = sys.getswitchinterval()
+    links = [CountingLink(), CountingLink()]
+    pollers = [Poller(FakeAgentObj(), link, link.poll, "data", "block") for link in links]
+    threads = [threading.Thread(target=p.run, args=(FakeSession(), 1000.0), daemon=True) for p in pollers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while not all(p.cycles for p in pollers):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert sys.getswitchinterval() < before
+    pollers[0].stop()
+    threads[0].join(10)
+    assert sys.getswitchinterval() < before, "the other run is still fast"
+    pollers[1].stop()
+    threads[1].join(10)
+    assert sys.getswitchinterval() == before
