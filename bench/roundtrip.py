@@ -566,7 +566,8 @@ def wait_study(count=5000, rounds=5, log=print):
     (``same``, ``split``, ``none``), rounds rotated; also how often client
     and server were last seen on the same CPU, sampled every 200 round trips.
 
-    Returns ``{placement: {wait: {"median_us", "rounds_us", "same_cpu"}}}``.
+    Returns ``{placement: {wait: {"median_us", "rounds_us", "same_cpu",
+    "rounds_same_cpu"}}}`` (the same-CPU share: median, and per round).
     """
     line = b"0123456789ABCDEFGHIJKLMNOPQRSTUV\n"
     cpus = sorted(os.sched_getaffinity(0))
@@ -606,11 +607,12 @@ def wait_study(count=5000, rounds=5, log=print):
                     os.sched_setaffinity(0, set(cpus))
         out[placement] = {name: {"median_us": statistics.median(us for us, _ in rows),
                                  "rounds_us": [round(us, 1) for us, _ in rows],
-                                 "same_cpu": statistics.median(s for _, s in rows)}
+                                 "same_cpu": statistics.median(s for _, s in rows),
+                                 "rounds_same_cpu": [round(s, 2) for _, s in rows]}
                           for name, rows in figures.items()}
         for name, row in out[placement].items():
             log(f"{PLACEMENT_NAMES.get(placement, placement).split(' (')[0]:<10} {name:<24} "
-                f"median {row['median_us']:6.1f} µs  rounds {row['rounds_us']}  same CPU {row['same_cpu']:.2f}")
+                f"median {row['median_us']:6.1f} µs  rounds {row['rounds_us']}  same CPU {row['rounds_same_cpu']}")
     return out
 
 
