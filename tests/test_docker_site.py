@@ -82,6 +82,9 @@ def engine(say):
     if problems:
         pytest.fail("this machine cannot run the docker-compose site test (set SOCS_TCP_SKIP_DOCKER=1 to skip it):\n"
                     + "\n".join(f"  - {p}" for p in problems), pytrace=False)
+    for stale in dockersite.stale_engine_directories():
+        say(f"removing {stale}, left over by a docker test run that was killed: "
+            f"{dockersite.remove_engine_directory(stale) or 'done'}")
     started = time.monotonic()
     docker = dockersite.DockerEngine(say=say)
     try:

@@ -347,22 +347,62 @@ class DockerEngine:
                     problems.append(f"dockerd (pid {self.proc.pid}) did not stop within {timeout} s; killed")
                     os.kill(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(30)
-            # containerd and containerd-shim processes started for this engine name our directory
-            # on their command lines; kill them and what runs under them.
-            ours = _processes_mentioning(str(self.root))
-            leftovers = _descendants(ours) + ours
-            for pid in leftovers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if leftovers:
-                problems.append(f"killed processes left behind by dockerd: {leftovers}")
-            for mount_point in sorted(_mounts_under(str(self.root)), key=len, reverse=True):
-                subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-        if self.root.exists():
-            problems.append(f"{self.root} could not be removed")
+            problems += remove_engine_directory(self.root)
         return problems
+
+
+def remove_engine_directory(root):
+    """Kill what still runs from an engine directory, unmount what is mounted under it, and remove it.
+
+    containerd and the containerd-shim processes of an engine name its directory on their command
+    lines; they are killed with everything that runs under them.
+    """
+    problems = []
+    try:
+        ours = _processes_mentioning(str(root))
+        leftovers = _descendants(ours) + ours
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            problems.append(f"killed processes left behind by dockerd: {leftovers}")
+        for mount_point in sorted(_mounts_under(str(root)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if Path(root).exists():
+        problems.append(f"{root} could not be removed")
+    return problems
+
+
+#: An engine directory without a dockerd pid file and older than this is left over from a run that was killed.
+STALE_AFTER = 6 * 3600
+
+
+def stale_engine_directories(tmpdir=None):
+    """Engine directories of earlier runs that were killed before they could clean up.
+
+    A directory whose dockerd (pid file) is still alive belongs to a run in progress -- another
+    developer's, perhaps -- and is left alone, as is a young one without a pid file yet.
+    """
+    stale = []
+    for root in sorted(Path(tmpdir or tempfile.gettempdir()).glob("socs_tcp-docker-*")):
+        pidfile = root / "dockerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError):
+                if time.time() - root.stat().st_mtime > STALE_AFTER:
+                    stale.append(root)
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            cmdline = ""
+        if str(root) not in cmdline:
+            stale.append(root)
+    return stale
 
 
 # ---------------------------------------------------------------- images and their cache

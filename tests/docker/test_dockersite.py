@@ -159,3 +159,23 @@ def test_dockerd_that_cannot_start_is_reported_with_its_log(monkeypatch):
     finally:
         assert engine.stop() == []
     assert not engine.root.exists()
+
+
+def test_only_engine_directories_of_dead_runs_are_stale(tmp_path):
+    dead = tmp_path / "socs_tcp-docker-dead"
+    dead.mkdir()
+    (dead / "dockerd.pid").write_text("999999999\n")         # no such process
+    alive = tmp_path / "socs_tcp-docker-alive"
+    alive.mkdir()
+    (alive / "dockerd.pid").write_text(f"{os.getpid()}\n")   # a live process, but not a dockerd of that directory
+    young = tmp_path / "socs_tcp-docker-starting"
+    young.mkdir()                                            # no pid file yet: a run starting up
+    old = tmp_path / "socs_tcp-docker-old"
+    old.mkdir()
+    long_ago = time.time() - dockersite.STALE_AFTER - 60
+    os.utime(old, (long_ago, long_ago))
+    (tmp_path / "unrelated").mkdir()
+    assert dockersite.stale_engine_directories(tmp_path) == sorted([alive, dead, old])
+    (dead / "data").mkdir()
+    assert dockersite.remove_engine_directory(dead) == []
+    assert not dead.exists() and young.exists()
