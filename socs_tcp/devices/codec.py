@@ -349,25 +349,51 @@ def encode_binary(op, args):
     return bytes(out)
 
 
+_PLANS = {}  # id(fields) -> (fields, base, plan): each reply's field layout, worked out once
+
+
+def _plan(fields, base):
+    entry = _PLANS.get(id(fields))
+    if entry is not None and entry[0] is fields and entry[1] == base:
+        return entry[2]
+    plan = []
+    for f in fields:
+        size, code = WIRE_TYPES[f.wire]
+        start = f.byte if f.byte is not None else (f.register - base) * 2
+        n = f.array.size if f.array is not None else 1
+        plain = f.map is None and f.scale is None and f.offset is None and f.type in ("int", "float")
+        plan.append((f, start, size, n, struct.Struct(">" + code), f.order not in ("big", "ABCD"), plain))
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[id(fields)] = (fields, base, plan)
+    return plan
+
+
 def decode_binary(op_name, fields, data, base=0, raw=None):
     """Values of ``fields`` read from ``data`` (field positions minus ``base``)."""
     raw = data if raw is None else raw
     out = {}
-    for f in fields:
-        size = WIRE_TYPES[f.wire][0]
-        start = (f.byte if f.byte is not None else (f.register - base) * 2)
-        n = f.array.size if f.array is not None else 1
+    for f, start, size, n, unpacker, reorder, plain in _plan(fields, base):
+        if start + n * size > len(data):
+            raise DeviceReplyError(op_name, raw, f"field {f.name!r} needs bytes {start}..{start + n * size - 1}, "
+                                                 f"the reply has {len(data)}")
         values = []
         for k in range(n):
             chunk = data[start + k * size:start + (k + 1) * size]
-            if len(chunk) != size:
-                raise DeviceReplyError(op_name, raw, f"field {f.name!r} needs bytes {start}..{start + n * size - 1}, "
-                                                     f"the reply has {len(data)}")
-            value = _unpack(f.wire, f.order, chunk)
-            try:
-                values.append(_binary_value(f, value))
-            except ValueError as e:
-                raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {e}") from None
+            value = unpacker.unpack(to_big(chunk, f.order) if reorder else chunk)[0]
+            if plain:
+                if f.type == "float":
+                    value = float(value)
+                elif isinstance(value, float):
+                    if value != value or value in (float("inf"), float("-inf")):
+                        raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {value} is not an integer")
+                    value = int(value)
+            else:
+                try:
+                    value = _binary_value(f, value)
+                except ValueError as e:
+                    raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {e}") from None
+            values.append(value)
         if f.array is None:
             out[f.name] = values[0]
             if f.flags:

@@ -358,7 +358,12 @@ class OperationSpec:
 
     @property
     def arg_map(self):
-        return {a.name: a for a in self.args}
+        """``{name: ArgSpec}`` (built once; ``args`` is not changed after loading)."""
+        cached = self.__dict__.get("_arg_map")
+        if cached is None or cached[0] is not self.args or len(cached[1]) != len(self.args):
+            cached = (self.args, {a.name: a for a in self.args})
+            self.__dict__["_arg_map"] = cached
+        return cached[1]
 
     def check_args(self, **kwargs):
         """Check and normalise arguments; fill defaults.
