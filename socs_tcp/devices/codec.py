@@ -18,6 +18,7 @@ operation and the bytes.
 """
 
 import math
+import operator
 import re
 import string
 import struct
@@ -349,20 +350,43 @@ def encode_binary(op, args):
     return bytes(out)
 
 
-_PLANS = {}  # id(fields) -> (fields, base, plan): each reply's field layout, worked out once
+_PLANS = {}  # id(fields) -> (fields, base, plan): each reply's layout, worked out once
+
+
+def _reorder(items, order):
+    """``items`` (the bytes of one value, or their indexes) in big-endian order."""
+    if order in ("big", "ABCD"):
+        return list(items)
+    if order in ("little", "DCBA"):
+        return list(items)[::-1]
+    if order == "CDAB":
+        return list(items[2:4]) + list(items[0:2])
+    return [items[1], items[0], items[3], items[2]]  # BADC
 
 
 def _plan(fields, base):
+    """One struct for the whole reply: the byte indexes of every value, put in
+    big-endian order, and the struct format that unpacks them all at once."""
     entry = _PLANS.get(id(fields))
     if entry is not None and entry[0] is fields and entry[1] == base:
         return entry[2]
-    plan = []
+    indexes, fmt, layout = [], ">", []
     for f in fields:
         size, code = WIRE_TYPES[f.wire]
         start = f.byte if f.byte is not None else (f.register - base) * 2
         n = f.array.size if f.array is not None else 1
-        plain = f.map is None and f.scale is None and f.offset is None and f.type in ("int", "float")
-        plan.append((f, start, size, n, struct.Struct(">" + code), f.order not in ("big", "ABCD"), plain))
+        for k in range(n):
+            indexes += _reorder(range(start + k * size, start + (k + 1) * size), f.order)
+            fmt += code
+        if f.map is not None or f.scale is not None or f.offset is not None or f.type not in ("int", "float"):
+            kind = _OTHER
+        elif (f.type == "float") == (code in "fd"):
+            kind = _SAME
+        else:
+            kind = _TO_FLOAT if f.type == "float" else _TO_INT
+        layout.append((f, start, size, n, kind))
+    getter = operator.itemgetter(*indexes) if len(indexes) > 1 else (lambda data, i=indexes[0]: (data[i],))
+    plan = (layout, getter, struct.Struct(fmt), max(indexes) + 1)
     if len(_PLANS) > 256:
         _PLANS.clear()
     _PLANS[id(fields)] = (fields, base, plan)
@@ -372,35 +396,48 @@ def _plan(fields, base):
 def decode_binary(op_name, fields, data, base=0, raw=None):
     """Values of ``fields`` read from ``data`` (field positions minus ``base``)."""
     raw = data if raw is None else raw
+    layout, getter, unpacker, needed = _plan(fields, base)
+    if len(data) < needed:
+        for f, start, size, n, _ in layout:
+            if start + n * size > len(data):
+                raise DeviceReplyError(op_name, raw, f"field {f.name!r} needs bytes {start}..{start + n * size - 1}, "
+                                                     f"the reply has {len(data)}")
+    raw_values = unpacker.unpack(bytes(getter(data)))
     out = {}
-    for f, start, size, n, unpacker, reorder, plain in _plan(fields, base):
-        if start + n * size > len(data):
-            raise DeviceReplyError(op_name, raw, f"field {f.name!r} needs bytes {start}..{start + n * size - 1}, "
-                                                 f"the reply has {len(data)}")
-        values = []
-        for k in range(n):
-            chunk = data[start + k * size:start + (k + 1) * size]
-            value = unpacker.unpack(to_big(chunk, f.order) if reorder else chunk)[0]
-            if plain:
-                if f.type == "float":
-                    value = float(value)
-                elif isinstance(value, float):
-                    if value != value or value in (float("inf"), float("-inf")):
-                        raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {value} is not an integer")
-                    value = int(value)
-            else:
-                try:
-                    value = _binary_value(f, value)
-                except ValueError as e:
-                    raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {e}") from None
-            values.append(value)
-        if f.array is None:
-            out[f.name] = values[0]
-            if f.flags:
-                _add_flags(f, values[0] if f.map is None else _unpack(f.wire, f.order, data[start:start + size]), out)
+    pos = 0
+    for f, _, _, n, kind in layout:
+        if n == 1 and kind == _SAME:
+            value = raw_values[pos]
+            pos += 1
         else:
-            out[f.name] = values
+            values = [_converted(op_name, raw, f, kind, v) for v in raw_values[pos:pos + n]]
+            pos += n
+            if f.array is not None:
+                out[f.name] = values
+                continue
+            value = values[0]
+        out[f.name] = value
+        if f.flags:
+            _add_flags(f, int(raw_values[pos - 1]), out)
     return out
+
+
+_SAME, _TO_FLOAT, _TO_INT, _OTHER = range(4)
+
+
+def _converted(op_name, raw, f, kind, v):
+    if kind == _SAME:
+        return v
+    if kind == _TO_FLOAT:
+        return float(v)
+    if kind == _TO_INT:
+        if v != v or v in (math.inf, -math.inf):
+            raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {v} is not an integer")
+        return int(v)
+    try:
+        return _binary_value(f, v)
+    except ValueError as e:
+        raise DeviceReplyError(op_name, raw, f"field {f.name!r}: {e}") from None
 
 
 def _binary_value(f, value):
