@@ -618,6 +618,63 @@ def test_recorder_hooks_write_a_session(tmp_path):
         Recorder.coerce(42)
 
 
+def test_tcp_interface_record_option(tmp_path, emulator):
+    path = tmp_path / "iface.jsonl"
+    recorder = Recorder(path)
+    dev = TCPInterface("127.0.0.1", emulator.port, 5.0, termination="\n", record=recorder)
+    assert dev.query("A") == "echo:A"
+    emulator.drop_connections()
+    assert query_retrying(dev, "B") == "echo:B"
+    dev.close()
+    recorder.close()
+    rec = read_recording(path)
+    assert rec.header["source"] == "interface" and rec.complete
+    assert rec.data("out") == b"A\nB\n" and rec.data("in") == b"echo:A\necho:B\n"
+    assert rec.connections() == [1, 2]
+    assert [ev.by for ev in rec.events if ev.kind == "close"] == ["device", "interface"]
+    with ReplayServer(path, timing="fast") as server:
+        dev = TCPInterface("127.0.0.1", server.port, 5.0, termination="\n")
+        assert dev.query("A") == "echo:A"
+        assert query_retrying(dev, "B") == "echo:B"  # the device's close replayed, then the second connection
+        assert server.connections == 2
+
+
+def test_tcp_interface_record_option_checked_and_off_by_default(tmp_path, emulator):
+    with pytest.raises(TypeError, match="record must be"):
+        TCPInterface("127.0.0.1", emulator.port, 5.0, record=str(tmp_path / "x.jsonl"), connect=False)
+    assert not (tmp_path / "x.jsonl").exists()
+    dev = TCPInterface("127.0.0.1", emulator.port, 5.0, termination="\n")
+    assert dev._recorder is None
+    assert dev.query("A") == "echo:A"
+
+
+def test_device_driver_records_in_process(tmp_path):
+    # a device file without a connection init sequence: the driver runs init on the raw socket,
+    # before the link uses it, so only the proxy records it
+    _sys_path_insert(HERE)
+    from emulators.pcr500ma import PCR500MAEmulator
+
+    from socs_tcp.devices import Device
+    path = tmp_path / "pcr.jsonl"
+    recorder = Recorder(path)
+    with PCR500MAEmulator() as emu:
+        dev = Device.from_file("pcr500ma", emu.address, record=recorder)
+        live = dev.poll()
+        dev.close()
+    recorder.close()
+    assert live
+    with ReplayServer(path, timing="fast") as server:
+        dev = Device.from_file("pcr500ma", server.address)
+        assert dev.poll() == live
+        dev.close()
+        assert server.summary()["unexpected"] == 0
+
+
+def _sys_path_insert(path):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 # ----------------------------------------------------------------------
 # the format
 def test_text_stays_readable_and_binary_is_hex():

@@ -70,6 +70,7 @@ import threading
 import time
 
 from ..core.buffer import ReceiveBuffer
+from ..core.checks import format_host_port
 from ..core.codec import format_traffic
 from ..core.deadline import Deadline
 from ..core.readers import describe
@@ -102,6 +103,9 @@ class Connection:
     ``_connect(address)`` and ``_reset()``, then calls
     :meth:`_init_connection`.
     """
+
+    #: in-process recorder (``TCPInterface(record=...)``); None: nothing recorded, one check per chunk
+    _recorder = None
 
     def _init_connection(self):
         self.lock = threading.RLock()
@@ -188,6 +192,8 @@ class Connection:
             self._next_attempt = time.monotonic() + self.reconnect_policy.delay(self._failures)
             return None
         self.comm = sock
+        if self._recorder is not None:
+            self._recorder.on_connect(format_host_port(self.ip_address, self.port))
         stale = self._buffer.drain()
         if stale:
             log.warning("%s: discarded %d bytes left from the previous connection: %s",
@@ -208,6 +214,8 @@ class Connection:
         sock, self.comm = self.comm, None
         if sock is None:
             return
+        if self._recorder is not None:
+            self._recorder.on_close(reason or "closed")
         if reason:
             log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: closing connection: %s",
                     self.name, reason)
@@ -368,6 +376,8 @@ class Connection:
                 + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                    if partial else ""), partial)
         self._stats.bytes_in += len(data)
+        if self._recorder is not None:
+            self._recorder.on_recv(bytes(data))
         if self._debug:
             log.debug("%s < %s", self.name, format_traffic(bytes(data[:256])))
         if size:
@@ -458,6 +468,8 @@ class Connection:
                 self._close("device closed the connection")
                 return
             self._stats.bytes_in += len(data)
+            if self._recorder is not None:
+                self._recorder.on_recv(data)
             if self._debug:
                 log.debug("%s < %s", self.name, format_traffic(data))
             self._buffer.feed(data)
@@ -533,6 +545,8 @@ class Connection:
         if sent != len(data):
             self._write_rest(sock, memoryview(data)[sent:], deadline)
         self._stats.bytes_out += len(data)
+        if self._recorder is not None:
+            self._recorder.on_send(bytes(data))
 
     def _write_rest(self, sock, view, deadline):
         """Write ``view`` as the socket's send buffer gets room, before ``deadline``."""

@@ -96,6 +96,10 @@ class TCPInterface(Connection):
         connect (bool): connect in the constructor, as SOCS does (default).
             A failure is logged, not raised, and leaves ``comm`` as ``None``.
         name (str): label used in log messages (default ``host:port``).
+        record: a :class:`socs_tcp.testing.Recorder` (or any object with
+            ``on_connect(addr)``, ``on_send(data)``, ``on_recv(data)`` and
+            ``on_close(reason)``) that records the traffic in-process;
+            ``None`` (default) records nothing.
 
     Attributes:
         ip_address, port, timeout: as given.
@@ -109,7 +113,7 @@ class TCPInterface(Connection):
                  read_termination=_UNSET, write_termination=_UNSET, termination=None, rstrip=False,
                  max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
                  keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
-                 close_on_timeout=False, connect=True, name=None):
+                 close_on_timeout=False, connect=True, name=None, record=None):
         self.comm = None  # first, so __del__ works whatever fails below
         if not isinstance(ip_address, str) or not ip_address.strip():
             raise ValueError(f"ip_address must be a non-empty host name or IP address str, got {ip_address!r}")
@@ -162,6 +166,12 @@ class TCPInterface(Connection):
 
         self._init_connection()
         self._scratch = None          # read_bytes' buffer for blocks over buffer_size
+        if record is not None:
+            hooks = ("on_connect", "on_send", "on_recv", "on_close")
+            if not all(callable(getattr(record, hook, None)) for hook in hooks):
+                raise TypeError(f"record must be a socs_tcp.testing.Recorder (an object with {', '.join(hooks)}) "
+                                f"or None, got {type(record).__name__}: {record!r}")
+            self._recorder = record
         if connect:
             self._attempt_connect()
 
