@@ -93,6 +93,9 @@ class Device(TCPInterface):
         self._in_init = False
         self._tid = itertools.count(1)
         self._exchanges = None
+        self._stale = conn.stale_input
+        self._fast_ops = {}
+        self._poll_plan = None
         self._term_regexes = {}
         self._in_terms = ()
         self._prompt = b""
@@ -181,39 +184,71 @@ class Device(TCPInterface):
         op = self.operation(op_name)
         checked = op.check_args(**args)
         request = self._build(op, checked)      # raises before anything is sent
-        stale = self.spec.connection.stale_input
+        return self._transact(op, checked, request)
+
+    def _transact(self, op, checked, request):
+        stale = self._stale
         with self.lock:
-            self._exchanges = []
+            self._exchanges = exchanges = []
             try:
                 if stale != "keep" and self.comm is not None and not self._fast(op):
                     self.drain()
                 if op.guard is not None:
                     self._check_guard(op, checked)
                 values = self._run_op(op, checked, request)
-                return values, [tuple(e) for e in self._exchanges]
+                return values, [tuple(e) for e in exchanges]
             except LinkTimeoutError as e:
                 if stale == "close" and self.comm is not None:
                     log.warning("%s: %s: no reply before the deadline: closing so that a late reply cannot answer "
                                 "a later call (stale_input: close)", self.name, op.name)
                     self.disconnect()
-                e.exchanges = [tuple(x) for x in self._exchanges]
+                e.exchanges = [tuple(x) for x in exchanges]
                 raise
             except (ConnectionError, DeviceError, DeviceReplyError) as e:
-                e.exchanges = [tuple(x) for x in self._exchanges]
+                e.exchanges = [tuple(x) for x in exchanges]
                 raise
             finally:
                 self._exchanges = None
 
     def poll(self):
         """One pass over the file's polling items: ``{feed field: value}``."""
+        plan = self._poll_plan
+        if plan is None:
+            plan = self._poll_plan = self._make_poll_plan()
+        out = {}
+        for op, checked, request, scalars, arrays in plan:
+            values = self._transact(op, checked, request)[0]
+            for src, name in scalars:
+                value = values.get(src)
+                if value is not None:
+                    out[name] = value
+            for src, names in arrays:
+                for name, value in zip(names, values.get(src) or ()):
+                    if value is not None:
+                        out[name] = value
+        return out
+
+    def _make_poll_plan(self):
+        """Per polling item: the operation, its checked arguments, the request
+        bytes (the same every cycle) and where each field is published."""
         polling = self.spec.polling
         if polling is None:
             raise ValueError(f"{self.spec.name} has no 'polling' section")
-        out = {}
+        plan = []
         for item in polling.items:
             op = self.spec.operations[item.operation]
-            out.update(codec.feed_values(item, op, self.call(item.operation, **item.args)))
-        return out
+            checked = op.check_args(**item.args)
+            by_name = {f.name: f for f in op.fields}
+            scalars, arrays = [], []
+            for src, template in item.fields.items():
+                f = by_name[src]
+                if f.array is None:
+                    scalars.append((src, template))
+                else:
+                    labels = f.array.labels or [str(i + 1) for i in range(f.array.size)]
+                    arrays.append((src, [template.format(n=i + 1, i=i, label=labels[i]) for i in range(f.array.size)]))
+            plan.append((op, checked, self._build(op, checked), scalars, arrays))
+        return plan
 
     def parse(self, op_name, reply):
         """Parse one captured reply of ``op_name`` (bytes, terminator optional); no I/O."""
@@ -367,8 +402,11 @@ class Device(TCPInterface):
     def _fast(self, op):
         """Whether ``op`` is one send and one reply up to the one in-terminator:
         then it runs as a single link operation (which also drains stale input)."""
-        return (self._text and op.transaction is None and op.reply is not None and op.guard is None
-                and len(self._in_terms) == 1)
+        fast = self._fast_ops.get(op.name)
+        if fast is None:
+            fast = self._fast_ops[op.name] = (self._text and op.transaction is None and op.reply is not None
+                                              and op.guard is None and len(self._in_terms) == 1)
+        return fast
 
     def _exchange(self, raw, timeout):
         """Send ``raw`` and read one frame up to the in-terminator, as one link operation."""
