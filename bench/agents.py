@@ -64,6 +64,14 @@ down and up on command (``bench/recovery.py``).  Only loopback (127.0.0.1)
 is used.  Every process started here is stopped before the script exits
 (``Stack.stop()``, the emulator by its pid).
 
+``--trace-rate R`` instead times every cycle of one agent from inside its
+process (at ``R`` Hz for ``--trace-seconds``): a ``sitecustomize`` module,
+put on the agent's ``PYTHONPATH`` for that run only, wraps the poll, each
+``publish_to_feed`` and ``stats()`` call and listens to the garbage collector
+(``gc.callbacks``); the script prints their distributions and the worst
+cycles with what happened around them.  This is how the sources of the
+jitter were told apart (``docs/benchmarks.rst``).
+
 Part 1 alone, for the suite: :func:`run_latency` or :func:`measure_latency`
 with :func:`latency_rows`.
 
@@ -73,6 +81,7 @@ Usage::
 """
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -566,6 +575,134 @@ def measure_overhead(port, seconds=0.5, rounds=12, log=print):
 
 
 # ----------------------------------------------------------------------
+# --trace-rate: every cycle of one agent, timed from inside its process
+TRACE_SITECUSTOMIZE = r"""
+# loaded by the agent process of bench/agents.py --trace-rate only (PYTHONPATH)
+import builtins, gc, json, os, sys, time
+OUT = os.environ.get("SOCS_TCP_ACQ_TRACE")
+if OUT:
+    rec = {"poll": [], "pub": [], "stats": [], "gc": []}
+    started = [0.0]
+    def on_gc(phase, info):
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            rec["gc"].append((started[0], time.perf_counter() - started[0], info["generation"]))
+    gc.callbacks.append(on_gc)
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                rec[key].append((t0, time.perf_counter() - t0))
+        return wrapper
+    real_import = builtins.__import__
+    def importer(name, *args, **kwargs):
+        module = real_import(name, *args, **kwargs)
+        common = sys.modules.get("socs_tcp_agents.common")
+        if common is not None and hasattr(common, "Poller") and not hasattr(common.Poller, "_traced"):
+            poller = common.Poller
+            init, run = poller.__init__, poller.run
+            def traced_init(self, agent_obj, link, poll, *a, **k):
+                link.stats = timed(link.stats, "stats")
+                init(self, agent_obj, link, timed(poll, "poll"), *a, **k)
+                agent_obj.agent.publish_to_feed = timed(agent_obj.agent.publish_to_feed, "pub")
+            def traced_run(self, *a, **k):
+                try:
+                    return run(self, *a, **k)
+                finally:
+                    with open(OUT, "w") as fh:
+                        json.dump(rec, fh)
+            poller.__init__, poller.run, poller._traced = traced_init, traced_run, True
+            builtins.__import__ = real_import
+        return module
+    builtins.__import__ = importer
+"""
+
+
+def trace_acq(rate, seconds, loglevel="info", log=print):
+    """Run one agent's acq at *rate* for *seconds* with the trace module loaded; return the analysis."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="socs_tcp-acq-trace-") as tmp, EmulatorProcess() as device:
+        with open(os.path.join(tmp, "sitecustomize.py"), "w") as fh:
+            fh.write(TRACE_SITECUSTOMIZE)
+        out = os.path.join(tmp, "trace.json")
+        path = os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p)
+        stack = Stack(loglevel=loglevel)
+        try:
+            stack.start()
+            queries = [f"f{i}=Q{i}" for i in range(N_FIELDS)]
+            stack.add_instance("TCPBusAgent", "bench-trace", agent_args(device.port, rate, queries))
+            stack.start_agent("bench-trace", extra_env={"PYTHONPATH": path, "SOCS_TCP_ACQ_TRACE": out})
+            client = stack.client("bench-trace")
+            if client.acq.start().status != 0:
+                raise RuntimeError("acq.start failed")
+            wait_for(lambda: (acq_session(client).get("data") or {}).get("values"), 15, "the first acq values")
+            noise = NoiseProbe()
+            time.sleep(seconds)
+            noise = noise.stop()
+            client.acq.stop()
+            client.acq.wait(timeout=10)
+            wait_for(lambda: os.path.exists(out), 10, "the trace file")
+            time.sleep(0.2)
+            with open(out) as fh:
+                rec = json.load(fh)
+        finally:
+            stack.stop()
+    return analyse_trace(rec, rate, noise)
+
+
+def analyse_trace(rec, rate, noise=None):
+    """Distributions of the traced pieces, and the worst cycles with what surrounded them."""
+    def dist(values_s):
+        ms = sorted(v * 1e3 for v in values_s)
+        if not ms:
+            return None
+        return {"n": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+                "p999_ms": percentile(ms, 99.9), "max_ms": ms[-1]}
+    starts = [t for t, _ in rec["poll"]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    result = {"rate_hz": rate, "noise": noise, "poll": dist([d for _, d in rec["poll"]]), "cycle": dist(gaps),
+              "publish": dist([d for _, d in rec["pub"]]), "stats": dist([d for _, d in rec["stats"]])}
+    if starts:
+        inside = [g for g in rec["gc"] if starts[0] <= g[0] <= starts[-1]]
+        result["gc"] = {f"gen{gen}": dist([d for _, d, g in inside if g == gen]) for gen in (0, 1, 2)}
+        result["span_s"] = starts[-1] - starts[0]
+    pubs = sorted(t for t, _ in rec["pub"])
+    worst = []
+    for i in sorted(range(len(gaps)), key=lambda i: -gaps[i])[:8]:
+        a, b = starts[i], starts[i + 1]
+        k = bisect.bisect_right(pubs, a) - 1
+        worst.append({"cycle_ms": gaps[i] * 1e3, "poll_ms": rec["poll"][i][1] * 1e3,
+                      "since_publish_ms": (a - pubs[k]) * 1e3 if k >= 0 else None,
+                      "phase_s": (a - starts[0]) % 1.0,
+                      "gc_ms": [d * 1e3 for t, d, _ in rec["gc"] if a <= t <= b]})
+    result["worst"] = worst
+    return result
+
+
+def print_trace(result):
+    print(f"\nacq trace at {result['rate_hz']:g} Hz, {result.get('span_s', 0):.0f} s (times in ms)")
+    print(f"{'piece':<16}{'n':>8}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9}")
+    rows = [("poll (10 queries)", result["poll"]), ("cycle to cycle", result["cycle"]),
+            ("publish_to_feed", result["publish"]), ("stats()", result["stats"])]
+    rows += [(f"gc {k}", v) for k, v in (result.get("gc") or {}).items()]
+    for name, d in rows:
+        if d:
+            print(f"{name:<16}{d['n']:>8}{d['p50_ms']:>9.3f}{d['p99_ms']:>9.3f}{d['p999_ms']:>9.3f}{d['max_ms']:>9.3f}")
+    noise = result.get("noise") or {}
+    if noise:
+        print(f"machine noise (1 ms sleeper): p99.9 {noise['p999_ms']:.1f} ms, max {noise['max_ms']:.1f} ms")
+    print("worst cycles: cycle ms, poll ms, ms since the last publish, phase in the second, gc pauses")
+    for w in result["worst"]:
+        since = "-" if w["since_publish_ms"] is None else f"{w['since_publish_ms']:.1f}"
+        print(f"  {w['cycle_ms']:8.2f} {w['poll_ms']:8.2f} {since:>8} {w['phase_s']:6.3f}  "
+              f"{', '.join(f'{g:.2f}' for g in w['gc_ms']) or '-'}")
+
+
+# ----------------------------------------------------------------------
 def machine_info():
     return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor(),
@@ -644,8 +781,21 @@ def main(argv=None):
     parser.add_argument("--overhead-seconds", type=float, default=0.5,
                         help="length of each of the 12 rounds of the agent-code overhead part (default 0.5; 0 skips it)")
     parser.add_argument("--loglevel", default="info", help="LOGLEVEL of crossbar and the agents (default info)")
+    parser.add_argument("--trace-rate", type=float, default=0.0, metavar="HZ",
+                        help="instead of the benchmark: time every cycle of one agent's acq at this rate")
+    parser.add_argument("--trace-seconds", type=float, default=30.0, help="length of the trace (default 30)")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.trace_rate:
+        if not args.trace_rate > 0 or not args.trace_seconds > 0:
+            parser.error(f"--trace-rate and --trace-seconds must be > 0, got {args.trace_rate}, {args.trace_seconds}")
+        result = trace_acq(args.trace_rate, args.trace_seconds, args.loglevel)
+        print_trace(result)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+                fh.write("\n")
+        return 0
     if args.samples < 1 or args.soak_seconds <= 0 or args.probe_seconds <= 0:
         parser.error("--samples, --soak-seconds and --probe-seconds must be positive")
     if not 0 < args.target_ratio <= 1 or not args.flat_out_rate > 0:

@@ -402,3 +402,16 @@ def test_plots_skip_parts_without_data(tmp_path):
     import plots
     assert plots.draw_all({"parts": {}}, str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_acq_trace_analysis_finds_the_worst_cycle_and_what_surrounded_it():
+    rec = {"poll": [(0.000, 0.0005), (0.002, 0.0005), (0.004, 0.0200), (0.026, 0.0005)],
+           "pub": [(0.001, 0.0001), (0.003, 0.0001)], "stats": [(0.001, 0.0001)],
+           "gc": [(0.005, 0.001, 0), (9.0, 0.5, 2)]}
+    result = agent_bench.analyse_trace(rec, 500.0)
+    assert result["poll"]["n"] == 4 and result["poll"]["max_ms"] == pytest.approx(20.0)
+    assert result["cycle"]["n"] == 3
+    worst = result["worst"][0]
+    assert worst["cycle_ms"] == pytest.approx(22.0) and worst["poll_ms"] == pytest.approx(20.0)
+    assert worst["since_publish_ms"] == pytest.approx(1.0) and worst["gc_ms"] == [pytest.approx(1.0)]
+    assert result["gc"]["gen0"]["n"] == 1 and result["gc"]["gen2"] is None, "only collections inside the trace"
