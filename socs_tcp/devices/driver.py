@@ -186,26 +186,26 @@ class Device(TCPInterface):
         request = self._build(op, checked)      # raises before anything is sent
         return self._transact(op, checked, request)
 
-    def _transact(self, op, checked, request):
+    def _transact(self, op, checked, request, record=True):
         stale = self._stale
         with self.lock:
-            self._exchanges = exchanges = []
+            self._exchanges = exchanges = [] if record else None
             try:
                 if stale != "keep" and self.comm is not None and not self._fast(op):
                     self.drain()
                 if op.guard is not None:
                     self._check_guard(op, checked)
                 values = self._run_op(op, checked, request)
-                return values, [tuple(e) for e in exchanges]
+                return values, ([tuple(e) for e in exchanges] if record else None)
             except LinkTimeoutError as e:
                 if stale == "close" and self.comm is not None:
                     log.warning("%s: %s: no reply before the deadline: closing so that a late reply cannot answer "
                                 "a later call (stale_input: close)", self.name, op.name)
                     self.disconnect()
-                e.exchanges = [tuple(x) for x in exchanges]
+                e.exchanges = [tuple(x) for x in exchanges or ()]
                 raise
             except (ConnectionError, DeviceError, DeviceReplyError) as e:
-                e.exchanges = [tuple(x) for x in exchanges]
+                e.exchanges = [tuple(x) for x in exchanges or ()]
                 raise
             finally:
                 self._exchanges = None
@@ -216,8 +216,18 @@ class Device(TCPInterface):
         if plan is None:
             plan = self._poll_plan = self._make_poll_plan()
         out = {}
-        for op, checked, request, scalars, arrays in plan:
-            values = self._transact(op, checked, request)[0]
+        for op, checked, request, direct, scalars, arrays in plan:
+            if direct is not None:
+                # a plain query: one write-and-read of the link (which drains stale input and, for
+                # stale_input: close, closes on a timeout itself), then the parse
+                frame = self.wrnrd_until(direct, self._in_terms[0], timeout=op.timeout)
+                try:
+                    text = frame.decode(self._enc)
+                except UnicodeDecodeError:
+                    raise DeviceReplyError(op.name, frame, f"not {self._enc} text") from None
+                values = codec.parse_text(op, text, frame)
+            else:
+                values = self._transact(op, checked, request, record=False)[0]
             for src, name in scalars:
                 value = values.get(src)
                 if value is not None:
@@ -247,7 +257,14 @@ class Device(TCPInterface):
                 else:
                     labels = f.array.labels or [str(i + 1) for i in range(f.array.size)]
                     arrays.append((src, [template.format(n=i + 1, i=i, label=labels[i]) for i in range(f.array.size)]))
-            plan.append((op, checked, self._build(op, checked), scalars, arrays))
+            request = self._build(op, checked)
+            queue = self.spec.error_queue
+            direct = None
+            if (self._fast(op) and self.spec.reply_error is None and not self._prompt
+                    and not self.spec.connection.min_gap and self._stale != "keep"
+                    and (queue is None or not (op.check_errors or (op.check_errors is None and queue.after == "all")))):
+                direct = request + self._out_term
+            plan.append((op, checked, request, direct, scalars, arrays))
         return plan
 
     def parse(self, op_name, reply):
