@@ -141,3 +141,13 @@ def test_the_buffer_search_timeout_keeps_the_bytes():
     assert len(buffer) == 42
     consumed, match = extract_match(buffer, compile_pattern("!", "utf-8"), Deadline.start(0.0, None))
     assert consumed == b"a" * 40 + b"!" and match.group() == b"!"
+
+
+def test_a_compiled_bytes_pattern_is_used_as_it_is():
+    """A pattern the caller compiled once (as the device driver does) costs no
+    recompilation per operation."""
+    import regex
+
+    from socs_tcp.core.readers import compile_pattern
+    compiled = regex.compile(rb"\r\n|\r", regex.MULTILINE)
+    assert compile_pattern(compiled, "ascii") is compiled

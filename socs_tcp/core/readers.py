@@ -107,6 +107,8 @@ def compile_pattern(pattern, encoding):
         ValueError: ``pattern`` is not a valid regular expression; the
             message names it.
     """
+    if isinstance(pattern, _regex.Pattern) and isinstance(pattern.pattern, bytes):
+        return pattern  # already what the link needs: no recompilation per operation
     flags = 0
     if isinstance(pattern, re.Pattern):
         for mine, theirs in _FLAGS:
