@@ -649,8 +649,7 @@ def test_tcp_interface_record_option_checked_and_off_by_default(tmp_path, emulat
 
 
 def test_device_driver_records_in_process(tmp_path):
-    # a device file without a connection init sequence: the driver runs init on the raw socket,
-    # before the link uses it, so only the proxy records it
+    # a device file without a connection init sequence
     _sys_path_insert(HERE)
     from emulators.pcr500ma import PCR500MAEmulator
 
@@ -665,6 +664,32 @@ def test_device_driver_records_in_process(tmp_path):
     assert live
     with ReplayServer(path, timing="fast") as server:
         dev = Device.from_file("pcr500ma", server.address)
+        assert dev.poll() == live
+        dev.close()
+        assert server.summary()["unexpected"] == 0
+
+
+def test_device_init_sequence_is_recorded_in_process(tmp_path):
+    # the TPG 366 file's connection init (ENQ, then discard) runs in the driver's _connect
+    # hook on the raw socket: it is recorded right after the connect event, in order
+    _sys_path_insert(HERE)
+    from emulators.tpg366 import TPG366Emulator
+
+    from socs_tcp.devices import Device
+    path = tmp_path / "tpg.jsonl"
+    recorder = Recorder(path)
+    with TPG366Emulator() as emu:
+        dev = Device.from_file("tpg366", emu.address, record=recorder)
+        live = dev.poll()
+        dev.close()
+    recorder.close()
+    rec = read_recording(path)
+    kinds = [(e.kind, e.dir) for e in rec.events]
+    assert kinds[:2] == [("connect", None), ("data", "out")]
+    assert [e.kind for e in rec.events].count("connect") == 1
+    assert rec.events[1].data == b"\x05"
+    with ReplayServer(path, timing="fast") as server:
+        dev = Device.from_file("tpg366", server.address)
         assert dev.poll() == live
         dev.close()
         assert server.summary()["unexpected"] == 0

@@ -42,6 +42,7 @@ import re
 import select
 import time
 
+from ..core.checks import format_host_port
 from ..core.codec import format_traffic, parse_address
 from ..errors import LinkTimeoutError
 from ..transport.interface import TCPInterface
@@ -298,8 +299,9 @@ class Device(TCPInterface):
         sock = super()._connect(address)
         if sock is None or not self.spec.connection.init:
             return sock
+        traffic = [] if self._recorder is not None else None
         try:
-            self._run_init(sock)
+            self._run_init(sock, traffic)
         except (OSError, _Mismatch) as e:
             reason = f"init sequence failed: {e}"
             try:
@@ -309,11 +311,19 @@ class Device(TCPInterface):
             log.warning("%s: %s", self.name, reason)
             self._last_connect_error = reason
             return None
+        if traffic is not None:
+            # in-process recording: the connect, then the init traffic, in order
+            self._recorder.on_connect(format_host_port(self.ip_address, self.port))
+            for direction, data in traffic:
+                (self._recorder.on_send if direction == "out" else self._recorder.on_recv)(data)
+            self._connect_recorded = True
         return sock
 
-    def _run_init(self, sock):
+    def _run_init(self, sock, traffic=None):
         """The ``connection.init`` steps on a fresh socket.  Input left after
-        them is dropped (the link starts with an empty buffer)."""
+        them is dropped (the link starts with an empty buffer).  With a list
+        as ``traffic``, every chunk sent and received is appended to it as
+        ``("out" | "in", bytes)``, for the recorder."""
         enc = self._enc
         pending = bytearray()
         for step in self.spec.connection.init:
@@ -323,6 +333,8 @@ class Device(TCPInterface):
                     x.encode(enc) for x in step.terminator[:1])
                 sock.settimeout(timeout)
                 sock.sendall(step.value.encode(enc) + term)
+                if traffic is not None:
+                    traffic.append(("out", step.value.encode(enc) + term))
                 log.debug("%s: init > %s", self.name, format_traffic(step.value.encode(enc) + term))
             elif step.action == "pause":
                 time.sleep(step.value)
@@ -337,6 +349,8 @@ class Device(TCPInterface):
                     chunk = sock.recv(65536)
                     if not chunk:
                         raise ConnectionResetError("the device closed the connection during init")
+                    if traffic is not None:
+                        traffic.append(("in", chunk))
                     dropped += len(chunk)
                 if dropped:
                     log.info("%s: init discarded %d bytes", self.name, dropped)
@@ -356,6 +370,8 @@ class Device(TCPInterface):
                     chunk = sock.recv(65536)
                     if not chunk:
                         raise ConnectionResetError("the device closed the connection during init")
+                    if traffic is not None:
+                        traffic.append(("in", chunk))
                     pending += chunk
                 if step.action == "expect" and frame.strip() != step.value.encode(enc).strip():
                     raise _Mismatch(frame, step.value.encode(enc))

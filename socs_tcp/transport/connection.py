@@ -106,6 +106,9 @@ class Connection:
 
     #: in-process recorder (``TCPInterface(record=...)``); None: nothing recorded, one check per chunk
     _recorder = None
+    #: set by a ``_connect`` hook that talked to the device (a device file's
+    #: init sequence) and recorded the connect event and that traffic itself
+    _connect_recorded = False
 
     def _init_connection(self):
         self.lock = threading.RLock()
@@ -193,7 +196,10 @@ class Connection:
             return None
         self.comm = sock
         if self._recorder is not None:
-            self._recorder.on_connect(format_host_port(self.ip_address, self.port))
+            if self._connect_recorded:      # the _connect hook recorded it, with its own traffic
+                self._connect_recorded = False
+            else:
+                self._recorder.on_connect(format_host_port(self.ip_address, self.port))
         stale = self._buffer.drain()
         if stale:
             log.warning("%s: discarded %d bytes left from the previous connection: %s",
