@@ -31,7 +31,7 @@ def test_parse_cost_part_runs_against_a_simulator_process(device, op):
     result = device_agent.measure_parse(device, op, 20, lines.append)
     assert result["device"] == device and result["operation"] == op
     assert result["transaction_us"] > 0 and result["parse_us"] > 0 and result["reply_bytes"] > 0
-    assert result["ratio"] == result["parse_us"] / result["transaction_us"]
+    assert result["ratio"] == pytest.approx(result["parse_us"] / result["transaction_us"])
     assert lines and f"{device}.{op}" in lines[0]
 
 
@@ -50,5 +50,5 @@ def test_cycle_cost_part_runs_both_agents_against_the_echo_device(tmp_path):
         result = device_agent.measure_cycle_cost(device.port, path, seconds=0.1, rounds=2, log=lines.append)
     assert len(result["rounds"]["tcp_bus"]) == len(result["rounds"]["device"]) == 2
     assert result["tcp_bus_hz"] > 0 and result["device_hz"] > 0
-    assert result["ratio"] == result["device_hz"] / result["tcp_bus_hz"]
+    assert result["ratio"] == pytest.approx(result["device_hz"] / result["tcp_bus_hz"])
     assert lines and "cycle cost" in lines[0]

@@ -348,12 +348,13 @@ class DeviceEmulator:
                 self._merge_pending = []
         if log.isEnabledFor(logging.DEBUG):
             log.debug("emulator %d: reply %s", self.port, format_traffic(reply))
-        if self._drip is not None:
+        drip, split = self._drip, self._split  # read once: a test may change the faults meanwhile
+        if drip is not None:
             for i in range(len(reply)):
                 conn.sendall(reply[i:i + 1])
-                time.sleep(self._drip)
-        elif self._split is not None:
-            size, gap = self._split
+                time.sleep(drip)
+        elif split is not None:
+            size, gap = split
             for i in range(0, len(reply), size):
                 conn.sendall(reply[i:i + size])
                 time.sleep(gap)
