@@ -902,7 +902,11 @@ class Soak:
         device_windows = [w for kind in FAULT_KINDS if kind != "crossbar" for w in fault_windows[kind]]
         router_windows = [(f.t_inject - FEED_BUFFER_TIME - 0.5, f.window(cfg.crossbar_deadline)[1])
                           for f in self.faults if f.kind == "crossbar" and f.t_inject is not None]
-        injecting_windows = [w for kind in INJECTING_FAULTS for w in fault_windows[kind]]
+        # Injected bytes can still be on their way, or waiting in a socket, when the
+        # fault counts as over; the transaction that meets them may end up to two
+        # device timeouts and a task interval later on a loaded machine.
+        linger = 2 * cfg.device_timeout + cfg.task_interval
+        injecting_windows = [(w[0], w[1] + linger) for kind in INJECTING_FAULTS for w in fault_windows[kind]]
         all_windows = [w for ws in fault_windows.values() for w in ws]
         t_from, t_to = self.t_begin or 0.0, self.t_end or time.time()
 
