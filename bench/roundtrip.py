@@ -23,6 +23,9 @@ against the same echo server, side by side in one run:
     ``wrnrd_until`` with the other wait strategy (``poll(2)`` then
     ``read(2)``, what ``socs_tcp`` did before, and still does where
     ``SO_RCVTIMEO`` cannot be used), for comparison.
+``socs_tcp wrnrd_until, no spin``
+    ``wrnrd_until`` on a link made with ``spin_wait=0``: every reply wait
+    blocks at once, without the measured choice to spin first.
 ``socs_tcp send+recv``
     A drop-in SOCS-style driver on ``socs_tcp.TCPInterface``: ``send(line)``
     then the same read-until-``\\n`` loop on ``recv()`` as the next client.
@@ -108,6 +111,7 @@ PYVISA = "pyvisa-py query"
 PEERS = (SOCS, PYVISA)
 DROP_IN = "socs_tcp send+recv"
 POLL_WAIT = "socs_tcp wrnrd_until, poll wait"
+NO_SPIN = "socs_tcp wrnrd_until, no spin"
 TARGET_CLIENTS = ("socs_tcp wrnrd_until", "socs_tcp query")
 TIMEOUT = 10.0
 
@@ -195,6 +199,17 @@ def make_socs_tcp_poll_wait(port, line):
     import socs_tcp
     link = socs_tcp.TCPInterface(HOST, port)
     link._blocking_wait = False
+    text = line.decode("ascii")
+
+    def round_trip():
+        return link.wrnrd_until(text, "\n")
+    return round_trip, text[:-1], link.close
+
+
+def make_socs_tcp_no_spin(port, line):
+    """socs_tcp whose reply waits always block at once (``spin_wait=0``)."""
+    import socs_tcp
+    link = socs_tcp.TCPInterface(HOST, port, spin_wait=0)
     text = line.decode("ascii")
 
     def round_trip():
@@ -322,6 +337,7 @@ def clients(socs=True, pyvisa=True):
         ("socs_tcp wrnrd_until", make_socs_tcp_wrnrd_until),
         ("socs_tcp query", make_socs_tcp_query),
         (POLL_WAIT, make_socs_tcp_poll_wait),
+        (NO_SPIN, make_socs_tcp_no_spin),
         (DROP_IN, make_socs_tcp_recv_loop),
     ]
     if socs and socs_available():

@@ -43,6 +43,14 @@ Why it is shaped this way
       which keeps the deadline to about a millisecond.  ``SO_SNDTIMEO``
       bounds a send the same way.  Where these options cannot be used
       (Windows), every wait is ``poll(2)``.
+    * The first wait after a send may spin first: ``poll(0)`` in a loop for
+      up to ``spin_wait`` (50 µs), then the blocking read.  A peer on
+      another CPU that answers within microseconds then finds this CPU
+      still running, and the reply costs no idle wake-up, which on a virtual
+      machine is as dear as the rest of the round trip.  Spinning is wrong
+      for a peer on the same CPU, a busy machine or a slow device, so
+      :class:`~socs_tcp.core.spin.SpinChooser` decides from this link's own
+      measured waits; most waits are not even timed (``_spin_skip``).
     * ``comm`` keeps its Python timeout (``comm.gettimeout() == timeout``, as
       in SOCS): only its descriptor is made blocking, so a driver's own calls
       on ``comm`` still poll with that timeout before each call.
@@ -74,6 +82,7 @@ from ..core.checks import format_host_port
 from ..core.codec import format_traffic
 from ..core.deadline import Deadline
 from ..core.readers import describe
+from ..core.spin import SpinChooser
 from ..core.stats import LinkStats
 from ..errors import ConnectFailedError, LinkError, LinkTimeoutError, PeerClosedError, ReadOverflowError
 
@@ -99,7 +108,7 @@ class Connection:
     attributes read here (``ip_address``, ``port``, ``timeout``,
     ``connect_timeout``, ``family``, ``keepalive``, ``nodelay``,
     ``reconnect_policy``, ``drain_before_query``, ``close_on_timeout``,
-    ``max_read_size``, ``buffer_size``, ``name``) and the hooks
+    ``max_read_size``, ``buffer_size``, ``spin_wait``, ``name``) and the hooks
     ``_connect(address)`` and ``_reset()``, then calls
     :meth:`_init_connection`.
     """
@@ -127,6 +136,10 @@ class Connection:
         self._blocking_wait = BLOCKING_WAIT
         self._rcv_timeo = None        # SO_RCVTIMEO / SO_SNDTIMEO of _timeout_sock, seconds
         self._snd_timeo = None        # (math.inf: none; None: unknown)
+        self._spin = SpinChooser(self.spin_wait) if self.spin_wait else None
+        self._spin_next = False       # the next reply wait spins first (the chooser's answer) ...
+        self._spin_skip = 0           # ... and this many after it are not timed
+        self._sent = False            # a send since the last wait: the next wait is a reply wait
 
     # ------------------------------------------------------------------
     # connecting (with the policy's backoff) and closing
@@ -350,6 +363,26 @@ class Connection:
                 if len(self._buffer) > before:
                     return 0
                 raise self._timeout(what, arg)
+        timed = self._sent
+        if timed:
+            # the first wait after a send: maybe spin first, maybe time the
+            # wait for the chooser (see the header)
+            self._sent = False
+            spin = self._spin_next
+            if self._spin_skip:
+                self._spin_skip -= 1
+                timed = False
+            else:
+                started = time.monotonic()
+            if spin:
+                if self._poll_sock is not sock:
+                    self._watch(sock)
+                stop = time.monotonic() + self._spin.window
+                if end is not None and stop > end:
+                    stop = end
+                poll = self._poll.poll
+                while not poll(0) and time.monotonic() < stop:
+                    pass
         budget = left - TICK_MARGIN
         if self._blocking_wait and budget > 0:
             # wait in read(2) itself, bounded by SO_RCVTIMEO (see the header)
@@ -381,6 +414,10 @@ class Connection:
                 f"{self.name}: device closed the connection while waiting for {describe(what, arg)}"
                 + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                    if partial else ""), partial)
+        if timed:
+            chooser = self._spin
+            self._spin_next = chooser.update(spin, time.monotonic() - started)
+            self._spin_skip = chooser.skip
         self._stats.bytes_in += len(data)
         if self._recorder is not None:
             self._recorder.on_recv(bytes(data))
@@ -551,6 +588,7 @@ class Connection:
         if sent != len(data):
             self._write_rest(sock, memoryview(data)[sent:], deadline)
         self._stats.bytes_out += len(data)
+        self._sent = self._spin is not None
         if self._recorder is not None:
             self._recorder.on_send(bytes(data))
 

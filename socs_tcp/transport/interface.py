@@ -93,6 +93,14 @@ class TCPInterface(Connection):
             next query waits, which ``drain_before_query`` cannot catch.  For
             devices without request ids that are polled and queried from
             several threads, as OCS agents do.
+        spin_wait (float or None): the longest time, in seconds, a reply
+            wait may spin (poll without sleeping) before it blocks; default
+            50 µs.  Each link measures, on its own traffic, whether spinning
+            first makes its replies arrive sooner than blocking at once, and
+            spins only while it does (a device simulator on the same host, on
+            an idle machine); for a device across a network it almost never
+            spins.  ``0`` or ``None``: always block at once.  See "Wait
+            strategy" in the benchmarks page.
         connect (bool): connect in the constructor, as SOCS does (default).
             A failure is logged, not raised, and leaves ``comm`` as ``None``.
         name (str): label used in log messages (default ``host:port``).
@@ -113,7 +121,7 @@ class TCPInterface(Connection):
                  read_termination=_UNSET, write_termination=_UNSET, termination=None, rstrip=False,
                  max_read_size=1 << 20, buffer_size=4096, family=None, connect_timeout=_UNSET,
                  keepalive=True, nodelay=True, reconnect_policy=None, drain_before_query=False,
-                 close_on_timeout=False, connect=True, name=None, record=None):
+                 close_on_timeout=False, spin_wait=50e-6, connect=True, name=None, record=None):
         self.comm = None  # first, so __del__ works whatever fails below
         if not isinstance(ip_address, str) or not ip_address.strip():
             raise ValueError(f"ip_address must be a non-empty host name or IP address str, got {ip_address!r}")
@@ -162,6 +170,9 @@ class TCPInterface(Connection):
         self.reconnect_policy = ReconnectPolicy.coerce(reconnect_policy)
         self.drain_before_query = bool(drain_before_query)
         self.close_on_timeout = bool(close_on_timeout)
+        self.spin_wait = check_seconds(spin_wait, "spin_wait", allow_none=True) or None
+        if self.spin_wait is not None and self.spin_wait > 0.01:
+            raise ValueError(f"spin_wait must be at most 0.01 s (a spin burns CPU for all of it), got {spin_wait!r}")
         self.name = name or f"{self.ip_address}:{self.port}"
 
         self._init_connection()
