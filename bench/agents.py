@@ -40,7 +40,9 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    ``--soak-seconds`` (default 60 s): the headline is whether it passes.
    While the time budget (``--budget``) allows, probes of ``--probe-seconds``
    then climb a ladder of rates above the target until one fails, and the
-   highest passing probe is confirmed over the soak too.
+   highest passing probe is confirmed over the soak too (if it fails there,
+   the next passing probe below it).  The target rate is rounded up, so a
+   pass there is a pass at the target ratio.
 
    During every run a separate process measures the machine's own noise:
    it sleeps 1 ms in a loop and records how late each wake-up is (the
@@ -447,14 +449,6 @@ def nice_between(low, high):
     return None
 
 
-def nice_below(rate):
-    """*rate* rounded down to two significant digits (508.7 -> 500, 1234 -> 1200)."""
-    if rate <= 0:
-        return 0.0
-    step = 10 ** (math.floor(math.log10(rate)) - 1)
-    return float(f"{math.floor(rate / step) * step:g}")
-
-
 def find_rate(stack, port, args, deadline, log):
     """Flat-out probe, the target rate over the soak, then higher ladder rates while the budget allows."""
     probes, confirms = [], []
@@ -468,7 +462,8 @@ def find_rate(stack, port, args, deadline, log):
     # every cycle is late at this rate, and the Poller then pauses BEHIND_PAUSE before the next one
     flat_out["cycle_ms_estimate"] = (1.0 / flat_out["achieved_hz"] - BEHIND_PAUSE) * 1e3 \
         if flat_out["achieved_hz"] > 0 else None
-    target = nice_below(args.target_ratio * flat_out["achieved_hz"])
+    # rounded up, so that a pass at this rate is a pass at the target ratio
+    target = float(math.ceil(args.target_ratio * flat_out["achieved_hz"]))
     best = None
     if target > 0:
         res = run_acq(stack, port, target, args.soak_seconds, args.settle, "target", log)
@@ -477,25 +472,27 @@ def find_rate(stack, port, args, deadline, log):
             best = target
     # then climb, if there is time: probes above the best confirmed rate (or below a failed target)
     ladder = [r for r in LADDER if r > target] if best is not None else [r for r in LADDER if r < target][::-1]
-    passing = None
     for rate in ladder:
         if time_left() < probe_cost + soak_cost:
             log("time budget: stopping the ladder")
             break
         res = run_acq(stack, port, rate, args.probe_seconds, args.settle, "probe", log)
         probes.append(res)
-        if best is not None:
-            if not res["passed"]:
-                break
-            passing = rate
-        elif res["passed"]:
-            passing = rate
+        if res["passed"] != (best is not None):
+            break  # climbing: the first failure; descending: the first pass
+    # confirm the best passing probe over the soak; if it fails, the next
+    # passing probe below it, while the budget allows
+    candidates = sorted((p["rate_hz"] for p in probes if p["passed"]
+                         and (best is None or p["rate_hz"] > best)), reverse=True)
+    for rate in candidates:
+        if time_left() < soak_cost:
+            log("time budget: no further confirmation")
             break
-    if passing is not None and time_left() >= soak_cost:
-        res = run_acq(stack, port, passing, args.soak_seconds, args.settle, "confirm", log)
+        res = run_acq(stack, port, rate, args.soak_seconds, args.settle, "confirm", log)
         confirms.append(res)
-        if res["passed"] and (best is None or passing > best):
-            best = passing
+        if res["passed"]:
+            best = rate
+            break
     ratio = best / flat_out["achieved_hz"] if best and flat_out["achieved_hz"] > 0 else None
     return {"probes": probes, "confirms": confirms, "flat_out": flat_out, "target_rate_hz": target,
             "target_ratio": args.target_ratio, "best_rate_hz": best, "best_vs_flat_out": ratio,
@@ -752,6 +749,10 @@ def print_report(report):
         print(f"\nhighest acq rate with zero missed cycles over {soak:g} s: {best:g} Hz "
               f"({N_FIELDS} fields, {best * N_FIELDS:g} queries/s) = {acq['best_vs_flat_out']:.2f}x flat-out; "
               f"target >= {acq['target_ratio']:g}x: {'MET' if acq['target_met'] else 'NOT MET'}")
+        cycle_ms = acq["flat_out"].get("cycle_ms_estimate")
+        if cycle_ms:
+            print(f"against the cycle time without the pauses ({cycle_ms:.2f} ms, {1e3 / cycle_ms:.0f} cycles/s): "
+                  f"{best * cycle_ms / 1e3:.2f}x")
     over = report.get("overhead")
     if over:
         print(f"\nagent code per acq cycle, without OCS ({len(over['rounds']['bare'])} alternating rounds of "

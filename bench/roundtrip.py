@@ -114,6 +114,7 @@ POLL_WAIT = "socs_tcp wrnrd_until, poll wait"
 NO_SPIN = "socs_tcp wrnrd_until, no spin"
 TARGET_CLIENTS = ("socs_tcp wrnrd_until", "socs_tcp query")
 TIMEOUT = 10.0
+SPIN = 50e-6  # the wait study's spin: poll(0) in a loop this long, then block
 
 
 # ----------------------------------------------------------------------
@@ -534,9 +535,9 @@ def targets(reports):
 
 
 # ----------------------------------------------------------------------
-# the wait-strategy study (--wait-study): the same bare loop, four ways to wait
+# the wait-strategy study (--wait-study): the same bare loop, five ways to wait
 def _wait_clients():
-    """``(name, factory)`` of the four waits; each factory takes ``(port, line)``
+    """``(name, factory)`` of the five waits; each factory takes ``(port, line)``
     and returns ``(round_trip, close)``.  Replies fit one read here, so each
     loop does one write and one read, as ``socs_tcp`` does for a small reply."""
     def connect(port, timeout):
@@ -567,8 +568,24 @@ def _wait_clients():
     def settimeout(port, line):
         sock = connect(port, TIMEOUT)
         return (lambda: sock.sendall(line) or sock.recv(4096)), sock.close
+
+    def spin_then_read(port, line):
+        sock = connect(port, None)
+        fd = sock.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        clock = time.monotonic
+
+        def round_trip():
+            os.write(fd, line)
+            stop = clock() + SPIN
+            while not poller.poll(0) and clock() < stop:
+                pass
+            return os.read(fd, 4096)
+        return round_trip, sock.close
     return [("blocking read(2)", blocking), ("read(2) + SO_RCVTIMEO", rcvtimeo),
-            ("poll(2) + read(2)", poll_read), ("settimeout + recv", settimeout)]
+            ("poll(2) + read(2)", poll_read), ("settimeout + recv", settimeout),
+            ("spin 50 µs, then read(2)", spin_then_read)]
 
 
 def _last_cpu(stat_path):
@@ -646,7 +663,7 @@ def main(argv=None):
                         help="both (default: pinned to one CPU, then unpinned, in every run), or only one of: "
                              "same CPU, different CPUs, no pinning")
     parser.add_argument("--wait-study", action="store_true",
-                        help="instead: the bare loop with four ways to wait for the reply, in three placements")
+                        help="instead: the bare loop with five ways to wait for the reply, in three placements")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.payload < 1:
         parser.error("--seconds and --payload must be > 0, --warmup >= 0, --rounds >= 1")
