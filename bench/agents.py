@@ -93,6 +93,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchutil import Row, fmt_ratio, percentile, verdict
@@ -382,12 +383,23 @@ def acq_session(client):
     return reply.session
 
 
-def run_acq(stack, port, rate, seconds, settle, tag, log):
-    """Run acq at *rate* for *seconds* on a fresh agent; returns a result dict."""
+def acq_instance(port, rate, device_file=None):
+    """``(agent class, arguments)`` of the agent whose acq is measured:
+    ``TCPBusAgent`` with ten ``--acq-query`` fields, or, given the ten-query
+    *device_file*, ``DeviceAgent`` (the same bytes on the wire)."""
+    if device_file is None:
+        return "TCPBusAgent", agent_args(port, rate, [f"f{i}=Q{i}" for i in range(N_FIELDS)])
+    return "DeviceAgent", ["--device-file", str(device_file), "--address", f"{HOST}:{port}", "--timeout", "5",
+                           "--sampling-frequency", rate, "--mode", "idle"]
+
+
+def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
+    """Run acq at *rate* for *seconds* on a fresh agent (``DeviceAgent`` if
+    *device_file* is given); returns a result dict."""
     iid = f"bench-acq-{tag}-{rate_id(rate)}"
-    queries = [f"f{i}=Q{i}" for i in range(N_FIELDS)]
     expected = {f"f{i}": i + 0.5 for i in range(N_FIELDS)}
-    stack.add_instance("TCPBusAgent", iid, agent_args(port, rate, queries))
+    agent_class, agent_argv = acq_instance(port, rate, device_file)
+    stack.add_instance(agent_class, iid, agent_argv)
     stack.start_agent(iid)
     client = stack.client(iid)
     result = {"rate_hz": rate, "seconds": seconds, "kind": tag}
@@ -458,7 +470,7 @@ def find_rate(stack, port, args, deadline, log):
 
     probe_cost = args.probe_seconds + args.settle + AGENT_START_STOP
     soak_cost = args.soak_seconds + args.settle + AGENT_START_STOP
-    flat_out = run_acq(stack, port, args.flat_out_rate, args.probe_seconds, args.settle, "flat-out", log)
+    flat_out = run_acq(stack, port, args.flat_out_rate, args.probe_seconds, args.settle, "flat-out", log, args.device_file)
     # every cycle is late at this rate, and the Poller then pauses BEHIND_PAUSE before the next one
     flat_out["cycle_ms_estimate"] = (1.0 / flat_out["achieved_hz"] - BEHIND_PAUSE) * 1e3 \
         if flat_out["achieved_hz"] > 0 else None
@@ -466,7 +478,7 @@ def find_rate(stack, port, args, deadline, log):
     target = float(math.ceil(args.target_ratio * flat_out["achieved_hz"]))
     best = None
     if target > 0:
-        res = run_acq(stack, port, target, args.soak_seconds, args.settle, "target", log)
+        res = run_acq(stack, port, target, args.soak_seconds, args.settle, "target", log, args.device_file)
         confirms.append(res)
         if res["passed"]:
             best = target
@@ -476,7 +488,7 @@ def find_rate(stack, port, args, deadline, log):
         if time_left() < probe_cost + soak_cost:
             log("time budget: stopping the ladder")
             break
-        res = run_acq(stack, port, rate, args.probe_seconds, args.settle, "probe", log)
+        res = run_acq(stack, port, rate, args.probe_seconds, args.settle, "probe", log, args.device_file)
         probes.append(res)
         if res["passed"] != (best is not None):
             break  # climbing: the first failure; descending: the first pass
@@ -488,7 +500,7 @@ def find_rate(stack, port, args, deadline, log):
         if time_left() < soak_cost:
             log("time budget: no further confirmation")
             break
-        res = run_acq(stack, port, rate, args.soak_seconds, args.settle, "confirm", log)
+        res = run_acq(stack, port, rate, args.soak_seconds, args.settle, "confirm", log, args.device_file)
         confirms.append(res)
         if res["passed"]:
             best = rate
@@ -725,7 +737,8 @@ def print_report(report):
           f"target <= {LATENCY_TARGET}: " + ", ".join(f"{k} {'MET' if ok else 'NOT MET'}"
                                                     for k, ok in lat["target_met"].items()))
     acq = report["acq"]
-    print(f"\nacq with {N_FIELDS} query fields")
+    agent = "DeviceAgent (device file)" if report["settings"].get("agent") == "device" else "TCPBusAgent"
+    print(f"\nacq with {N_FIELDS} query fields, {agent}")
     print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}{'late ms':>9}"
           f"{'dev p99 ms':>12}{'noise p99.9/max ms':>20}{'load':>6}  result")
     runs = ([acq["flat_out"]] if acq["flat_out"] else []) + acq["confirms"][:1] + acq["probes"] + acq["confirms"][1:]
@@ -785,6 +798,9 @@ def main(argv=None):
     parser.add_argument("--trace-rate", type=float, default=0.0, metavar="HZ",
                         help="instead of the benchmark: time every cycle of one agent's acq at this rate")
     parser.add_argument("--trace-seconds", type=float, default=30.0, help="length of the trace (default 30)")
+    parser.add_argument("--agent", choices=("tcp_bus", "device"), default="tcp_bus",
+                        help="whose acq is measured: TCPBusAgent with ten --acq-query fields (default), or "
+                             "DeviceAgent with a ten-query device file")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.trace_rate:
@@ -809,6 +825,22 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", flush=True)
 
+    tmp = None
+    args.device_file = None
+    if args.agent == "device":
+        from device_agent import bench_device_file  # the same ten-query file as bench/device_agent.py
+        tmp = tempfile.TemporaryDirectory(prefix="bench-agents-")
+        args.device_file = os.path.join(tmp.name, "bench10.yaml")
+        with open(args.device_file, "w") as fh:
+            fh.write(bench_device_file(N_FIELDS))
+    try:
+        return _run(args, log, started, deadline)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(args, log, started, deadline):
     report = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     report["settings"]["fields"] = N_FIELDS
     with EmulatorProcess() as device:
