@@ -415,3 +415,33 @@ def test_acq_trace_analysis_finds_the_worst_cycle_and_what_surrounded_it():
     assert worst["cycle_ms"] == pytest.approx(22.0) and worst["poll_ms"] == pytest.approx(20.0)
     assert worst["since_publish_ms"] == pytest.approx(1.0) and worst["gc_ms"] == [pytest.approx(1.0)]
     assert result["gc"]["gen0"]["n"] == 1 and result["gc"]["gen2"] is None, "only collections inside the trace"
+
+
+def test_acq_instance_is_tcp_bus_or_the_device_file_agent(tmp_path):
+    from device_agent import bench_device_file
+
+    from socs_tcp.devices import load
+    kind, argv = agent_bench.acq_instance(5000, 100.0)
+    assert kind == "TCPBusAgent" and argv.count("--acq-query") == 1
+    assert [a for a in argv if isinstance(a, str) and a.startswith("f")] == [f"f{i}=Q{i}" for i in range(10)]
+    path = tmp_path / "bench10.yaml"
+    path.write_text(bench_device_file(agent_bench.N_FIELDS))
+    kind, argv = agent_bench.acq_instance(5000, 100.0, path)
+    assert kind == "DeviceAgent" and argv[argv.index("--device-file") + 1] == str(path)
+    assert len(load(path).polling.items) == agent_bench.N_FIELDS   # the file is valid, ten queries
+
+
+def test_agent_bench_refuses_an_unknown_agent(capsys):
+    with pytest.raises(SystemExit) as info:
+        agent_bench.main(["--agent", "scpi"])
+    assert info.value.code == 2 and "invalid choice: 'scpi'" in capsys.readouterr().err
+
+
+def test_wait_study_clients_include_the_spin_and_all_reply():
+    with roundtrip.EchoServer() as server:
+        for name, factory in roundtrip._wait_clients():
+            round_trip, close = factory(server.port, b"ping\n")
+            try:
+                assert round_trip() == b"ping\n", name
+            finally:
+                close()
