@@ -62,7 +62,7 @@ RESERVED_NAMES = frozenset((
     "wrnrd", "wrnrd_bin", "wrnrd_bin_until", "wrnrd_until", "spec", "comm", "lock", "timeout", "port", "ip_address",
     "name", "encoding", "family", "keepalive", "nodelay", "rstrip", "buffer_size", "max_read_size",
     "read_termination", "write_termination", "reconnect_policy", "drain_before_query", "close_on_timeout",
-    "connect_timeout", "encoding_errors",
+    "connect_timeout", "encoding_errors", "spin_wait",
 ))
 
 _DIR = pathlib.Path(__file__).resolve().parent / "files"
