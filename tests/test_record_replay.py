@@ -649,6 +649,19 @@ def test_tcp_interface_record_option_checked_and_off_by_default(tmp_path, emulat
     assert dev.query("A") == "echo:A"
 
 
+def _record_one_poll(device_name, emulator_class, path):
+    """Poll the shipped device file ``device_name`` once against its
+    independent emulator, recording in-process to ``path``; the polled values."""
+    from socs_tcp.devices import Device
+    recorder = Recorder(path)
+    with emulator_class() as emu:
+        dev = Device.from_file(device_name, emu.address, record=recorder)
+        live = dev.poll()
+        dev.close()
+    recorder.close()
+    return live
+
+
 def test_device_driver_records_in_process(tmp_path):
     # a device file without a connection init sequence
     _sys_path_insert(HERE)
@@ -656,12 +669,7 @@ def test_device_driver_records_in_process(tmp_path):
 
     from socs_tcp.devices import Device
     path = tmp_path / "pcr.jsonl"
-    recorder = Recorder(path)
-    with PCR500MAEmulator() as emu:
-        dev = Device.from_file("pcr500ma", emu.address, record=recorder)
-        live = dev.poll()
-        dev.close()
-    recorder.close()
+    live = _record_one_poll("pcr500ma", PCR500MAEmulator, path)
     assert live
     with ReplayServer(path, timing="fast") as server:
         dev = Device.from_file("pcr500ma", server.address)
@@ -678,12 +686,7 @@ def test_device_init_sequence_is_recorded_in_process(tmp_path):
 
     from socs_tcp.devices import Device
     path = tmp_path / "tpg.jsonl"
-    recorder = Recorder(path)
-    with TPG366Emulator() as emu:
-        dev = Device.from_file("tpg366", emu.address, record=recorder)
-        live = dev.poll()
-        dev.close()
-    recorder.close()
+    live = _record_one_poll("tpg366", TPG366Emulator, path)
     rec = read_recording(path)
     kinds = [(e.kind, e.dir) for e in rec.events]
     assert kinds[:2] == [("connect", None), ("data", "out")]
