@@ -40,7 +40,11 @@ task on each agent answered correctly after it ended.
     the devices send unsolicited bytes without a terminator, once.
 ``flood``
     the devices send 10 MiB without a terminator (more than the links'
-    1 MiB ``max_read_size``), as fast as the agents read.
+    1 MiB ``max_read_size``), as fast as the agents read.  The fault is
+    lifted once the agents have read all of it: the kernel holds no flood
+    byte unsent or unread on either side of any device connection
+    (:func:`tcp_queued`), since bytes still queued there can meet a reply
+    long after the device's last ``send()`` returned.
 ``crossbar``
     the router is stopped and started again on the same port
     (:meth:`socs_tcp_stack.stack.Crossbar.restart`).
@@ -450,6 +454,32 @@ def proc_resources(pid):
     return {"fds": fds, "threads": threads, "rss_kib": rss}
 
 
+def tcp_queued(port):
+    """Bytes the kernel holds on established TCP connections to ``port``:
+    sent by the server but not yet acknowledged (``tx_queue`` of its side)
+    plus received by a client but not yet read (``rx_queue`` of the
+    client's side), from ``/proc/net/tcp`` and ``/proc/net/tcp6``."""
+    queued = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 5 or fields[3] != "01":        # ESTABLISHED only
+                continue
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            tx_queue, rx_queue = (int(x, 16) for x in fields[4].split(":"))
+            if local_port == port:
+                queued += tx_queue
+            elif remote_port == port:
+                queued += rx_queue
+    return queued
+
+
 # ----------------------------------------------------------------------
 # the observers (threads)
 
@@ -824,6 +854,14 @@ class Soak:
                 thread.join(cfg.device_deadline)
             if any(thread.is_alive() for thread in threads):
                 fault.detail = "flood still running at its deadline"
+            else:
+                # the last send() returning is not the end of the flood: up to a
+                # socket buffer of it can still be queued on each side
+                try:
+                    self._wait(lambda: not any(tcp_queued(d.port) for d in devices), cfg.device_deadline,
+                               "the agents to read all of the flood")
+                except RuntimeError as exc:
+                    fault.detail = str(exc)
         elif fault.kind == "crossbar":
             self.stack.crossbar.restart()
         elif fault.kind == "late":

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,34 @@ def test_resources_of_a_live_process_are_read_from_proc():
     without = soak.proc_resources(os.getpid())
     assert with_socket["fds"] == without["fds"] + 1
     assert without["threads"] >= 1 and without["rss_kib"] > 0
+
+
+def _settles(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_bytes_queued_on_a_loopback_connection_are_seen_until_read():
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs /proc/net/tcp")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            with conn:
+                assert soak.tcp_queued(port) == 0
+                conn.sendall(b"x" * 1000)
+                # unread by the client (and, until it is acknowledged, unacknowledged too)
+                assert soak.tcp_queued(port) >= 1000
+                assert _settles(lambda: soak.tcp_queued(port) == 1000)
+                got = b""
+                while len(got) < 1000:
+                    got += client.recv(4096)
+                assert _settles(lambda: soak.tcp_queued(port) == 0)
 
 
 def test_report_lists_failed_checks():
