@@ -32,9 +32,12 @@ class Deadline:
     """The end of an operation's time budget.
 
     Args:
-        timeout: seconds from now, already checked, or ``None`` for no limit.
+        timeout: seconds from ``started``, already checked, or ``None`` for
+            no limit.
         clock: a monotonic clock returning seconds (default
             :func:`time.monotonic`).
+        started: the clock reading when the operation began (default: now),
+            for an operation that began before its deadline was made.
 
     Attributes:
         timeout: the budget in seconds (``None``: no limit).
@@ -44,10 +47,10 @@ class Deadline:
 
     __slots__ = ("timeout", "started", "end", "_clock")
 
-    def __init__(self, timeout, clock=time.monotonic):
+    def __init__(self, timeout, clock=time.monotonic, started=None):
         self._clock = clock
         self.timeout = timeout
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.end = None if timeout is None else self.started + timeout
 
     @classmethod
@@ -62,11 +65,16 @@ class Deadline:
             default: the link's timeout (already checked), or ``None`` for no
                 limit.
         """
-        if timeout is not None:
-            timeout = check_seconds(timeout, what, allow_none=True)
-        else:
-            timeout = default
-        return cls(timeout, clock)
+        return cls(cls.budget(timeout, default, what), clock)
+
+    @staticmethod
+    def budget(timeout, default, what="timeout"):
+        """The checked time budget of an operation: the per-call ``timeout``
+        (checked as in :meth:`start`), or ``default`` when it is ``None``.
+        For a caller that makes its :class:`Deadline` later, or not at all."""
+        if timeout is None:
+            return default
+        return check_seconds(timeout, what, allow_none=True)
 
     def remaining(self):
         """Seconds left (never negative), or ``None`` when there is no limit."""

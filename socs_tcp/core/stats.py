@@ -28,10 +28,12 @@ class LinkStats:
         self._latency_n = 0
         self._latencies = deque(maxlen=window)
 
-    def success(self, latency):
+    def success(self, latency, now=None):
+        """Count a successful operation that took ``latency`` seconds and
+        ended at ``now`` (a ``time.monotonic()`` reading; default: now)."""
         self.transactions += 1
         self.consecutive_failures = 0
-        self._last_success = time.monotonic()
+        self._last_success = time.monotonic() if now is None else now
         self.last_latency = latency
         self._latency_sum += latency
         self._latency_n += 1

@@ -5,8 +5,10 @@ Operations
     close (``_close``), and one operation (``_run``): send all of a message,
     then receive until a reader (:mod:`socs_tcp.core.readers`) finds a
     complete frame in the buffer, all under one
-    :class:`~socs_tcp.core.deadline.Deadline`.  Bulk reads go straight into
-    the caller's buffer (``_transfer_into``).
+    :class:`~socs_tcp.core.deadline.Deadline`.  ``_round_trip`` is the
+    write-then-read-until of ``query`` and ``wrnrd_until``: the common case
+    in one frame, handing over to ``_run`` where it leaves that case.  Bulk
+    reads go straight into the caller's buffer (``_transfer_into``).
 
 Goals
     * One deadline per operation bounds connect, send, receive and match.
@@ -30,6 +32,20 @@ Why it is shaped this way
     (``bench/roundtrip.py``, ``docs/benchmarks.rst``).  The common case is
     one write and one read that completes the reply, and it is written for
     that:
+
+    * ``_round_trip`` does that case in one frame, with the deadline kept
+      as a float: on a connected socket whose kernel timeouts already suit
+      the operation's budget, with nothing buffered or waiting, one
+      terminator, no recorder and no traffic logging, it writes, waits and
+      reads itself.  Each layer's call frame costs about as much as a
+      system call, and the general path takes about ten of them; this one
+      takes none.  At the first step that leaves the case (a short write, a
+      timed wait for the chooser below, a reply in pieces, the kernel
+      timeout running out) it hands the operation, with its
+      :class:`~socs_tcp.core.deadline.Deadline` and the bytes already
+      written, to ``_run``, which carries on from there.  So there is one
+      way each thing is done, and ``tests/test_round_trip.py`` drives every
+      hand-over.
 
     * The reply is waited for in ``read(2)`` itself, on a blocking
       descriptor whose ``SO_RCVTIMEO`` comes from the operation's deadline:
@@ -299,20 +315,25 @@ class Connection:
         log.log(logging.DEBUG if self._warned else logging.WARNING, "%s", error)
         self._warned = True
 
-    def _run(self, send, extract, arg, what, timeout):
+    def _run(self, send, extract, arg, what, timeout, deadline=None, written=0):
         """Optionally send ``send``, then receive until ``extract(arg)``
         returns something other than ``None``, and return that.  ``what``
         names the kind of read for error messages (see
-        :func:`~socs_tcp.core.readers.describe`)."""
+        :func:`~socs_tcp.core.readers.describe`).
+
+        :meth:`_round_trip` hands an operation over part-way with its
+        ``deadline`` and the number of bytes of ``send`` it ``written``
+        already (all of them: only the reply is still to come)."""
         with self.lock:
-            deadline = Deadline.start(timeout, self.timeout)  # the one check of the per-call timeout
+            if deadline is None:
+                deadline = Deadline.start(timeout, self.timeout)  # the one check of the per-call timeout
             self._op_deadline = deadline
             self._debug = log.isEnabledFor(logging.DEBUG)
             try:
-                if send is not None:
-                    if self.drain_before_query and extract is not None:
+                if send is not None and written < len(send):
+                    if self.drain_before_query and extract is not None and not written:
                         self._discard_stale()
-                    self._send_bytes(send, deadline)
+                    self._send_bytes(send, deadline, written)
                 frame = None
                 if extract is not None:
                     buffer = self._buffer
@@ -339,6 +360,94 @@ class Connection:
             self._stats.success(deadline.elapsed())
             self._warned = False
             return frame
+
+    def _round_trip(self, data, terms, timeout):
+        """Write ``data``, then read up to the earliest of ``terms``; returns
+        ``(frame, terminator)``, as ``_run(data, maybe_extract_until, terms,
+        "until", timeout)`` does.
+
+        This is the common round trip in one frame (see the header): a
+        connected, set-up socket, nothing buffered or waiting, one
+        terminator, one ``write(2)`` that takes all of ``data`` and one
+        untimed reply wait whose ``read(2)`` holds the terminator.  At the
+        first step that leaves that case, the operation goes on in
+        :meth:`_run` from where it is, under the same deadline, so both
+        paths behave the same.
+        """
+        with self.lock:
+            t = self.timeout if timeout is None else Deadline.budget(timeout, None)  # the one check
+            started = time.monotonic()
+            sock = self.comm
+            budget = -1.0 if t is None else t - TICK_MARGIN
+            snd = self._snd_timeo
+            rcv = self._rcv_timeo
+            if (sock is None or sock is not self._poll_sock or sock is not self._timeout_sock
+                    or self._timeout_value != self.timeout or not self._blocking_wait
+                    or snd is None or not budget * 0.5 <= snd <= budget
+                    or rcv is None or not budget * 0.5 <= rcv <= budget
+                    or len(terms) != 1 or self._buffer or self._recorder is not None
+                    or self._poll.poll(0) or log.isEnabledFor(logging.DEBUG)):
+                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None, Deadline(t, started=started))
+            fd = sock.fileno()
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                sent = 0    # nothing was written; _run writes again and handles the error
+            if sent != len(data):
+                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
+                                 Deadline(t, started=started), sent)
+            self._stats.bytes_out += sent
+            self._sent = False
+            if self._spin is not None:
+                if not self._spin_skip:
+                    # a timed wait, for the chooser: _fill times it
+                    self._sent = True
+                    return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
+                                     Deadline(t, started=started), sent)
+                self._spin_skip -= 1
+                if self._spin_next:
+                    self._spin_for(started + t)
+            term = terms[0]
+            try:
+                reply = os.read(fd, min(self.buffer_size, self.max_read_size))
+            except (BlockingIOError, InterruptedError):
+                reply = b""
+                pos = -1
+            except OSError as e:
+                error = self._receive_failed(e, "until", terms)
+                self._link_failed(error)
+                raise error from e
+            else:
+                if not reply:
+                    error = self._peer_closed("until", terms)
+                    self._link_failed(error)
+                    raise error
+                self._stats.bytes_in += len(reply)
+                pos = reply.find(term)
+            if pos < 0:
+                # no reply yet (SO_RCVTIMEO ran out) or only part of it
+                if reply:
+                    self._buffer.feed(reply)
+                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
+                                 Deadline(t, started=started), sent)
+            end = pos + len(term)
+            if end != len(reply):
+                self._buffer.feed(reply[end:])  # bytes after the terminator stay buffered
+            now = time.monotonic()
+            self._stats.success(now - started, now)
+            self._warned = False
+            return reply[:pos], term
+
+    def _spin_for(self, end):
+        """Spin on ``poll(0)`` until input is waiting, for up to the spin
+        window or until ``end`` (a ``time.monotonic()`` reading, or
+        ``None``), whichever is sooner."""
+        stop = time.monotonic() + self._spin.window
+        if end is not None and stop > end:
+            stop = end
+        poll = self._poll.poll
+        while not poll(0) and time.monotonic() < stop:
+            pass
 
     def _fill(self, deadline, what, arg=None, into=None, size=0):
         """Receive more bytes, waiting until ``deadline``: into the buffer,
@@ -377,12 +486,7 @@ class Connection:
             if spin:
                 if self._poll_sock is not sock:
                     self._watch(sock)
-                stop = time.monotonic() + self._spin.window
-                if end is not None and stop > end:
-                    stop = end
-                poll = self._poll.poll
-                while not poll(0) and time.monotonic() < stop:
-                    pass
+                self._spin_for(end)
         budget = left - TICK_MARGIN
         if self._blocking_wait and budget > 0:
             # wait in read(2) itself, bounded by SO_RCVTIMEO (see the header)
@@ -405,15 +509,9 @@ class Connection:
             # the buffer and calls again, which checks the deadline
             return 0
         except OSError as e:
-            self._close(f"receive failed: {e}")
-            raise LinkError(f"{self.name}: connection lost while waiting for {describe(what, arg)}: {e}") from e
+            raise self._receive_failed(e, what, arg) from e
         if not data:
-            partial = self._buffer.peek()
-            self._close("device closed the connection")
-            raise PeerClosedError(
-                f"{self.name}: device closed the connection while waiting for {describe(what, arg)}"
-                + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
-                   if partial else ""), partial)
+            raise self._peer_closed(what, arg)
         if timed:
             chooser = self._spin
             self._spin_next = chooser.update(spin, time.monotonic() - started)
@@ -428,6 +526,21 @@ class Connection:
         if into is None:
             self._buffer.feed(data)
         return len(data)
+
+    def _receive_failed(self, error, what, arg):
+        """Close the connection after a failed ``read(2)``; returns the error to raise."""
+        self._close(f"receive failed: {error}")
+        return LinkError(f"{self.name}: connection lost while waiting for {describe(what, arg)}: {error}")
+
+    def _peer_closed(self, what, arg):
+        """Close the connection the device closed; returns the error to
+        raise, with the incomplete reply (which stays buffered)."""
+        partial = self._buffer.peek()
+        self._close("device closed the connection")
+        return PeerClosedError(
+            f"{self.name}: device closed the connection while waiting for {describe(what, arg)}"
+            + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
+               if partial else ""), partial)
 
     def _watch(self, sock):
         """Make ``self._poll`` watch ``sock`` for input (data, end of stream
@@ -517,17 +630,20 @@ class Connection:
                 log.debug("%s < %s", self.name, format_traffic(data))
             self._buffer.feed(data)
 
-    def _send_bytes(self, data, deadline):
-        """Send all of ``data`` before ``deadline``; on a dead connection
-        reconnect once and resend."""
+    def _send_bytes(self, data, deadline, written=0):
+        """Send all of ``data`` before ``deadline``, of which the first
+        ``written`` bytes are already on this connection; on a dead
+        connection reconnect once and resend all of it."""
         sock = self.comm
-        if sock is None or self._poll_sock is not sock or self._poll.poll(0):
+        if written:
+            pass    # the connection was checked before the first bytes went
+        elif sock is None or self._poll_sock is not sock or self._poll.poll(0):
             # something is waiting (stale bytes or end of stream): take it
             # first, so a device that closed the connection is noticed now
             self._pull_pending()
             sock = self._ensure_connected()
         try:
-            self._sendall(sock, data, deadline)
+            self._sendall(sock, data, deadline, written)
             return
         except TimeoutError:
             raise self._send_timed_out(data, deadline) from None
@@ -555,13 +671,18 @@ class Connection:
             f"{self.name}: sending {len(data)} bytes timed out (the operation's timeout is {deadline.timeout} s); "
             "the connection was closed because part of the data may have been sent")
 
-    def _sendall(self, sock, data, deadline):
-        """Write all of ``data`` before ``deadline``, one write(2) in the common case.
+    def _sendall(self, sock, data, deadline, written=0):
+        """Write all of ``data`` before ``deadline``, one write(2) in the
+        common case; the first ``written`` bytes are already written.
 
         Raises:
             TimeoutError: the device stopped reading before all was sent.
             OSError: the connection is broken.
         """
+        if written:
+            self._write_rest(sock, memoryview(data)[written:], deadline)
+            self._sent_all(data)
+            return
         if self._timeout_sock is not sock or self._timeout_value != self.timeout:
             self._set_timeout(sock)
         if self._debug:
@@ -587,6 +708,11 @@ class Connection:
             sent = 0
         if sent != len(data):
             self._write_rest(sock, memoryview(data)[sent:], deadline)
+        self._sent_all(data)
+
+    def _sent_all(self, data):
+        """Account for ``data``, all written: count it, record it, and make
+        the next wait a reply wait."""
         self._stats.bytes_out += len(data)
         self._sent = self._spin is not None
         if self._recorder is not None:

@@ -531,13 +531,13 @@ class TCPInterface(Connection):
         """Write ``data`` then read up to a terminator of ``eot``, atomically."""
         raw = self._encode(data)
         terms = self._terminators(eot)
-        return self._decode(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0], self.rstrip)
+        return self._decode(self._round_trip(raw, terms, timeout)[0], self.rstrip)
 
     def wrnrd_bin_until(self, data, eot, timeout=None):
         """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
         raw = hex_to_bytes(data)
         terms = self._terminators(eot)
-        return bytes_to_hex(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0])
+        return bytes_to_hex(self._round_trip(raw, terms, timeout)[0])
 
     def expect(self, pattern, timeout=None):
         """Read until the regular expression ``pattern`` matches.
@@ -554,7 +554,7 @@ class TCPInterface(Connection):
         to ``read_termination``, atomically."""
         raw = self._encode(message)
         terms = self._terminators(None)
-        return self._decode(self._run(raw, self._buffer.maybe_extract_until, terms, "until", timeout)[0], self.rstrip)
+        return self._decode(self._round_trip(raw, terms, timeout)[0], self.rstrip)
 
     def drain(self):
         """Discard every byte already received (buffered or waiting on the
