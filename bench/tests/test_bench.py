@@ -25,6 +25,7 @@ if BENCH not in sys.path:
 import benchutil  # noqa: E402
 import bulk  # noqa: E402
 import links  # noqa: E402
+import overhead  # noqa: E402
 import recovery  # noqa: E402
 import roundtrip  # noqa: E402
 import suite  # noqa: E402
@@ -445,3 +446,21 @@ def test_wait_study_clients_include_the_spin_and_all_reply():
                 assert round_trip() == b"ping\n", name
             finally:
                 close()
+
+
+def test_overhead_measures_each_path_and_puts_the_real_os_back(capsys):
+    from socs_tcp.transport import connection
+    real_os = connection.os
+    figures = overhead.measure(calls=200, rounds=2)
+    assert set(figures) == {"bare loop", "wrnrd_until", "query", "general path"}
+    assert all(value > 0 for value in figures.values())
+    assert connection.os is real_os
+    overhead.main(["--calls", "100", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "general path" in out and "vs general" in out
+
+
+@pytest.mark.parametrize("calls, rounds", [(0, 1), (10, 0)])
+def test_overhead_rejects_bad_counts(calls, rounds):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        overhead.measure(calls=calls, rounds=rounds)
