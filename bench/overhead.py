@@ -62,7 +62,7 @@ def measure(calls=200_000, rounds=5):
     if calls < 1 or rounds < 1:
         raise ValueError(f"calls and rounds must be >= 1, got calls={calls!r} rounds={rounds!r}")
     stub = types.SimpleNamespace(write=lambda fd, data: len(data), read=lambda fd, n: REPLY,
-                                 readv=os.readv, set_blocking=os.set_blocking)
+                                 readv=os.readv, set_blocking=os.set_blocking, get_blocking=os.get_blocking)
     with socket.create_server(("127.0.0.1", 0)) as server:
         link = TCPInterface("127.0.0.1", server.getsockname()[1], 2.0, termination="\n", spin_wait=0)
         peer, _ = server.accept()

@@ -8,6 +8,7 @@ spy on ``_run`` shows which way an operation went (``spin_wait=0`` so that
 the wait chooser's timed waits do not hand operations over).
 """
 
+import os
 import select
 import socket
 import struct
@@ -266,3 +267,23 @@ def test_traffic_logging_turned_on_later_is_seen(emulator, caplog):
         assert dev.query("*IDN?") == IDN
     assert any("*IDN?" in r.getMessage() for r in caplog.records)
     assert any(IDN in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("read", ["query", "read_until"])
+def test_a_driver_that_sets_comm_timeout_itself_does_not_make_the_waits_spin(emulator, read):
+    # a SOCS driver may call self.comm.settimeout(...) after connecting; CPython
+    # then makes the descriptor non-blocking, and a blocking-read wait would
+    # spin on read(2) until the reply came
+    dev = warm_link(emulator)
+    dev.comm.settimeout(3.0)
+    assert not os.get_blocking(dev.comm.fileno())
+    emulator.set_delay(0.2)
+    if read == "query":
+        assert dev.query("*IDN?") == IDN
+    else:
+        dev.write("*IDN?")
+        assert dev.read_until() == IDN
+    assert os.get_blocking(dev.comm.fileno()), "the first empty read made the descriptor blocking again"
+    assert dev.comm.gettimeout() == 3.0, "the driver's Python timeout is kept"
+    emulator.set_delay(0)
+    assert dev.query("*IDN?") == IDN

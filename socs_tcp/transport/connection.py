@@ -69,7 +69,10 @@ Why it is shaped this way
       measured waits; most waits are not even timed (``_spin_skip``).
     * ``comm`` keeps its Python timeout (``comm.gettimeout() == timeout``, as
       in SOCS): only its descriptor is made blocking, so a driver's own calls
-      on ``comm`` still poll with that timeout before each call.
+      on ``comm`` still poll with that timeout before each call.  A driver
+      that calls ``comm.settimeout()`` itself makes the descriptor
+      non-blocking again; the first read that finds nothing notices and
+      makes it blocking (``_keep_blocking``), so no wait spins on ``read(2)``.
     * One ``poll(0)`` before each send notices a device that closed the
       connection since the last operation, so a restarted device costs no
       failed operation; it is the only other system call besides the write
@@ -411,6 +414,7 @@ class Connection:
             try:
                 reply = os.read(fd, min(self.buffer_size, self.max_read_size))
             except (BlockingIOError, InterruptedError):
+                self._keep_blocking(fd)
                 reply = b""
                 pos = -1
             except OSError as e:
@@ -507,6 +511,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             # SO_RCVTIMEO ran out, or a spurious wake-up: the caller checks
             # the buffer and calls again, which checks the deadline
+            self._keep_blocking(sock.fileno())
             return 0
         except OSError as e:
             raise self._receive_failed(e, what, arg) from e
@@ -526,6 +531,15 @@ class Connection:
         if into is None:
             self._buffer.feed(data)
         return len(data)
+
+    def _keep_blocking(self, fd):
+        """After a read that found nothing: if a driver's own
+        ``comm.settimeout()`` or ``comm.setblocking()`` made the descriptor
+        non-blocking, make it blocking again (its Python timeout stays as
+        the driver set it); otherwise every reply wait would spin on
+        ``read(2)`` until the reply came."""
+        if self._blocking_wait and not os.get_blocking(fd):
+            os.set_blocking(fd, True)
 
     def _receive_failed(self, error, what, arg):
         """Close the connection after a failed ``read(2)``; returns the error to raise."""
