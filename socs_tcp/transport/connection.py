@@ -390,23 +390,21 @@ class Connection:
                     or rcv is None or not budget * 0.5 <= rcv <= budget
                     or len(terms) != 1 or self._buffer or self._recorder is not None
                     or self._poll.poll(0) or log.isEnabledFor(logging.DEBUG)):
-                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None, Deadline(t, started=started))
+                return self._hand_over(data, terms, t, started, 0)
             fd = sock.fileno()
             try:
                 sent = os.write(fd, data)
             except OSError:
                 sent = 0    # nothing was written; _run writes again and handles the error
             if sent != len(data):
-                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
-                                 Deadline(t, started=started), sent)
+                return self._hand_over(data, terms, t, started, sent)
             self._stats.bytes_out += sent
             self._sent = False
             if self._spin is not None:
                 if not self._spin_skip:
                     # a timed wait, for the chooser: _fill times it
                     self._sent = True
-                    return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
-                                     Deadline(t, started=started), sent)
+                    return self._hand_over(data, terms, t, started, sent)
                 self._spin_skip -= 1
                 if self._spin_next:
                     self._spin_for(started + t)
@@ -432,8 +430,7 @@ class Connection:
                 # no reply yet (SO_RCVTIMEO ran out) or only part of it
                 if reply:
                     self._buffer.feed(reply)
-                return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
-                                 Deadline(t, started=started), sent)
+                return self._hand_over(data, terms, t, started, sent)
             end = pos + len(term)
             if end != len(reply):
                 self._buffer.feed(reply[end:])  # bytes after the terminator stay buffered
@@ -441,6 +438,13 @@ class Connection:
             self._stats.success(now - started, now)
             self._warned = False
             return reply[:pos], term
+
+    def _hand_over(self, data, terms, timeout, started, written):
+        """Carry a round trip on in :meth:`_run`, under the deadline it began
+        with (``timeout`` already checked, from ``started``), with
+        ``written`` bytes of ``data`` already sent."""
+        return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
+                         Deadline(timeout, started=started), written)
 
     def _spin_for(self, end):
         """Spin on ``poll(0)`` until input is waiting, for up to the spin
