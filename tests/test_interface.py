@@ -239,6 +239,25 @@ def test_multiple_terminators_and_escapes(make_emulator):
     assert dev.read_until(b"\x03") == "c"
 
 
+
+def test_terminators_follow_each_call_whatever_was_given_before(make_emulator):
+    # the link remembers the last str or bytes eot; every other form is parsed each call
+    device = make_emulator({"Q": "a;b\r\nc\x03d;e!f;"}, write_termination="")
+    dev = link(device)
+    dev.write("Q\n")
+    eot = [";"]
+    assert dev.read_until(eot) == "a"
+    eot[0] = "\r\n"                       # the same list, changed: its new terminator counts
+    assert dev.read_until(eot) == "b"
+    assert dev.read_until(b"\x03") == "c"
+    with pytest.raises(ValueError, match="empty terminator"):
+        dev.read_until("")
+    with pytest.raises(ValueError, match="empty terminator"):
+        dev.read_until("")                # a bad eot is never remembered
+    assert dev.read_until(";") == "d"
+    assert dev.read_until("!") == "e"     # two literals in turn
+    assert dev.read_until(";") == "f"
+
 def test_oversize_reply_is_a_clear_error_and_memory_stays_bounded(emulator):
     dev = link(emulator, max_read_size=4096)
     assert emulator.wait_for_clients(1)

@@ -23,9 +23,7 @@ class LinkStats:
         self.connect_failures = 0
         self.consecutive_failures = 0
         self._last_success = None  # time.monotonic() of the last success
-        self.last_latency = None
-        self._latency_sum = 0.0
-        self._latency_n = 0
+        self._latency_sum = 0.0    # of every success; the mean divides by transactions
         self._latencies = deque(maxlen=window)
 
     def success(self, latency, now=None):
@@ -34,9 +32,7 @@ class LinkStats:
         self.transactions += 1
         self.consecutive_failures = 0
         self._last_success = time.monotonic() if now is None else now
-        self.last_latency = latency
         self._latency_sum += latency
-        self._latency_n += 1
         self._latencies.append(latency)
 
     def failure(self, timeout=False):
@@ -44,6 +40,11 @@ class LinkStats:
         self.consecutive_failures += 1
         if timeout:
             self.timeouts += 1
+
+    @property
+    def last_latency(self):
+        """Seconds the last successful operation took, or ``None``."""
+        return self._latencies[-1] if self._latencies else None
 
     @property
     def last_success(self):
@@ -74,7 +75,7 @@ class LinkStats:
             "consecutive_failures": int(self.consecutive_failures),
             "last_success": self.last_success,
             "latency_last": self.last_latency,
-            "latency_mean": (self._latency_sum / self._latency_n) if self._latency_n else None,
+            "latency_mean": (self._latency_sum / self.transactions) if self.transactions else None,
             "latency_p50": pct(50),
             "latency_p95": pct(95),
             "latency_p99": pct(99),

@@ -81,6 +81,12 @@ Why it is shaped this way
       path; the readers are bound methods of the buffer called with one
       argument; no closure, cache or alias stands between the call and the
       buffer.
+    * The text layer above (``TCPInterface.query`` and ``wrnrd_until``)
+      encodes, picks the terminators and decodes around ``_round_trip``,
+      which returns the frame alone.  Parsing an ``eot`` costs about as
+      much as a system call, and a driver passes the same literal each
+      time, so the link keeps the last ``str`` or ``bytes`` ``eot`` and
+      its terminators (``TCPInterface._terminators``).
     * ``recv(n)`` and bulk reads skip the buffer: one ``read(2)`` of up to
       ``n`` bytes is handed over as it is, and ``readinto`` fills the
       caller's memory straight from the socket.
@@ -366,8 +372,8 @@ class Connection:
 
     def _round_trip(self, data, terms, timeout):
         """Write ``data``, then read up to the earliest of ``terms``; returns
-        ``(frame, terminator)``, as ``_run(data, maybe_extract_until, terms,
-        "until", timeout)`` does.
+        the frame, as ``_run(data, maybe_extract_until, terms, "until",
+        timeout)[0]`` does.
 
         This is the common round trip in one frame (see the header): a
         connected, set-up socket, nothing buffered or waiting, one
@@ -437,14 +443,14 @@ class Connection:
             now = time.monotonic()
             self._stats.success(now - started, now)
             self._warned = False
-            return reply[:pos], term
+            return reply[:pos]
 
     def _hand_over(self, data, terms, timeout, started, written):
         """Carry a round trip on in :meth:`_run`, under the deadline it began
         with (``timeout`` already checked, from ``started``), with
-        ``written`` bytes of ``data`` already sent."""
+        ``written`` bytes of ``data`` already sent; returns the frame."""
         return self._run(data, self._buffer.maybe_extract_until, terms, "until", None,
-                         Deadline(timeout, started=started), written)
+                         Deadline(timeout, started=started), written)[0]
 
     def _spin_for(self, end):
         """Spin on ``poll(0)`` until input is waiting, for up to the spin

@@ -177,6 +177,7 @@ class TCPInterface(Connection):
 
         self._init_connection()
         self._scratch = None          # read_bytes' buffer for blocks over buffer_size
+        self._last_eot = (_UNSET, None)  # (eot, terminators) of the last str or bytes eot given
         if record is not None:
             hooks = ("on_connect", "on_send", "on_recv", "on_close")
             if not all(callable(getattr(record, hook, None)) for hook in hooks):
@@ -368,7 +369,17 @@ class TCPInterface(Connection):
                 raise ValueError(f"{self.name}: no eot given and the link has no read_termination")
             # read_termination may have been assigned in any eot form
             return terms if type(terms) is tuple else terminators(terms, self._text_encoding)
-        return terminators(eot, self._text_encoding)
+        last = self._last_eot
+        if eot is last[0]:
+            # a driver passes the same literal each time; only str and bytes,
+            # which cannot change, are remembered (with their terminators, in
+            # one attribute, so that threads always see a matching pair)
+            return last[1]
+        terms = terminators(eot, self._text_encoding)
+        kind = type(eot)
+        if kind is str or kind is bytes:
+            self._last_eot = (eot, terms)
+        return terms
 
     # ------------------------------------------------------------------
     # readers (see socs_tcp.core.readers), called by Connection._run
@@ -531,13 +542,13 @@ class TCPInterface(Connection):
         """Write ``data`` then read up to a terminator of ``eot``, atomically."""
         raw = self._encode(data)
         terms = self._terminators(eot)
-        return self._decode(self._round_trip(raw, terms, timeout)[0], self.rstrip)
+        return self._decode(self._round_trip(raw, terms, timeout), self.rstrip)
 
     def wrnrd_bin_until(self, data, eot, timeout=None):
         """Write hex ``data`` then read up to a terminator of ``eot``, as hex, atomically."""
         raw = hex_to_bytes(data)
         terms = self._terminators(eot)
-        return bytes_to_hex(self._round_trip(raw, terms, timeout)[0])
+        return bytes_to_hex(self._round_trip(raw, terms, timeout))
 
     def expect(self, pattern, timeout=None):
         """Read until the regular expression ``pattern`` matches.
@@ -554,7 +565,7 @@ class TCPInterface(Connection):
         to ``read_termination``, atomically."""
         raw = self._encode(message)
         terms = self._terminators(None)
-        return self._decode(self._round_trip(raw, terms, timeout)[0], self.rstrip)
+        return self._decode(self._round_trip(raw, terms, timeout), self.rstrip)
 
     def drain(self):
         """Discard every byte already received (buffered or waiting on the
