@@ -70,15 +70,19 @@ CPU placement (``--placement``); by default (``both``) every run measures
     no pinning; the scheduler's placement changes from run to run, so the
     figures are bimodal (use only to compare with the other two).
 
-Each client runs for ``--seconds`` after ``--warmup`` seconds of warm-up (the
-first reply is checked for correctness).  That is repeated for ``--rounds``
-rounds, the client order rotating each round; the table shows the median over
-the rounds.  Latency is measured around each round trip with
+Every client connects once (its first reply is checked for correctness) and
+warms up for ``--warmup`` seconds.  Then, in each of ``--rounds`` rounds, each
+client makes round trips for ``--seconds`` in all, in turns of ``--slice``
+milliseconds (20), the clients taking turns in an order that rotates each
+turn: this host's speed changes from one fraction of a second to the next,
+and clients measured in short turns see the same mix of it, where clients
+measured for seconds one after the other do not.  The table shows the
+median over the rounds.  Latency is measured around each round trip with
 ``time.perf_counter_ns`` (the same small overhead for every client).
 
 Usage::
 
-    python bench/roundtrip.py [--seconds N] [--payload N] [--rounds N] [--warmup N]
+    python bench/roundtrip.py [--seconds N] [--payload N] [--rounds N] [--warmup N] [--slice MS]
                               [--placement both|same|split|none] [--socs-path DIR] [--json out.json]
 
 Figures from a run, and where the time goes, are in ``docs/benchmarks.rst``.
@@ -115,6 +119,7 @@ NO_SPIN = "socs_tcp wrnrd_until, no spin"
 TARGET_CLIENTS = ("socs_tcp wrnrd_until", "socs_tcp query")
 TIMEOUT = 10.0
 SPIN = 50e-6  # the wait study's spin: poll(0) in a loop this long, then block
+SLICE = 0.02  # within a round, the clients take turns of this many seconds
 
 
 # ----------------------------------------------------------------------
@@ -294,40 +299,77 @@ def pyvisa_available():
 
 # ----------------------------------------------------------------------
 # measurement
-def run_client(round_trip, expected, seconds, warmup):
-    """Warm up, then run round trips for ``seconds``.
+def check_first_reply(round_trip, expected):
+    """Make the first round trip of a client and check its reply.
 
-    Returns ``(figures, histogram)``: the figures of this run and a
-    :class:`~benchutil.LogHistogram` of its round-trip latencies in seconds.
+    Raises:
+        RuntimeError: the reply is not ``expected``.
     """
     reply = round_trip()
     if reply != expected:
         raise RuntimeError(f"wrong reply: {reply!r}, expected {expected!r}")
+
+
+def run_for(round_trip, seconds, latencies=None):
+    """Make round trips for ``seconds``; returns ``(count, elapsed ns)``.
+
+    Each round trip's latency (ns) is appended to ``latencies`` unless it is
+    ``None`` (a warm-up)."""
     perf = time.perf_counter_ns
-    end = perf() + int(warmup * 1e9)
-    while perf() < end:
-        round_trip()
-    latencies = []
-    append = latencies.append
-    start = perf()
+    start = now = perf()
     end = start + int(seconds * 1e9)
-    now = start
+    count = 0
+    if latencies is None:
+        while now < end:
+            round_trip()
+            count += 1
+            now = perf()
+        return count, now - start
+    append = latencies.append
     while now < end:
-        t0 = perf()
+        t0 = now
         round_trip()
         now = perf()
         append(now - t0)
-    elapsed = (now - start) / 1e9
+        count += 1
+    return count, now - start
+
+
+def figures_of(count, elapsed_ns, latencies):
+    """``(figures, histogram)`` of ``count`` round trips in ``elapsed_ns``
+    with the latencies (ns) ``latencies`` (sorted here)."""
     latencies.sort()
     histogram = LogHistogram()
     histogram.add(latencies, 1e-9)
     return {
-        "round_trips": len(latencies),
-        "seconds": elapsed,
-        "rate": len(latencies) / elapsed,
+        "round_trips": count,
+        "seconds": elapsed_ns / 1e9,
+        "rate": count / (elapsed_ns / 1e9),
         "latency_median_us": statistics.median(latencies) / 1e3,
         "latency_p99_us": percentile(latencies, 99) / 1e3,
     }, histogram
+
+
+def run_interleaved(opened, seconds, slice_seconds):
+    """One round: every client of ``opened`` (``(name, round_trip)``) makes
+    round trips for ``seconds`` in all, in slices of about ``slice_seconds``
+    taken in turn, the order rotating each turn.  Returns ``{name:
+    (figures, histogram)}``.
+
+    The host's speed changes within a second (see ``docs/benchmarks.rst``),
+    so clients measured one after the other for seconds each see different
+    machines; in short slices taken in turn they all see the same mix."""
+    turns = max(1, round(seconds / slice_seconds))
+    length = seconds / turns
+    done = {name: [0, 0, []] for name, _ in opened}
+    for turn in range(turns):
+        shift = turn % len(opened)
+        for name, round_trip in opened[shift:] + opened[:shift]:
+            tally = done[name]
+            count, elapsed = run_for(round_trip, length, tally[2])
+            tally[0] += count
+            tally[1] += elapsed
+    return {name: figures_of(count, elapsed, latencies) for name, (count, elapsed, latencies) in done.items()}
 
 
 def clients(socs=True, pyvisa=True):
@@ -348,16 +390,18 @@ def clients(socs=True, pyvisa=True):
     return out
 
 
-def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=print):
+def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=print, slice_seconds=SLICE):
     """Run every client against one echo server, side by side.
 
     Args:
         seconds (float): measured duration per client per round.
         payload (int): bytes per request line, before the ``\\n``.
-        rounds (int): rounds; the client order rotates each round.
-        warmup (float): warm-up seconds per client per round.
+        rounds (int): rounds; the figures are medians over the rounds.
+        warmup (float): warm-up seconds per client, before the first round.
         placement (str): ``same``, ``split`` or ``none`` (see the module docstring).
         log: called with one progress line at a time.
+        slice_seconds (float): within a round, the clients take turns of
+            about this long (see :func:`run_interleaved`).
 
     Returns:
         dict: ``parameters``, ``socs_installed``, ``summary`` (per client),
@@ -378,6 +422,8 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
         raise ValueError(f"warmup must be >= 0, got {warmup!r}")
     if placement not in ("same", "split", "none"):
         raise ValueError(f"placement must be 'same', 'split' or 'none', got {placement!r}")
+    if not slice_seconds > 0:
+        raise ValueError(f"slice_seconds must be > 0, got {slice_seconds!r}")
     line = (b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" * (payload // 36 + 1))[:payload] + b"\n"
     chosen = clients()
     have_socs = any(name == SOCS for name, _ in chosen)
@@ -393,7 +439,8 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
     if placement != "none":
         client_cpu = cpus[0]
         server_cpu = cpus[1] if placement == "split" else cpus[0]
-    log(f"payload {payload} B + '\\n', {rounds} rounds x {seconds:g} s per client (+{warmup:g} s warm-up), "
+    log(f"payload {payload} B + '\\n', {rounds} rounds x {seconds:g} s per client in turns of "
+        f"{slice_seconds * 1e3:g} ms (+{warmup:g} s warm-up), "
         + (f"client on CPU {client_cpu}, server on CPU {server_cpu}" if placement != "none" else "no CPU pinning"))
 
     results = {name: [] for name, _ in chosen}
@@ -401,19 +448,26 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
     with EchoServer(cpu=server_cpu) as server:
         if client_cpu is not None:
             os.sched_setaffinity(0, {client_cpu})
+        opened, closers = [], []
         try:
+            for name, factory in chosen:
+                round_trip, expected, close = factory(server.port, line)
+                closers.append(close)
+                check_first_reply(round_trip, expected)
+                opened.append((name, round_trip))
+            for _, round_trip in opened:
+                run_for(round_trip, warmup)
             for r in range(rounds):
-                order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]
-                for name, factory in order:
-                    round_trip, expected, close = factory(server.port, line)
-                    try:
-                        figures, histogram = run_client(round_trip, expected, seconds, warmup)
-                    finally:
-                        close()
+                shift = r % len(opened)
+                measured = run_interleaved(opened[shift:] + opened[:shift], seconds, slice_seconds)
+                for name, _ in chosen:
+                    figures, histogram = measured[name]
                     results[name].append(figures)
                     histograms[name].merge(histogram)
                     log(f"  round {r + 1}/{rounds}  {name:<24} {figures['rate']:>9,.0f} rt/s")
         finally:
+            for close in closers:
+                close()
             if client_cpu is not None:
                 os.sched_setaffinity(0, set(cpus))
 
@@ -451,7 +505,8 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
         summary[DROP_IN]["ratio_vs_socs"] = summary[DROP_IN]["rate"] / summary[SOCS]["rate"]
     return {
         "benchmark": "write-then-read-until-\\n round trips on loopback",
-        "parameters": {"seconds": seconds, "warmup": warmup, "rounds": rounds, "payload_bytes": payload,
+        "parameters": {"seconds": seconds, "warmup": warmup, "rounds": rounds, "slice_seconds": slice_seconds,
+                       "payload_bytes": payload,
                        "placement": placement, "client_cpu": client_cpu, "server_cpu": server_cpu,
                        "baseline": BASELINE, "target_ratio": TARGET_RATIO},
         "socs_installed": have_socs,
@@ -654,8 +709,10 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=5.0, help="measured duration per client per round (5)")
     parser.add_argument("--payload", type=int, default=32,
                         help="bytes per request line, before the \\n terminator (32)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, client order rotated each round (3)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per client per round (1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the figures are medians over them (3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per client, once (1)")
+    parser.add_argument("--slice", type=float, default=SLICE * 1e3, metavar="MS",
+                        help=f"within a round, the clients take turns of this many ms ({SLICE * 1e3:g})")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     parser.add_argument("--socs-path", metavar="DIR",
                         help="directory holding the socs package (e.g. from pip install --no-deps --target DIR socs)")
@@ -665,8 +722,8 @@ def main(argv=None):
     parser.add_argument("--wait-study", action="store_true",
                         help="instead: the bare loop with five ways to wait for the reply, in three placements")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.payload < 1:
-        parser.error("--seconds and --payload must be > 0, --warmup >= 0, --rounds >= 1")
+    if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.payload < 1 or not args.slice > 0:
+        parser.error("--seconds, --payload and --slice must be > 0, --warmup >= 0, --rounds >= 1")
     add_socs_path(args.socs_path, parser)
 
     info = machine_info()
@@ -684,7 +741,7 @@ def main(argv=None):
     reports = []
     for placement in placements:
         report = run(args.seconds, args.payload, args.rounds, args.warmup, placement,
-                     log=lambda msg: print(msg, flush=True))
+                     log=lambda msg: print(msg, flush=True), slice_seconds=args.slice / 1e3)
         report["machine"] = info
         reports.append(report)
     for report in reports:

@@ -164,7 +164,7 @@ def test_roundtrip_run_measures_every_client_side_by_side():
 
 @pytest.mark.parametrize("kwargs, needle", [
     ({"seconds": 0}, "seconds"), ({"payload": 0}, "payload"), ({"rounds": 0}, "rounds"),
-    ({"warmup": -1}, "warmup"), ({"placement": "elsewhere"}, "placement")])
+    ({"warmup": -1}, "warmup"), ({"placement": "elsewhere"}, "placement"), ({"slice_seconds": 0}, "slice_seconds")])
 def test_roundtrip_rejects_bad_parameters(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         roundtrip.run(**kwargs)
@@ -174,7 +174,30 @@ def test_roundtrip_client_reports_a_wrong_reply():
     def round_trip():
         return b"not the echo"
     with pytest.raises(RuntimeError, match="wrong reply"):
-        roundtrip.run_client(round_trip, b"expected", 0.1, 0.0)
+        roundtrip.check_first_reply(round_trip, b"expected")
+
+
+def test_roundtrip_clients_take_turns_in_rotating_order(monkeypatch):
+    # a fake clock: each round trip takes 1 ms; the clients record the order they ran in
+    ran = []
+    clock = [0]
+
+    def client(name):
+        def round_trip():
+            clock[0] += 1_000_000
+            if not ran or ran[-1] != name:
+                ran.append(name)
+        return name, round_trip
+    opened = [client("a"), client("b"), client("c")]
+    monkeypatch.setattr(roundtrip.time, "perf_counter_ns", lambda: clock[0])
+    measured = roundtrip.run_interleaved(opened, 0.03, 0.01)
+    # three turns of 10 ms each, the order rotated each turn
+    assert ran == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    for name in "abc":
+        figures, histogram = measured[name]
+        assert figures["round_trips"] == 30 == histogram.total
+        assert figures["rate"] == pytest.approx(1000.0)
+        assert figures["latency_median_us"] == pytest.approx(1000.0)
 
 
 def test_socs_path_must_hold_socs(tmp_path):
