@@ -425,6 +425,20 @@ def test_text_and_binary_operations(make_emulator):
     assert dev.read(0) == ""
 
 
+def test_text_codecs_are_read_on_each_call(make_emulator):
+    device = make_emulator({b"\xc2\xb5": b"\xc2\xb5 utf8", b"\xb5": b"\xb5 latin", b"?": b"\xff"}, encoding=None,
+                           write_termination="\n", read_termination="\n")
+    dev = link(device)
+    assert dev.query("µ") == "µ utf8"              # the default codec, UTF-8 strict
+    assert dev.wrnrd_until("µ") == "µ utf8"
+    dev.encoding = "latin-1"
+    assert dev.query("µ") == "µ latin"
+    dev.encoding, dev.encoding_errors = "ascii", "replace"
+    assert dev.query("µ") == "\ufffd"              # sent as b"?", the reply b"\xff" replaced
+    dev.encoding, dev.encoding_errors = "utf-8", "strict"
+    assert dev.wrnrd_until("µ") == "µ utf8"
+
+
 def test_write_termination_and_rstrip(make_emulator):
     device = make_emulator({"MEAS?": "  1.5  "}, write_termination="\r\n", read_termination="\r\n")
     dev = link(device, read_termination="\\r\\n", write_termination="\\r\\n", rstrip=True)

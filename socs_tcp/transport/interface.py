@@ -346,9 +346,13 @@ class TCPInterface(Connection):
     # input checking (before anything touches the socket)
     def _encode(self, data, terminate=True):
         if isinstance(data, str):
-            if self.encoding is None:
+            encoding = self.encoding
+            if encoding is None:
                 raise TypeError(f"{self.name}: this link has encoding=None, so data must be bytes, got str {data!r}")
-            raw = data.encode(self.encoding, self.encoding_errors)
+            if encoding == "utf-8" and self.encoding_errors == "strict":
+                raw = data.encode()   # Python's default codec: no codec name to look up on each call
+            else:
+                raw = data.encode(encoding, self.encoding_errors)
         elif isinstance(data, (bytes, bytearray, memoryview)):
             raw = bytes(data)
         else:
@@ -358,9 +362,12 @@ class TCPInterface(Connection):
     def _decode(self, frame, strip=False):
         if strip:
             frame = frame.rstrip()
-        if self.encoding is None:
+        encoding = self.encoding
+        if encoding is None:
             return frame
-        return frame.decode(self.encoding, self.encoding_errors)
+        if encoding == "utf-8" and self.encoding_errors == "strict":
+            return frame.decode()     # as in _encode
+        return frame.decode(encoding, self.encoding_errors)
 
     def _terminators(self, eot):
         if eot is None:
