@@ -749,7 +749,7 @@ def main(argv=None):
     print()
     results = targets(reports)
     for what, value, by_latency, met in results:
-        print(f"target {what}: {value:.2f}x (by median latency {by_latency:.2f}x) -> {'MET' if met else 'NOT MET'}")
+        print(f"target {what}: {value:.3f}x (by median latency {by_latency:.3f}x) -> {'MET' if met else 'NOT MET'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports[0] if len(reports) == 1 else
