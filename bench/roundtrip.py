@@ -310,21 +310,13 @@ def check_first_reply(round_trip, expected):
         raise RuntimeError(f"wrong reply: {reply!r}, expected {expected!r}")
 
 
-def run_for(round_trip, seconds, latencies=None):
-    """Make round trips for ``seconds``; returns ``(count, elapsed ns)``.
-
-    Each round trip's latency (ns) is appended to ``latencies`` unless it is
-    ``None`` (a warm-up)."""
+def run_for(round_trip, seconds, latencies):
+    """Make round trips for ``seconds``, appending each one's latency (ns)
+    to ``latencies``; returns ``(count, elapsed ns)``."""
     perf = time.perf_counter_ns
     start = now = perf()
     end = start + int(seconds * 1e9)
     count = 0
-    if latencies is None:
-        while now < end:
-            round_trip()
-            count += 1
-            now = perf()
-        return count, now - start
     append = latencies.append
     while now < end:
         t0 = now
@@ -456,7 +448,7 @@ def run(seconds=5.0, payload=32, rounds=3, warmup=1.0, placement="same", log=pri
                 check_first_reply(round_trip, expected)
                 opened.append((name, round_trip))
             for _, round_trip in opened:
-                run_for(round_trip, warmup)
+                run_for(round_trip, warmup, [])   # warm-up: latencies dropped
             for r in range(rounds):
                 shift = r % len(opened)
                 measured = run_interleaved(opened[shift:] + opened[:shift], seconds, slice_seconds)
