@@ -35,32 +35,37 @@ class ReceiveBuffer:
     Args:
         max_size: the most bytes the buffer may hold.  ``feed`` past it raises
             :class:`~socs_tcp.errors.ReadOverflowError`.
+
+    Attributes:
+        data (bytearray): the buffered bytes.  It is changed in place and
+            never replaced, so a hot path can test it for emptiness without
+            a method call; change it only through the methods.
     """
 
-    __slots__ = ("_data", "max_size", "_scanned", "_scanned_for")
+    __slots__ = ("data", "max_size", "_scanned", "_scanned_for")
 
     def __init__(self, max_size=1 << 20):
         if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:
             raise ValueError(f"max_size must be a positive int, got {max_size!r}")
-        self._data = bytearray()
+        self.data = bytearray()
         self.max_size = max_size
         self._scanned = 0
         self._scanned_for = None
 
     def __len__(self):
-        return len(self._data)
+        return len(self.data)
 
     def __bool__(self):
-        return bool(self._data)
+        return bool(self.data)
 
     def peek(self):
         """A copy of the buffered bytes, not consumed."""
-        return bytes(self._data)
+        return bytes(self.data)
 
     @property
     def room(self):
         """How many more bytes ``feed`` accepts."""
-        return self.max_size - len(self._data)
+        return self.max_size - len(self.data)
 
     def feed(self, data):
         """Append received bytes.
@@ -69,7 +74,7 @@ class ReceiveBuffer:
             ReadOverflowError: the buffer would exceed ``max_size``.  The
                 buffer is left unchanged; the caller decides what to discard.
         """
-        buffered = self._data
+        buffered = self.data
         if len(buffered) + len(data) > self.max_size:
             raise ReadOverflowError(
                 f"receive buffer overflow: {len(buffered)} buffered + {len(data)} new bytes "
@@ -86,17 +91,17 @@ class ReceiveBuffer:
             ReadOverflowError: the buffer would exceed ``max_size``; it is
                 left unchanged.
         """
-        if len(self._data) + len(data) > self.max_size:
+        if len(self.data) + len(data) > self.max_size:
             raise ReadOverflowError(
-                f"cannot put back {len(data)} bytes: with {len(self._data)} buffered they exceed "
+                f"cannot put back {len(data)} bytes: with {len(self.data)} buffered they exceed "
                 f"max_read_size={self.max_size}")
-        self._data[:0] = data
+        self.data[:0] = data
         self._scanned = 0
         self._scanned_for = None
 
     def _take(self, end, skip=0):
-        frame = bytes(self._data[:end])
-        del self._data[:end + skip]
+        frame = bytes(self.data[:end])
+        del self.data[:end + skip]
         self._scanned = 0
         self._scanned_for = None
         return frame
@@ -112,7 +117,7 @@ class ReceiveBuffer:
             ``(frame, terminator)`` with the terminator removed from the
             buffer but not included in ``frame``; or ``None``.
         """
-        data = self._data
+        data = self.data
         if not data:
             return None
         if len(terminators) == 1:
@@ -160,7 +165,7 @@ class ReceiveBuffer:
         """
         if n < 0:
             raise ValueError(f"cannot extract a negative number of bytes: {n}")
-        if len(self._data) < n:
+        if len(self.data) < n:
             return None
         return self._take(n)
 
@@ -180,7 +185,7 @@ class ReceiveBuffer:
         """
         # search a snapshot: a match object over the bytearray would change
         # when the consumed bytes are deleted
-        data = bytes(self._data)
+        data = bytes(self.data)
         match = regex.search(data) if timeout is None else regex.search(data, timeout=timeout)
         if match is None:
             return None
@@ -194,8 +199,8 @@ class ReceiveBuffer:
         """
         if n < 0:
             raise ValueError(f"cannot extract a negative number of bytes: {n}")
-        return self._take(min(n, len(self._data)))
+        return self._take(min(n, len(self.data)))
 
     def drain(self):
         """Extract and return everything buffered."""
-        return self._take(len(self._data))
+        return self._take(len(self.data))

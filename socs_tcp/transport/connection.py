@@ -81,6 +81,13 @@ Why it is shaped this way
       path; the readers are bound methods of the buffer called with one
       argument; no closure, cache or alias stands between the call and the
       buffer.
+    * What the path checks costs no call where a test does: one identity
+      test stands for the whole set-up of a socket (``_ready_sock``: poll
+      object, Python timeout, blocking descriptor, all made by
+      ``_prepare``); the buffer is tested through its ``bytearray``; the
+      lock is taken with ``acquire()`` and ``release()``, because a
+      ``with`` block binds ``__enter__`` and ``__exit__`` on each entry,
+      which costs as much again as taking the lock.
     * The text layer above (``TCPInterface.query`` and ``wrnrd_until``)
       encodes, picks the terminators and decodes around ``_round_trip``,
       which returns the frame alone.  Parsing an ``eot`` costs about as
@@ -152,15 +159,14 @@ class Connection:
         self._next_attempt = 0.0      # monotonic time before which no attempt is made
         self._last_connect_error = None
         self._warned = False          # a failure streak has been logged at WARNING
-        self._poll_sock = None        # the socket self._poll watches
+        self._ready_sock = None       # the socket _prepare set up: self._poll watches it ...
         self._poll = None
-        self._timeout_sock = None     # the socket whose timeout was last set ...
-        self._timeout_value = None    # ... and to what
+        self._timeout_value = None    # ... and its timeout is this
         self._debug = False           # traffic logging on, decided once per operation
         self._op_deadline = None      # the Deadline of the operation in progress (under the lock)
         self._blocking_wait = BLOCKING_WAIT
-        self._rcv_timeo = None        # SO_RCVTIMEO / SO_SNDTIMEO of _timeout_sock, seconds
-        self._snd_timeo = None        # (math.inf: none; None: unknown)
+        self._rcv_timeo = None        # SO_RCVTIMEO / SO_SNDTIMEO of _ready_sock, seconds (math.inf:
+        self._snd_timeo = None        # none; None: unknown, and always None with the poll wait)
         self._spin = SpinChooser(self.spin_wait) if self.spin_wait else None
         self._spin_next = False       # the next reply wait spins first (the chooser's answer) ...
         self._spin_skip = 0           # ... and this many after it are not timed
@@ -383,18 +389,19 @@ class Connection:
         :meth:`_run` from where it is, under the same deadline, so both
         paths behave the same.
         """
-        with self.lock:
+        lock = self.lock
+        lock.acquire()    # not "with": acquire() and release() are half the cost here
+        try:
             t = self.timeout if timeout is None else Deadline.budget(timeout, None)  # the one check
             started = time.monotonic()
             sock = self.comm
             budget = -1.0 if t is None else t - TICK_MARGIN
             snd = self._snd_timeo
             rcv = self._rcv_timeo
-            if (sock is None or sock is not self._poll_sock or sock is not self._timeout_sock
-                    or self._timeout_value != self.timeout or not self._blocking_wait
+            if (sock is None or sock is not self._ready_sock or self._timeout_value != self.timeout
                     or snd is None or not budget * 0.5 <= snd <= budget
                     or rcv is None or not budget * 0.5 <= rcv <= budget
-                    or len(terms) != 1 or self._buffer or self._recorder is not None
+                    or len(terms) != 1 or self._buffer.data or self._recorder is not None
                     or self._poll.poll(0) or log.isEnabledFor(logging.DEBUG)):
                 return self._hand_over(data, terms, t, started, 0)
             fd = sock.fileno()
@@ -415,8 +422,10 @@ class Connection:
                 if self._spin_next:
                     self._spin_for(started + t)
             term = terms[0]
+            size = self.buffer_size
+            limit = self.max_read_size
             try:
-                reply = os.read(fd, min(self.buffer_size, self.max_read_size))
+                reply = os.read(fd, size if size < limit else limit)
             except (BlockingIOError, InterruptedError):
                 self._keep_blocking(fd)
                 reply = b""
@@ -444,6 +453,8 @@ class Connection:
             self._stats.success(now - started, now)
             self._warned = False
             return reply[:pos]
+        finally:
+            lock.release()
 
     def _hand_over(self, data, terms, timeout, started, written):
         """Carry a round trip on in :meth:`_run`, under the deadline it began
@@ -472,8 +483,8 @@ class Connection:
         room = self.max_read_size - len(self._buffer)
         if into is None and room <= 0 and not size:
             self._overflow()
-        if sock is not self._timeout_sock or self._timeout_value != self.timeout:
-            self._set_timeout(sock)
+        if sock is not self._ready_sock or self._timeout_value != self.timeout:
+            self._prepare(sock)
         end = deadline.end
         left = math.inf
         if end is not None:
@@ -498,8 +509,6 @@ class Connection:
             else:
                 started = time.monotonic()
             if spin:
-                if self._poll_sock is not sock:
-                    self._watch(sock)
                 self._spin_for(end)
         budget = left - TICK_MARGIN
         if self._blocking_wait and budget > 0:
@@ -508,8 +517,6 @@ class Connection:
             if timeo is None or timeo > budget or timeo < budget * 0.5:
                 self._rcv_timeo = self._set_timeo(sock, socket.SO_RCVTIMEO, budget)
         else:
-            if self._poll_sock is not sock:
-                self._watch(sock)
             if not self._poll.poll(-1 if end is None else math.ceil(left * 1000)):
                 raise self._timeout(what, arg)
         try:
@@ -566,33 +573,35 @@ class Connection:
             + (f" ({len(partial)} bytes of an incomplete reply: {format_traffic(partial, 64)})"
                if partial else ""), partial)
 
-    def _watch(self, sock):
-        """Make ``self._poll`` watch ``sock`` for input (data, end of stream
-        or an error).  One poll object per socket, so waiting costs one
-        system call."""
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        self._poll_sock = sock
+    def _prepare(self, sock):
+        """Set ``sock`` up for this link's waits, once per socket and again
+        after ``timeout`` changes.
 
-    def _readable(self, sock, wait):
-        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be readable."""
-        if self._poll_sock is not sock:
-            self._watch(sock)
-        return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
-
-    def _set_timeout(self, sock):
-        """Give ``sock`` the link's timeout (drivers that use ``comm``
-        directly see the SOCS behaviour: ``comm.gettimeout() == timeout``),
-        then, for the blocking wait, make its descriptor blocking again
-        under Python's back: Python's own calls on ``comm`` still poll with
-        that timeout first, and ours block in the kernel, bounded by
-        SO_RCVTIMEO / SO_SNDTIMEO."""
+        * ``self._poll`` watches it for input (data, end of stream or an
+          error): one poll object per socket, so a wait costs one system
+          call.
+        * It gets the link's timeout, so drivers that use ``comm`` directly
+          see the SOCS behaviour (``comm.gettimeout() == timeout``).
+        * For the blocking wait its descriptor is made blocking again under
+          Python's back: Python's own calls on ``comm`` still poll with that
+          timeout first, and ours block in the kernel, bounded by
+          SO_RCVTIMEO / SO_SNDTIMEO, which are set again at the next wait.
+        """
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
         sock.settimeout(self.timeout)
         if self._blocking_wait:
             os.set_blocking(sock.fileno(), True)
-            self._rcv_timeo = self._snd_timeo = None
-        self._timeout_sock = sock
+        self._poll = poll
+        self._rcv_timeo = self._snd_timeo = None
+        self._ready_sock = sock
         self._timeout_value = self.timeout
+
+    def _readable(self, sock, wait):
+        """Wait up to ``wait`` seconds (``None``: forever) for ``sock`` to be readable."""
+        if sock is not self._ready_sock or self._timeout_value != self.timeout:
+            self._prepare(sock)
+        return bool(self._poll.poll(-1 if wait is None else math.ceil(wait * 1000)))
 
     @staticmethod
     def _set_timeo(sock, option, budget):
@@ -661,7 +670,7 @@ class Connection:
         sock = self.comm
         if written:
             pass    # the connection was checked before the first bytes went
-        elif sock is None or self._poll_sock is not sock or self._poll.poll(0):
+        elif sock is None or sock is not self._ready_sock or self._poll.poll(0):
             # something is waiting (stale bytes or end of stream): take it
             # first, so a device that closed the connection is noticed now
             self._pull_pending()
@@ -707,8 +716,8 @@ class Connection:
             self._write_rest(sock, memoryview(data)[written:], deadline)
             self._sent_all(data)
             return
-        if self._timeout_sock is not sock or self._timeout_value != self.timeout:
-            self._set_timeout(sock)
+        if sock is not self._ready_sock or self._timeout_value != self.timeout:
+            self._prepare(sock)
         if self._debug:
             log.debug("%s > %s", self.name, format_traffic(data))
         blocking = self._blocking_wait
