@@ -287,3 +287,37 @@ def test_a_driver_that_sets_comm_timeout_itself_does_not_make_the_waits_spin(emu
     assert dev.comm.gettimeout() == 3.0, "the driver's Python timeout is kept"
     emulator.set_delay(0)
     assert dev.query("*IDN?") == IDN
+
+
+def test_the_instance_dict_stays_compact_for_a_link_and_a_device_driver():
+    """CPython 3.11 keeps method calls on ``self`` specialised only while an
+    instance's ``__dict__`` holds at most 30 attributes; the connection keeps
+    its state in slots, so a link leaves most of that room to a driver."""
+    from socs_tcp.devices import Device, load
+
+    link = TCPInterface("127.0.0.1", 1, connect=False)
+    assert len(vars(link)) <= 10, sorted(vars(link))
+    dev = Device(load("tpg366"), "127.0.0.1", 1, connect=False)
+    assert len(vars(dev)) < 30, sorted(vars(dev))
+
+
+def test_a_driver_can_add_attributes_and_shadow_the_links_with_class_attributes(emulator):
+    """Slots change nothing for a SOCS-style driver: it adds attributes of its
+    own, and a class attribute of the same name as a link attribute is
+    still overridden by what ``__init__`` sets."""
+    class Driver(TCPInterface):
+        timeout = 99.0      # a default a driver might declare; __init__'s value wins on the instance
+        name = "driver"
+
+        def __init__(self, port):
+            super().__init__("127.0.0.1", port, 2.0, termination="\n", spin_wait=0, name="cryostat")
+            self.channels = [1, 2, 3]
+
+    dev = Driver(emulator.port)
+    try:
+        assert (dev.timeout, dev.name, dev.channels) == (2.0, "cryostat", [1, 2, 3])
+        assert dev.query("*IDN?") == IDN and dev.query("*IDN?") == IDN
+        dev.timeout = 0.5
+        assert dev.query("*IDN?") == IDN and dev.comm.gettimeout() == 0.5
+    finally:
+        dev.close()
