@@ -44,10 +44,22 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    the next passing probe below it).  The target rate is rounded up, so a
    pass there is a pass at the target ratio.
 
-   During every run a separate process measures the machine's own noise:
-   it sleeps 1 ms in a loop and records how late each wake-up is (the
-   ``noise`` columns: p99.9 and max oversleep).  On a shared machine this,
-   not the agent, is what misses cycles.
+   During every run a separate process measures the machine's own noise
+   (:class:`NoiseProbe`): how late a 1 ms sleep wakes up (the ``sleeper``
+   columns: p99.9 and max oversleep) and, from the CPU time of a fixed unit
+   of work, the *slow windows* in which the machine ran that work at least
+   ``SLOW_FACTOR`` (5) times slower than usual (the ``slow`` columns: how
+   many, and the longest).  ``acq.status`` is read every ``STATUS_EVERY``
+   (0.5 s) of the measuring window, so each missed cycle is known to that
+   precision; ``near slow`` counts those counted in a reading interval that
+   a slow window overlaps (or ended at most ``MISS_MARGIN``, 0.15 s, before),
+   and the summary gives the share of all intervals that are near a window,
+   which is what chance alone would give.  On a shared machine these
+   windows, not the agent, are what misses cycles.
+
+``--machine-seconds S`` instead runs only the probe, one pinned to each
+CPU, for ``S`` seconds: the slow windows of the machine alone, how much of
+them all CPUs share, their lengths and the gaps between them.
 
 3. The cost of the agent's own code per ``acq`` cycle, without OCS: the
    same ten queries over one :class:`~socs_tcp.TCPInterface`, once in a bare
@@ -107,24 +119,61 @@ LADDER = (10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000)
 AGENT_START_STOP = 10.0  # rough seconds to start and stop one agent (for the time budget)
 LATENCY_TARGET = 1.2     # a bus task may cost at most this times the no-op task
 ACQ_TARGET_RATIO = 0.75  # the no-miss acq rate should reach this fraction of the flat-out rate
+STATUS_EVERY = 0.5       # seconds between the acq.status readings of a measuring window
+MISS_MARGIN = 0.15       # a miss counted this long after a machine slow window is put down to it
+SLOW_FACTOR = 5.0        # a 10 ms stretch is a machine slow window when the probe's work costs this much more
 
 NOISE_CODE = r"""
 import json, sys, threading, time
-late = []
+from array import array
+import os
+SLOW_FACTOR, BIN = float(sys.argv[1]), 0.010
+if len(sys.argv) > 2:
+    os.sched_setaffinity(0, {int(sys.argv[2])})
+late = array("d")
+units = array("d")    # (start, CPU time) of each unit of work, flattened
 stop = threading.Event()
 def watch():
     sys.stdin.read()
     stop.set()
 threading.Thread(target=watch, daemon=True).start()
+def unit():
+    s = 0
+    for i in range(200):
+        s += i * i
+    return s
+clock, cpu = time.monotonic, time.thread_time
 while not stop.is_set():
-    t0 = time.perf_counter()
+    t0 = clock()
+    c0 = cpu()
+    unit()
+    units.append(t0)
+    units.append(cpu() - c0)
+    t1 = clock()
     time.sleep(0.001)
-    late.append(time.perf_counter() - t0 - 0.001)
-late.sort()
-n = len(late)
-pick = lambda q: late[min(n - 1, int(q * (n - 1)))] * 1e3 if n else 0.0
+    late.append(clock() - t1 - 0.001)
+ordered = sorted(late)
+n = len(ordered)
+pick = lambda q: ordered[min(n - 1, int(q * (n - 1)))] * 1e3 if n else 0.0
+costs = sorted(units[1::2])
+typical = costs[len(costs) // 2] if costs else 0.0
+bins = {}
+for k in range(0, len(units), 2):
+    bins.setdefault(int(units[k] // BIN), []).append(units[k + 1])
+slow = sorted(b for b, c in bins.items() if len(c) >= 2 and sorted(c)[len(c) // 2] > SLOW_FACTOR * typical)
+windows = []
+for b in slow:
+    if windows and b == windows[-1][1]:
+        windows[-1][1] = b + 1
+    else:
+        windows.append([b, b + 1])
+windows = [[a * BIN, (b - a) * BIN] for a, b in windows]
+span = units[-2] - units[0] if len(units) > 2 else 0.0
 print(json.dumps({"n": n, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
-                  "max_ms": late[-1] * 1e3 if n else 0.0}), flush=True)
+                  "max_ms": ordered[-1] * 1e3 if n else 0.0, "unit_us": typical * 1e6,
+                  "slow_windows": windows, "slow_count": len(windows),
+                  "slow_longest_ms": max((w for _, w in windows), default=0.0) * 1e3,
+                  "slow_fraction": sum(w for _, w in windows) / span if span > 0 else 0.0}), flush=True)
 """
 
 EMULATOR_CODE = r"""
@@ -241,13 +290,26 @@ class EmulatorProcess:
 
 
 class NoiseProbe:
-    """The machine's scheduling noise while it runs: a process that sleeps 1 ms
-    in a loop and measures how late each wake-up is.  :meth:`stop` returns
-    ``{'n', 'p50_ms', 'p99_ms', 'p999_ms', 'max_ms'}`` of the oversleep."""
+    """The machine's own noise while a run lasts, measured by a separate
+    process in a loop: a fixed unit of pure-Python work (about 10 µs), then a
+    1 ms sleep.
 
-    def __init__(self):
-        self._proc = subprocess.Popen([sys.executable, "-c", NOISE_CODE], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, start_new_session=True)
+    Two things are measured.  How late each wake-up is shows scheduling
+    delays (``n``, ``p50_ms``, ``p99_ms``, ``p999_ms``, ``max_ms`` of the
+    oversleep).  The CPU time (``time.thread_time``) of each unit shows how
+    fast the CPU runs the probe *while it is on it*, so another process
+    taking its turn does not count: ``unit_us`` is the run's median, and a
+    10 ms stretch whose median unit costs more than :data:`SLOW_FACTOR` times
+    that is slow.  Adjacent slow stretches form the ``slow_windows``
+    (``[start, length]`` in seconds of ``time.monotonic()``, the clock of
+    this process too), summed up in ``slow_count``, ``slow_longest_ms`` and
+    ``slow_fraction`` (of the run).  On a virtual machine these windows are
+    the host running the guest slower, on every vCPU at once
+    (``docs/benchmarks.rst``).  :meth:`stop` returns the dict."""
+
+    def __init__(self, cpu=None):
+        argv = [sys.executable, "-c", NOISE_CODE, str(SLOW_FACTOR)] + ([] if cpu is None else [str(cpu)])
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
 
     def stop(self):
         try:
@@ -413,8 +475,14 @@ def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
         try:
             first = acq_session(client)
             t0 = time.monotonic()
-            time.sleep(seconds)
-            last = acq_session(client)
+            readings = [(t0, first["data"]["missed_cycles"])]   # when the misses happened, to STATUS_EVERY
+            end = t0 + seconds
+            while True:
+                time.sleep(max(0.0, min(STATUS_EVERY, end - time.monotonic())))
+                last = acq_session(client)
+                readings.append((time.monotonic(), last["data"]["missed_cycles"]))
+                if readings[-1][0] >= end:
+                    break
             wall = time.monotonic() - t0
         finally:
             result["noise"] = noise.stop()
@@ -434,12 +502,16 @@ def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
             "device_latency_p50_ms": (d1.get("stats") or {}).get("latency_p50", 0) * 1e3,
             "device_latency_p99_ms": (d1.get("stats") or {}).get("latency_p99", 0) * 1e3,
             "passed": missed == 0 and cycles > 0 and values_ok and not degraded,
+            "misses_near_slow": missed_near(readings, (result["noise"] or {}).get("slow_windows")),
             "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         })
-        noise_max = (result["noise"] or {}).get("max_ms", float("nan"))
+        machine = result["noise"] or {}
+        near = result["misses_near_slow"] or {}
         log(f"acq {tag:8s} {rate:>6g} Hz for {seconds:>4.0f} s: {cycles} cycles ({achieved:.1f}/s), "
-            f"{missed} missed, latest start {result['lateness_max_ms']:.1f} ms late, "
-            f"machine noise max {noise_max:.1f} ms -> {'pass' if result['passed'] else 'FAIL'}")
+            f"{missed} missed ({near.get('missed', '?')} near a machine slow window), "
+            f"latest start {result['lateness_max_ms']:.1f} ms late; machine: sleeper max "
+            f"{machine.get('max_ms', float('nan')):.1f} ms, {machine.get('slow_count', 0)} slow windows, "
+            f"longest {machine.get('slow_longest_ms', 0.0):.0f} ms -> {'pass' if result['passed'] else 'FAIL'}")
         return result
     finally:
         try:
@@ -448,6 +520,34 @@ def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
         except Exception as exc:  # the agent is stopped below anyway
             log(f"acq stop on {iid} failed: {exc}")
         stack.agents[iid].stop()
+
+
+def missed_near(readings, windows, margin=MISS_MARGIN):
+    """Put the missed cycles down to machine slow windows, where the timing allows.
+
+    *readings* are successive ``(time, missed_cycles)`` readings and
+    *windows* the probe's ``[start, length]`` slow windows (the same
+    monotonic clock).  A reading interval is *near* a window when the
+    window overlaps it, or ended at most *margin* seconds before it began.
+    Returns ``{'missed', 'intervals', 'intervals_near', 'chance'}``: the
+    missed cycles counted in near intervals, how many intervals counted
+    misses and how many of those were near, and the share of all intervals
+    that were near (what chance alone would give); ``None`` without
+    windows data."""
+    if windows is None:
+        return None
+    missed = intervals = intervals_near = near_any = 0
+    for (t_a, m_a), (t_b, m_b) in zip(readings, readings[1:]):
+        near = any(start < t_b and start + length > t_a - margin for start, length in windows)
+        near_any += near
+        if m_b > m_a:
+            intervals += 1
+            if near:
+                intervals_near += 1
+                missed += m_b - m_a
+    total = len(readings) - 1
+    return {"missed": missed, "intervals": intervals, "intervals_near": intervals_near,
+            "chance": near_any / total if total > 0 else 0.0}
 
 
 def nice_between(low, high):
@@ -680,6 +780,7 @@ def analyse_trace(rec, rate, noise=None):
         result["gc"] = {f"gen{gen}": dist([d for _, d, g in inside if g == gen]) for gen in (0, 1, 2)}
         result["span_s"] = starts[-1] - starts[0]
     pubs = sorted(t for t, _ in rec["pub"])
+    windows = (noise or {}).get("slow_windows")   # time.monotonic(): the same clock as perf_counter on Linux
     worst = []
     for i in sorted(range(len(gaps)), key=lambda i: -gaps[i])[:8]:
         a, b = starts[i], starts[i + 1]
@@ -687,7 +788,9 @@ def analyse_trace(rec, rate, noise=None):
         worst.append({"cycle_ms": gaps[i] * 1e3, "poll_ms": rec["poll"][i][1] * 1e3,
                       "since_publish_ms": (a - pubs[k]) * 1e3 if k >= 0 else None,
                       "phase_s": (a - starts[0]) % 1.0,
-                      "gc_ms": [d * 1e3 for t, d, _ in rec["gc"] if a <= t <= b]})
+                      "gc_ms": [d * 1e3 for t, d, _ in rec["gc"] if a <= t <= b],
+                      "in_slow_window": None if windows is None else
+                      any(start < b and start + length > a for start, length in windows)})
     result["worst"] = worst
     return result
 
@@ -704,11 +807,61 @@ def print_trace(result):
     noise = result.get("noise") or {}
     if noise:
         print(f"machine noise (1 ms sleeper): p99.9 {noise['p999_ms']:.1f} ms, max {noise['max_ms']:.1f} ms")
-    print("worst cycles: cycle ms, poll ms, ms since the last publish, phase in the second, gc pauses")
+        if "slow_count" in noise:
+            print(f"machine slow windows (probe work >= {SLOW_FACTOR:g}x slower): {noise['slow_count']}, "
+                  f"{noise['slow_fraction'] * 100:.1f} % of the time, longest {noise['slow_longest_ms']:.0f} ms")
+    print("worst cycles: cycle ms, poll ms, ms since the last publish, phase in the second, "
+          "in a machine slow window, gc pauses")
     for w in result["worst"]:
         since = "-" if w["since_publish_ms"] is None else f"{w['since_publish_ms']:.1f}"
-        print(f"  {w['cycle_ms']:8.2f} {w['poll_ms']:8.2f} {since:>8} {w['phase_s']:6.3f}  "
+        slow = {None: "-", True: "yes", False: "no"}[w.get("in_slow_window")]
+        print(f"  {w['cycle_ms']:8.2f} {w['poll_ms']:8.2f} {since:>8} {w['phase_s']:6.3f} {slow:>4}  "
               f"{', '.join(f'{g:.2f}' for g in w['gc_ms']) or '-'}")
+
+
+# ----------------------------------------------------------------------
+# --machine-seconds: the machine alone, one probe pinned to each CPU
+def probe_machine(seconds):
+    """Run a :class:`NoiseProbe` pinned to each CPU for *seconds*, nothing
+    else; returns ``{'cpus': {cpu: probe result}, 'both_ms', 'either_ms',
+    'lengths_ms', 'gaps_s'}``: the time slow on both CPUs at once and on
+    either, the lengths of the windows of either CPU (merged) and the gaps
+    between their starts."""
+    cpus = sorted(os.sched_getaffinity(0))
+    probes = {cpu: NoiseProbe(cpu) for cpu in cpus}
+    time.sleep(seconds)   # the measuring window itself: nothing to wait for
+    results = {cpu: probe.stop() for cpu, probe in probes.items()}
+    if any(r is None for r in results.values()):
+        raise RuntimeError("a machine probe did not report")
+    bins = [{round(start / 0.01) + k for start, length in r["slow_windows"] for k in range(round(length / 0.01))}
+            for r in results.values()]
+    both = set.intersection(*bins)
+    merged = []
+    for b in sorted(set.union(*bins)):
+        if merged and b == merged[-1][1]:
+            merged[-1][1] = b + 1
+        else:
+            merged.append([b, b + 1])
+    return {"seconds": seconds, "cpus": results, "both_ms": len(both) * 10.0, "either_ms": len(set.union(*bins)) * 10.0,
+            "lengths_ms": [(b - a) * 10.0 for a, b in merged],
+            "gaps_s": [round((b[0] - a[0]) * 0.01, 2) for a, b in zip(merged, merged[1:])]}
+
+
+def print_machine(result):
+    print(f"\nthe machine alone, {result['seconds']:g} s, a probe pinned to each CPU "
+          f"(a ~10 us unit of work, then a 1 ms sleep)")
+    print(f"{'cpu':>4}{'unit us':>9}{'sleeper p99.9 ms':>18}{'max ms':>8}{'slow windows':>14}{'longest ms':>12}"
+          f"{'% of time':>11}")
+    for cpu, r in result["cpus"].items():
+        print(f"{cpu:>4}{r['unit_us']:>9.1f}{r['p999_ms']:>18.1f}{r['max_ms']:>8.1f}{r['slow_count']:>14}"
+              f"{r['slow_longest_ms']:>12.0f}{r['slow_fraction'] * 100:>11.1f}")
+    either = result["either_ms"]
+    share = f"{result['both_ms'] / either * 100:.0f} %" if either else "-"
+    print(f"slow on any CPU {either:.0f} ms, on all of them at once {result['both_ms']:.0f} ms ({share})")
+    lengths = sorted(result["lengths_ms"])
+    if lengths:
+        print(f"window lengths, ms: median {lengths[len(lengths) // 2]:.0f}, longest {lengths[-1]:.0f}; "
+              f"gaps between starts, s: {' '.join(f'{g:g}' for g in result['gaps_s'][:24])}")
 
 
 # ----------------------------------------------------------------------
@@ -739,22 +892,34 @@ def print_report(report):
     acq = report["acq"]
     agent = "DeviceAgent (device file)" if report["settings"].get("agent") == "device" else "TCPBusAgent"
     print(f"\nacq with {N_FIELDS} query fields, {agent}")
-    print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}{'late ms':>9}"
-          f"{'dev p99 ms':>12}{'noise p99.9/max ms':>20}{'load':>6}  result")
+    print(f"{'run':<9}{'rate Hz':>9}{'secs':>6}{'cycles':>9}{'achieved/s':>12}{'missed':>8}{'near slow':>10}"
+          f"{'late ms':>9}{'dev p99 ms':>12}{'sleeper p99.9/max ms':>22}{'slow n/longest ms':>19}{'load':>6}  result")
     runs = ([acq["flat_out"]] if acq["flat_out"] else []) + acq["confirms"][:1] + acq["probes"] + acq["confirms"][1:]
     for res in runs:
         noise = res.get("noise") or {}
         noise_text = f"{noise.get('p999_ms', float('nan')):.1f}/{noise.get('max_ms', float('nan')):.1f}"
+        slow_text = f"{noise.get('slow_count', '-')}/{noise.get('slow_longest_ms', float('nan')):.0f}"
+        near = (res.get("misses_near_slow") or {}).get("missed")
         print(f"{res['kind']:<9}{res['rate_hz']:>9g}{res['seconds']:>6.0f}{res['cycles']:>9}"
-              f"{res['achieved_hz']:>12.1f}{res['missed_cycles']:>8}{res.get('lateness_max_ms', 0):>9.1f}"
-              f"{res['device_latency_p99_ms']:>12.2f}{noise_text:>20}{res['loadavg_1min'] or 0:>6.2f}  "
-              f"{'pass' if res['passed'] else 'FAIL'}")
+              f"{res['achieved_hz']:>12.1f}{res['missed_cycles']:>8}{'-' if near is None else near:>10}"
+              f"{res.get('lateness_max_ms', 0):>9.1f}{res['device_latency_p99_ms']:>12.2f}{noise_text:>22}"
+              f"{slow_text:>19}{res['loadavg_1min'] or 0:>6.2f}  {'pass' if res['passed'] else 'FAIL'}")
     flat = acq["flat_out"]
     if flat and flat.get("cycle_ms_estimate"):
         print(f"flat-out: {flat['achieved_hz']:.0f} cycles/s with a {BEHIND_PAUSE * 1e3:g} ms pause after each late "
               f"cycle, so one {N_FIELDS}-query cycle takes about {flat['cycle_ms_estimate']:.2f} ms")
     best = acq["best_rate_hz"]
     soak = report["settings"]["soak_seconds"]
+    target_run = acq["confirms"][0] if acq["confirms"] else None
+    if target_run and target_run["missed_cycles"]:
+        near, machine = target_run.get("misses_near_slow"), target_run.get("noise") or {}
+        if near is not None:
+            print(f"target run: {near['missed']} of its {target_run['missed_cycles']} missed cycles, in "
+                  f"{near['intervals_near']} of the {near['intervals']} {STATUS_EVERY:g} s reading intervals "
+                  f"that counted misses, came near a machine slow window (chance alone: "
+                  f"{near['chance'] * 100:.0f} % of the intervals); the probe's work ran >= {SLOW_FACTOR:g}x "
+                  f"slower in {machine.get('slow_count', 0)} windows, {machine.get('slow_fraction', 0.0) * 100:.1f} % "
+                  f"of the time, the longest {machine.get('slow_longest_ms', 0.0):.0f} ms")
     if best is None:
         print(f"\nno rate kept up for {soak:g} s with zero missed cycles "
               f"(target {acq['target_rate_hz']:g} Hz = {acq['target_ratio']:g}x flat-out): NOT MET")
@@ -798,6 +963,8 @@ def main(argv=None):
     parser.add_argument("--trace-rate", type=float, default=0.0, metavar="HZ",
                         help="instead of the benchmark: time every cycle of one agent's acq at this rate")
     parser.add_argument("--trace-seconds", type=float, default=30.0, help="length of the trace (default 30)")
+    parser.add_argument("--machine-seconds", type=float, default=0.0, metavar="S",
+                        help="instead of the benchmark: probe the machine alone for S seconds, one probe per CPU")
     parser.add_argument("--agent", choices=("tcp_bus", "device"), default="tcp_bus",
                         help="whose acq is measured: TCPBusAgent with ten --acq-query fields (default), or "
                              "DeviceAgent with a ten-query device file")
@@ -808,6 +975,16 @@ def main(argv=None):
             parser.error(f"--trace-rate and --trace-seconds must be > 0, got {args.trace_rate}, {args.trace_seconds}")
         result = trace_acq(args.trace_rate, args.trace_seconds, args.loglevel)
         print_trace(result)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+                fh.write("\n")
+        return 0
+    if args.machine_seconds:
+        if not args.machine_seconds > 0:
+            parser.error(f"--machine-seconds must be > 0, got {args.machine_seconds}")
+        result = probe_machine(args.machine_seconds)
+        print_machine(result)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=2)
