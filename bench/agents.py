@@ -122,16 +122,13 @@ ACQ_TARGET_RATIO = 0.75  # the no-miss acq rate should reach this fraction of th
 STATUS_EVERY = 0.5       # seconds between the acq.status readings of a measuring window
 MISS_MARGIN = 0.15       # a miss counted this long after a machine slow window is put down to it
 SLOW_FACTOR = 5.0        # a 10 ms stretch is a machine slow window when the probe's work costs this much more
+SLOW_BIN = 0.010         # the stretch, seconds
 
 NOISE_CODE = r"""
-import json, sys, threading, time
-from array import array
-import os
-SLOW_FACTOR, BIN = float(sys.argv[1]), 0.010
-if len(sys.argv) > 2:
-    os.sched_setaffinity(0, {int(sys.argv[2])})
-late = array("d")
-units = array("d")    # (start, CPU time) of each unit of work, flattened
+import json, os, sys, threading, time
+if len(sys.argv) > 1:
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+late, units = [], []    # oversleeps; (start, CPU time) of each unit of work
 stop = threading.Event()
 def watch():
     sys.stdin.read()
@@ -147,33 +144,12 @@ while not stop.is_set():
     t0 = clock()
     c0 = cpu()
     unit()
-    units.append(t0)
-    units.append(cpu() - c0)
+    units.append((t0, cpu() - c0))
     t1 = clock()
     time.sleep(0.001)
     late.append(clock() - t1 - 0.001)
-ordered = sorted(late)
-n = len(ordered)
-pick = lambda q: ordered[min(n - 1, int(q * (n - 1)))] * 1e3 if n else 0.0
-costs = sorted(units[1::2])
-typical = costs[len(costs) // 2] if costs else 0.0
-bins = {}
-for k in range(0, len(units), 2):
-    bins.setdefault(int(units[k] // BIN), []).append(units[k + 1])
-slow = sorted(b for b, c in bins.items() if len(c) >= 2 and sorted(c)[len(c) // 2] > SLOW_FACTOR * typical)
-windows = []
-for b in slow:
-    if windows and b == windows[-1][1]:
-        windows[-1][1] = b + 1
-    else:
-        windows.append([b, b + 1])
-windows = [[a * BIN, (b - a) * BIN] for a, b in windows]
-span = units[-2] - units[0] if len(units) > 2 else 0.0
-print(json.dumps({"n": n, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
-                  "max_ms": ordered[-1] * 1e3 if n else 0.0, "unit_us": typical * 1e6,
-                  "slow_windows": windows, "slow_count": len(windows),
-                  "slow_longest_ms": max((w for _, w in windows), default=0.0) * 1e3,
-                  "slow_fraction": sum(w for _, w in windows) / span if span > 0 else 0.0}), flush=True)
+json.dump({"late": late, "units": units}, sys.stdout)
+sys.stdout.flush()
 """
 
 EMULATOR_CODE = r"""
@@ -291,7 +267,7 @@ class EmulatorProcess:
 
 class NoiseProbe:
     """The machine's own noise while a run lasts, measured by a separate
-    process in a loop: a fixed unit of pure-Python work (about 10 µs), then a
+    process in a loop: a fixed unit of pure-Python work (about 20 µs), then a
     1 ms sleep.
 
     Two things are measured.  How late each wake-up is shows scheduling
@@ -308,17 +284,61 @@ class NoiseProbe:
     (``docs/benchmarks.rst``).  :meth:`stop` returns the dict."""
 
     def __init__(self, cpu=None):
-        argv = [sys.executable, "-c", NOISE_CODE, str(SLOW_FACTOR)] + ([] if cpu is None else [str(cpu)])
+        argv = [sys.executable, "-c", NOISE_CODE] + ([] if cpu is None else [str(cpu)])
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
 
     def stop(self):
         try:
             out, _ = self._proc.communicate(b"", timeout=30)
-            return json.loads(out)
-        except (subprocess.TimeoutExpired, ValueError):
+            raw = json.loads(out)
+            return analyse_probe(raw["late"], raw["units"])
+        except (subprocess.TimeoutExpired, ValueError, KeyError):
             os.killpg(self._proc.pid, signal.SIGKILL)   # its own group: only this process
             self._proc.wait(5)
             return None
+
+
+def slow_windows(units, factor=SLOW_FACTOR, step=SLOW_BIN):
+    """The stretches in which the probe's work ran *factor* times slower.
+
+    *units* are ``(start, cpu_seconds)`` of the probe's units of work.  The
+    time is cut into *step*-second bins; a bin with at least two units is
+    slow when its median unit costs more than *factor* times the median
+    unit of all of *units*.  Adjacent slow bins are merged.  Returns
+    ``(typical, windows)``: that overall median, seconds, and the windows as
+    ``[start, length]`` in seconds, in order."""
+    if not units:
+        return 0.0, []
+    costs = sorted(c for _, c in units)
+    typical = costs[len(costs) // 2]
+    bins = {}
+    for start, cost in units:
+        bins.setdefault(math.floor(start / step), []).append(cost)
+    slow = sorted(k for k, c in bins.items() if len(c) >= 2 and sorted(c)[len(c) // 2] > factor * typical)
+    merged = []
+    for k in slow:
+        if merged and k == merged[-1][1]:
+            merged[-1][1] = k + 1
+        else:
+            merged.append([k, k + 1])
+    return typical, [[a * step, (b - a) * step] for a, b in merged]
+
+
+def analyse_probe(late, units):
+    """The :class:`NoiseProbe` result from its raw oversleeps and units of work."""
+    ordered = sorted(late)
+    n = len(ordered)
+
+    def pick(q):
+        return ordered[min(n - 1, int(q * (n - 1)))] * 1e3 if n else 0.0
+
+    typical, windows = slow_windows(units)
+    span = units[-1][0] - units[0][0] if len(units) > 1 else 0.0
+    return {"n": n, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
+            "max_ms": ordered[-1] * 1e3 if n else 0.0, "unit_us": typical * 1e6,
+            "slow_windows": windows, "slow_count": len(windows),
+            "slow_longest_ms": max((length for _, length in windows), default=0.0) * 1e3,
+            "slow_fraction": min(1.0, sum(length for _, length in windows) / span) if span > 0 else 0.0}
 
 
 # ----------------------------------------------------------------------
@@ -833,7 +853,7 @@ def probe_machine(seconds):
     results = {cpu: probe.stop() for cpu, probe in probes.items()}
     if any(r is None for r in results.values()):
         raise RuntimeError("a machine probe did not report")
-    bins = [{round(start / 0.01) + k for start, length in r["slow_windows"] for k in range(round(length / 0.01))}
+    bins = [{round(start / SLOW_BIN) + k for start, length in r["slow_windows"] for k in range(round(length / SLOW_BIN))}
             for r in results.values()]
     both = set.intersection(*bins)
     merged = []
@@ -842,14 +862,15 @@ def probe_machine(seconds):
             merged[-1][1] = b + 1
         else:
             merged.append([b, b + 1])
-    return {"seconds": seconds, "cpus": results, "both_ms": len(both) * 10.0, "either_ms": len(set.union(*bins)) * 10.0,
-            "lengths_ms": [(b - a) * 10.0 for a, b in merged],
-            "gaps_s": [round((b[0] - a[0]) * 0.01, 2) for a, b in zip(merged, merged[1:])]}
+    ms = SLOW_BIN * 1e3
+    return {"seconds": seconds, "cpus": results, "both_ms": len(both) * ms, "either_ms": len(set.union(*bins)) * ms,
+            "lengths_ms": [(b - a) * ms for a, b in merged],
+            "gaps_s": [round((b[0] - a[0]) * SLOW_BIN, 2) for a, b in zip(merged, merged[1:])]}
 
 
 def print_machine(result):
     print(f"\nthe machine alone, {result['seconds']:g} s, a probe pinned to each CPU "
-          f"(a ~10 us unit of work, then a 1 ms sleep)")
+          f"(a ~20 us unit of work, then a 1 ms sleep)")
     print(f"{'cpu':>4}{'unit us':>9}{'sleeper p99.9 ms':>18}{'max ms':>8}{'slow windows':>14}{'longest ms':>12}"
           f"{'% of time':>11}")
     for cpu, r in result["cpus"].items():
