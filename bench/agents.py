@@ -57,10 +57,6 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    which is what chance alone would give.  On a shared machine these
    windows, not the agent, are what misses cycles.
 
-``--machine-seconds S`` instead runs only the probe, one pinned to each
-CPU, for ``S`` seconds: the slow windows of the machine alone, how much of
-them all CPUs share, their lengths and the gaps between them.
-
 3. The cost of the agent's own code per ``acq`` cycle, without OCS: the
    same ten queries over one :class:`~socs_tcp.TCPInterface`, once in a bare
    loop and once through ``TCPBusAgent``'s poll and the shared
@@ -83,8 +79,13 @@ process (at ``R`` Hz for ``--trace-seconds``): a ``sitecustomize`` module,
 put on the agent's ``PYTHONPATH`` for that run only, wraps the poll, each
 ``publish_to_feed`` and ``stats()`` call and listens to the garbage collector
 (``gc.callbacks``); the script prints their distributions and the worst
-cycles with what happened around them.  This is how the sources of the
-jitter were told apart (``docs/benchmarks.rst``).
+cycles with what happened around them, including whether a slow window of
+the machine covered them.  This is how the sources of the jitter were told
+apart (``docs/benchmarks.rst``).
+
+``--machine-seconds S`` instead runs only the probe, one pinned to each
+CPU, for ``S`` seconds: the slow windows of the machine alone, how much of
+them all CPUs share, their lengths and the gaps between them.
 
 Part 1 alone, for the suite: :func:`run_latency` or :func:`measure_latency`
 with :func:`latency_rows`.
@@ -92,6 +93,8 @@ with :func:`latency_rows`.
 Usage::
 
     python bench/agents.py [--samples N] [--soak-seconds S] [--target-ratio 0.75] [--json out.json]
+    python bench/agents.py --trace-rate 700 --trace-seconds 30
+    python bench/agents.py --machine-seconds 60
 """
 
 import argparse
