@@ -964,6 +964,12 @@ def print_report(report):
     print(f"total run time {report['runtime_s']:.0f} s")
 
 
+def write_json(path, figures):
+    with open(path, "w") as fh:
+        json.dump(figures, fh, indent=2)
+        fh.write("\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=300, help="timed task calls of each kind (default 300)")
@@ -1000,9 +1006,7 @@ def main(argv=None):
         result = trace_acq(args.trace_rate, args.trace_seconds, args.loglevel)
         print_trace(result)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(result, fh, indent=2)
-                fh.write("\n")
+            write_json(args.json, result)
         return 0
     if args.machine_seconds:
         if not args.machine_seconds > 0:
@@ -1010,9 +1014,7 @@ def main(argv=None):
         result = probe_machine(args.machine_seconds)
         print_machine(result)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(result, fh, indent=2)
-                fh.write("\n")
+            write_json(args.json, result)
         return 0
     if args.samples < 1 or args.soak_seconds <= 0 or args.probe_seconds <= 0:
         parser.error("--samples, --soak-seconds and --probe-seconds must be positive")
@@ -1060,9 +1062,7 @@ def _run(args, log, started, deadline):
     report["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_report(report)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, report)
         print(f"figures written to {args.json}")
     return 0
 
