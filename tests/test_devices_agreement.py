@@ -1,7 +1,7 @@
 """Driver-simulator agreement: for every request the driver can send, the
 simulator made from the same file answers in a form the driver parses.
 
-A property test over every shipped file: hypothesis draws an operation and
+A property test over every shipped file and every example file of the docs: hypothesis draws an operation and
 arguments within the file's limits; the driver sends them over a real
 loopback socket to the simulator, and the reply must parse into every
 declared field with its declared type.  (That the files describe the real
@@ -9,6 +9,7 @@ devices is tested against the independent emulators in test_devices_driver.)
 """
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -60,7 +61,11 @@ def check_types(op, values):
                 assert v in f.map.values(), (op.name, f.name, v)
 
 
-@pytest.mark.parametrize("name", list_devices())
+#: the example files of the docs, held to the same standard as the shipped ones
+EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "docs" / "devices" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", list_devices() + EXAMPLES)
 def test_simulator_answers_every_request_in_a_form_the_driver_parses(name):
     spec = load(name)
     ops = list(spec.operations.values())

@@ -6,8 +6,11 @@ Requests out and replies in, for the three protocols of a device file:
   arguments; :func:`parse_text` turns one reply frame into named, typed
   values (one value, separated items with arrays and status pairs, or regex
   groups; maps, flags, scale and offset);
-* binary: :func:`encode_binary` packs a request, :func:`decode_binary` reads
-  fields at fixed byte positions (any byte order, word-swapped floats);
+* binary: :func:`encode_binary` packs a request (with its checksums),
+  :func:`binary_reply_length` reads a reply's length field,
+  :func:`decode_binary_reply` checks a reply's checksum and reads its fields
+  at fixed byte positions (any byte order, word-swapped floats, a trailing
+  array as long as the frame);
 * Modbus TCP: :func:`modbus_request` builds the MBAP header and PDU,
   :func:`modbus_frame_length` and :func:`parse_modbus` read a reply.
 
@@ -23,13 +26,15 @@ import re
 import string
 import struct
 
+from ..core.checksums import checksum
 from .errors import DeviceError, DeviceReplyError
-from .spec import WIRE_TYPES
+from .spec import WIRE_TYPES, ArraySpec
 
 __all__ = [
-    "format_request", "parse_text", "encode_binary", "decode_binary", "modbus_request", "modbus_frame_length",
-    "parse_modbus", "MODBUS_EXCEPTIONS", "to_big", "from_big", "render_text", "encode_fields",
-    "match_text_request", "feed_values",
+    "format_request", "parse_text", "encode_binary", "decode_binary", "binary_reply_length", "check_frame", "check_checksum",
+    "decode_binary_reply",
+    "modbus_request", "modbus_frame_length", "parse_modbus", "MODBUS_EXCEPTIONS", "to_big", "from_big",
+    "render_text", "encode_fields", "encode_binary_reply", "match_text_request", "feed_values",
 ]
 
 #: Modbus exception codes (Modbus Application Protocol v1.1b3, section 7)
@@ -336,6 +341,10 @@ def encode_binary(op, args):
         if item.literal is not None:
             out += item.literal
             continue
+        if item.checksum is not None:
+            c = item.checksum
+            out += checksum(c.type, out[c.start:]).to_bytes(c.size, c.order)
+            continue
         arg = arg_map[item.arg]
         value = args.get(item.arg)
         if value is None:
@@ -343,6 +352,10 @@ def encode_binary(op, args):
         wire = arg.wire(value)
         if arg.type == "bool":
             wire = 1 if value else 0
+        elif item.scale is not None or item.offset is not None:
+            wire = (value - (item.offset or 0)) / (item.scale or 1)
+            if WIRE_TYPES[item.wire][1] not in "fd":
+                wire = int(round(wire))
         try:
             out += _pack(item.wire, item.order, wire)
         except struct.error as e:
@@ -423,6 +436,95 @@ def decode_binary(op_name, fields, data, base=0, raw=None):
 
 
 _SAME, _TO_FLOAT, _TO_INT, _OTHER = range(4)
+
+
+def binary_reply_length(op_name, reply, header):
+    """The whole length of a reply whose length field is in ``header`` (its
+    first ``reply.length_field.header`` bytes); a length the frame cannot
+    have raises :class:`DeviceReplyError`."""
+    n = reply.length_field
+    value = int.from_bytes(header[n.byte:n.header], n.order)
+    total = value + n.plus
+    least = n.header + (reply.checksum.size if reply.checksum is not None and reply.checksum.byte < 0 else 0)
+    if not least <= total <= n.max:
+        raise DeviceReplyError(op_name, header, f"length field {value} (bytes {n.byte}..{n.header - 1}) gives a "
+                                                f"reply of {total} bytes, expected {least}..{n.max}")
+    return total
+
+
+def check_frame(op_name, reply, data):
+    """Raise :class:`DeviceReplyError` unless ``data`` starts as the reply must
+    (``starts_with``) and carries its checksum."""
+    if reply.starts_with is not None and not data.startswith(reply.starts_with):
+        raise DeviceReplyError(op_name, data, f"starts with {data[:len(reply.starts_with)].hex(' ')}, expected "
+                                              f"{reply.starts_with.hex(' ')}")
+    if reply.checksum is not None:
+        check_checksum(op_name, reply.checksum, data)
+
+
+def check_checksum(op_name, c, data):
+    """Raise :class:`DeviceReplyError` unless ``data`` carries its checksum ``c``."""
+    pos = c.position(len(data))
+    if pos <= c.start or pos + c.size > len(data):
+        raise DeviceReplyError(op_name, data, f"{len(data)} bytes are too short for the checksum")
+    want = checksum(c.type, data[c.start:pos])
+    got = int.from_bytes(data[pos:pos + c.size], c.order)
+    if got != want:
+        digits = 2 * c.size
+        raise DeviceReplyError(op_name, data, f"checksum {got:#0{digits + 2}x}, computed {want:#0{digits + 2}x} "
+                                              f"({c.type} of bytes {c.start}..{pos - 1})")
+
+
+_VARIANTS = {}  # (id(reply), n) -> (reply, fields): a reply's fields with its trailing array n long
+
+
+def _concrete(reply, n):
+    """``reply.fields`` with the array whose length the device decides fixed at ``n`` elements."""
+    entry = _VARIANTS.get((id(reply), n))
+    if entry is not None and entry[0] is reply:
+        return entry[1]
+    fields = [f.renamed(f.name, array=ArraySpec(count=n, labels=f.array.labels))
+              if f.array is not None and f.array.count is None else f for f in reply.fields]
+    if len(_VARIANTS) > 1024:
+        _VARIANTS.clear()
+    _VARIANTS[(id(reply), n)] = (reply, fields)
+    return fields
+
+
+def _trailing(reply):
+    for f in reply.fields:
+        if f.array is not None and f.array.count is None:
+            return f
+    return None
+
+
+def decode_binary_reply(op_name, reply, data, check=True):
+    """The values of a whole binary reply: its checksum checked (unless
+    ``check`` is false: the caller did), its fields read (an array whose
+    length the device decides runs to the checksum, or to the end)."""
+    c = reply.checksum
+    end = len(data)
+    if check:
+        check_frame(op_name, reply, data)
+    if c is not None:
+        pos = c.position(len(data))
+        if pos + c.size == len(data):
+            end = pos
+    tail = _trailing(reply)
+    if tail is None:
+        return decode_binary(op_name, reply.fields, data)
+    size = WIRE_TYPES[tail.wire][0]
+    room = end - tail.byte
+    if room < 0 or room % size or room // size > tail.array.max:
+        raise DeviceReplyError(op_name, data, f"field {tail.name!r}: {max(room, 0)} bytes from byte {tail.byte} are not "
+                                              f"0..{tail.array.max} values of {size} bytes")
+    n = room // size
+    if n == 0:
+        fields = [f for f in reply.fields if f is not tail]
+        out = decode_binary(op_name, fields, data) if fields else {}
+        out[tail.name] = []
+        return out
+    return decode_binary(op_name, _concrete(reply, n), data)
 
 
 def _converted(op_name, raw, f, kind, v):
@@ -637,6 +739,38 @@ def encode_fields(fields, values, length, base=0):
                 v = _clamp_int(f.wire, int(round(float(v))))
             out[start + k * size:start + (k + 1) * size] = _pack(f.wire, f.order, v)
     return bytes(out)
+
+
+def encode_binary_reply(reply, values):
+    """The bytes of a whole binary reply holding ``values``: its length field
+    and checksum filled in (the inverse of :func:`decode_binary_reply`)."""
+    c = reply.checksum
+    fields = reply.fields
+    if reply.length is not None:
+        total = reply.length
+    else:
+        n = reply.length_field
+        tail = _trailing(reply)
+        if tail is not None:
+            seq = values.get(tail.name)
+            count = len(seq) if isinstance(seq, (list, tuple)) else tail.array.max
+            fields = _concrete(reply, min(count, tail.array.max)) if count else [f for f in fields if f is not tail]
+        end = n.header
+        for f in fields:
+            end = max(end, f.byte + WIRE_TYPES[f.wire][0] * (f.array.size if f.array is not None else 1))
+        if c is not None:
+            end = end + c.size if c.byte < 0 else max(end, c.byte + c.size)
+        total = end
+    data = bytearray(encode_fields(fields, values, total))
+    if reply.starts_with is not None:
+        data[:len(reply.starts_with)] = reply.starts_with
+    if reply.length_field is not None:
+        n = reply.length_field
+        data[n.byte:n.header] = max(total - n.plus, 0).to_bytes(n.header - n.byte, n.order)
+    if c is not None:
+        pos = c.position(total)
+        data[pos:pos + c.size] = checksum(c.type, data[c.start:pos]).to_bytes(c.size, c.order)
+    return bytes(data)
 
 
 def _clamp_int(wire, v):

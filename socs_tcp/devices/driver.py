@@ -285,9 +285,17 @@ class Device(TCPInterface):
                     break
             return codec.parse_text(op, self._decode_frame(op, frame), frame)
         if protocol == "binary":
-            if len(reply) != op.reply.length:
-                raise DeviceReplyError(op.name, reply, f"{len(reply)} bytes, expected {op.reply.length}")
-            return codec.decode_binary(op.name, op.reply.fields, reply)
+            r = op.reply
+            if r.length is not None:
+                want = r.length
+            elif len(reply) < r.length_field.header:
+                raise DeviceReplyError(op.name, reply, f"{len(reply)} bytes, shorter than the length field "
+                                                       f"(bytes {r.length_field.byte}..{r.length_field.header - 1})")
+            else:
+                want = codec.binary_reply_length(op.name, r, reply)
+            if len(reply) != want:
+                raise DeviceReplyError(op.name, reply, f"{len(reply)} bytes, expected {want}")
+            return codec.decode_binary_reply(op.name, r, reply)
         if op.modbus.function == 6:
             return {}  # a write is answered by its echo: nothing to parse
         return codec.parse_modbus(op, None, reply, self.spec.connection.unit)
@@ -667,37 +675,79 @@ class Device(TCPInterface):
     # ------------------------------------------------------------------
     # binary
     def _binary(self, op, request):
+        """Send a binary request and read its reply.  A reply that is short, too
+        long, of an impossible length, with a wrong checksum or not starting
+        with ``starts_with`` is discarded (with whatever else arrived) and the
+        request sent again, up to ``attempts`` times; then
+        :class:`DeviceReplyError`.  No reply at all is the link's timeout error."""
+        reply = op.reply
         attempts = op.attempts
-        length = op.reply.length if op.reply is not None else None
         for attempt in range(1, attempts + 1):
             self._send(request, op.timeout)
-            if length is None:
+            if reply is None:
                 return {}
             try:
-                data = self.read_bytes(length, timeout=op.timeout)
-            except LinkTimeoutError as e:
-                partial = self.drain()
-                self._note_received(partial)
-                if not partial or attempt >= attempts:
-                    if partial:
-                        raise DeviceReplyError(op.name, partial, f"{len(partial)} bytes, expected {length} "
-                                                                 f"(after {attempts} attempts)") from None
-                    raise
-                log.warning("%s: %s: short reply (%d of %d bytes) discarded: %s; sending again (%d of %d)", self.name,
-                            op.name, len(partial), length, format_traffic(partial, 64), attempt + 1, attempts)
-                del e
+                data = self._read_binary(op)
+                extra = self.drain()
+                if extra:
+                    self._note_received(extra)
+                    raise DeviceReplyError(op.name, data + extra, f"{len(data) + len(extra)} bytes, expected "
+                                                                  f"{len(data)}")
+                codec.check_frame(op.name, reply, data)
+            except DeviceReplyError as e:
+                if attempt >= attempts:
+                    raise DeviceReplyError(op.name, e.reply, f"{e.reason} (after {attempts} attempts)") from None
+                log.warning("%s: %s: reply discarded (%s): %s; sending again (%d of %d)", self.name, op.name,
+                            e.reason, format_traffic(e.reply, 64), attempt + 1, attempts)
                 continue
-            self._note_received(data)
-            extra = self.drain()
-            if not extra:
-                return codec.decode_binary(op.name, op.reply.fields, data)
-            self._note_received(extra)
-            if attempt >= attempts:
-                raise DeviceReplyError(op.name, data + extra, f"{len(data) + len(extra)} bytes, expected {length} "
-                                                              f"(after {attempts} attempts)")
-            log.warning("%s: %s: reply of %d bytes, expected %d, discarded; sending again (%d of %d)", self.name,
-                        op.name, len(data) + len(extra), length, attempt + 1, attempts)
+            return codec.decode_binary_reply(op.name, reply, data, check=False)
         raise AssertionError("unreachable")
+
+    def _read_binary(self, op):
+        """One whole reply frame: a fixed length, or a header whose length field
+        gives the rest.  A frame that does not start with ``starts_with`` is
+        refused as soon as those bytes are in (an error reply need not wait out
+        the timeout).  Whatever was read of a frame that cannot be completed is
+        drained and raised as :class:`DeviceReplyError` with its bytes; a
+        timeout with nothing at all received is the link's timeout error."""
+        reply = op.reply
+        timeout = op.timeout if op.timeout is not None else (self.timeout or 10.0)
+        deadline = time.monotonic() + timeout
+        prefix = reply.starts_with
+        fixed = reply.length
+        head = fixed if fixed is not None else reply.length_field.header
+        want = fixed if fixed is not None else f"at least {head}"
+        data = b""
+
+        def more(n):
+            nonlocal data
+            if n > 0:
+                data += self.read_bytes(n, timeout=max(0.0, deadline - time.monotonic()))
+
+        try:
+            more(min(head, len(prefix)) if prefix is not None else head)
+            if prefix is not None and not prefix.startswith(data[:len(prefix)]):
+                rest = self.drain()
+                self._note_received(data + rest)
+                raise DeviceReplyError(op.name, data + rest, f"starts with {data.hex(' ')}, expected "
+                                                             f"{prefix.hex(' ')}")
+            more(head - len(data))
+            if fixed is None:
+                try:
+                    want = codec.binary_reply_length(op.name, reply, data)
+                except DeviceReplyError as e:
+                    rest = self.drain()
+                    self._note_received(data + rest)
+                    raise DeviceReplyError(op.name, data + rest, e.reason) from None
+            more(want - len(data))
+        except LinkTimeoutError:
+            partial = data + self.drain()
+            self._note_received(partial)
+            if not partial:
+                raise
+            raise DeviceReplyError(op.name, partial, f"{len(partial)} bytes, expected {want}") from None
+        self._note_received(data)
+        return data
 
     # ------------------------------------------------------------------
     # Modbus TCP

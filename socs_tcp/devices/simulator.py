@@ -49,6 +49,7 @@ import sys
 import threading
 
 from ..core.checks import format_host_port
+from ..core.checksums import checksum
 from ..testing.emulator import DeviceEmulator
 from . import codec
 from .spec import WIRE_TYPES, DeviceSpec, load
@@ -337,7 +338,7 @@ class SimulatorLogic:
             self._apply(op, args)
             if op.reply is None:
                 return raw, None
-            return raw, codec.encode_fields(op.reply.fields, self._values(op, args), op.reply.length)
+            return raw, codec.encode_binary_reply(op.reply, self._values(op, args))
         if waiting:
             return None
         junk = bytes(buf[:1])
@@ -419,10 +420,7 @@ def _resolve(expr, args):
 
 
 def _request_length(op):
-    n = 0
-    for item in op.request or []:
-        n += len(item.literal) if item.literal is not None else WIRE_TYPES[item.wire][0]
-    return n
+    return sum(item.size for item in op.request or [])
 
 
 def _match_binary(op, data):
@@ -438,6 +436,15 @@ def _match_binary(op, data):
                 return None
             pos += len(item.literal)
             continue
+        if item.checksum is not None:
+            c = item.checksum
+            chunk = data[pos:pos + c.size]
+            if len(chunk) < c.size:
+                return None
+            if int.from_bytes(chunk, c.order) != checksum(c.type, data[c.start:pos]):
+                return False
+            pos += c.size
+            continue
         size = WIRE_TYPES[item.wire][0]
         chunk = data[pos:pos + size]
         if len(chunk) < size:
@@ -452,6 +459,9 @@ def _match_binary(op, data):
             value = keys[0]
         elif arg.type == "bool":
             value = bool(value)
+        elif item.scale is not None or item.offset is not None:
+            value = value * (item.scale or 1) + (item.offset or 0)
+            value = int(round(value)) if arg.type == "int" else float(value)
         args[item.arg] = value
         pos += size
     return args

@@ -22,13 +22,15 @@ import string
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from ..core.checksums import CHECKSUMS, checksum_size
 from .errors import DeviceFileError, DeviceFileProblem
 
 __all__ = [
     "load", "find", "list_devices", "files_dir",
     "DeviceSpec", "ConnectionSpec", "OperationSpec", "ArgSpec", "FieldSpec", "ReplySpec", "ArraySpec",
     "StatusSpec", "SimSpec", "Step", "TransactionSpec", "ReplyErrorSpec", "ErrorQueueSpec", "ModbusSpec",
-    "RequestItem", "GuardSpec", "GuardCheck", "PollSpec", "PollItem", "AgentSpec", "TaskSpec", "REQUIRED",
+    "RequestItem", "ChecksumSpec", "LengthSpec", "GuardSpec", "GuardCheck", "PollSpec", "PollItem", "AgentSpec",
+    "TaskSpec", "REQUIRED",
     "ARG_TYPES", "FIELD_TYPES", "WIRE_TYPES", "BYTE_ORDERS",
 ]
 
@@ -247,6 +249,42 @@ class FieldSpec:
 
 
 @dataclasses.dataclass
+class ChecksumSpec:
+    """A checksum of a binary frame: its algorithm, the bytes it covers, where it sits."""
+
+    type: str
+    #: the first byte covered (``from`` in the file); the checksum covers up to its own first byte
+    start: int = 0
+    #: reply only: offset of the checksum, negative counting from the end (-size: the last bytes)
+    byte: int = None
+    order: str = "big"
+
+    @property
+    def size(self):
+        return checksum_size(self.type)
+
+    def position(self, length):
+        """Offset of the checksum in a reply of ``length`` bytes."""
+        return self.byte if self.byte >= 0 else length + self.byte
+
+
+@dataclasses.dataclass
+class LengthSpec:
+    """A reply whose length the device gives in a field of the frame: length = value + ``plus``."""
+
+    byte: int
+    wire: str = "u8"
+    order: str = "big"
+    plus: int = 0
+    max: int = None
+
+    @property
+    def header(self):
+        """Bytes to read before the length is known."""
+        return self.byte + WIRE_TYPES[self.wire][0]
+
+
+@dataclasses.dataclass
 class ReplySpec:
     """How a reply is parsed: one value, separated items, a regex, or fixed binary positions."""
 
@@ -255,7 +293,12 @@ class ReplySpec:
     regex: object = None
     format: str = None
     strip: bool = True
+    #: binary: the fixed reply length in bytes, or None when ``length_field`` gives it
     length: int = None
+    length_field: LengthSpec = None
+    checksum: ChecksumSpec = None
+    #: binary: the bytes every reply starts with (a sync word, an echoed address and function)
+    starts_with: bytes = None
     fields: list = dataclasses.field(default_factory=list)
 
 
@@ -280,12 +323,24 @@ class TransactionSpec:
 
 @dataclasses.dataclass
 class RequestItem:
-    """One part of a binary request: a literal byte string or an encoded argument."""
+    """One part of a binary request: a literal byte string, an encoded argument or a checksum."""
 
     literal: bytes = None
     arg: str = None
     wire: str = "u8"
     order: str = "big"
+    checksum: ChecksumSpec = None
+    #: an argument is sent as round((value - offset) / scale)
+    scale: float = None
+    offset: float = None
+
+    @property
+    def size(self):
+        if self.literal is not None:
+            return len(self.literal)
+        if self.checksum is not None:
+            return self.checksum.size
+        return WIRE_TYPES[self.wire][0]
 
 
 @dataclasses.dataclass
@@ -1374,9 +1429,12 @@ class _Loader:
         return template
 
     def binary_request(self, node, key, args):
-        """A list of items: a byte (0..255), a hex string 'hex: 3001', or {arg, wire, order}."""
+        """A list of items: a byte (0..255), a hex string 'hex: 3001', {arg, wire, order} or {checksum, from, order}."""
         items = []
+        offset = 0                            # where the next item starts in the request
         for i, item in enumerate(self.seq(node, key)):
+            if items:
+                offset += items[-1].size
             k = f"{key}[{i}]"
             if isinstance(item, yaml.ScalarNode):
                 v = self.value(item, k)
@@ -1384,15 +1442,24 @@ class _Loader:
                     self.fail(item, k, f"a literal byte must be an integer 0..255, got {item.value!r}")
                 items.append(RequestItem(literal=bytes([v])))
                 continue
-            m = self.mapping(item, k, ("arg", "wire", "order", "hex"))
+            m = self.mapping(item, k, ("arg", "wire", "order", "hex", "checksum", "from", "scale", "offset"))
+            if "checksum" in m:
+                for other in ("arg", "wire", "hex", "scale", "offset"):
+                    if other in m:
+                        self.fail(m[other][0], f"{k}.{other}", "not with 'checksum'")
+                c = self.checksum(m, k, "checksum")
+                if c.start >= offset:
+                    self.fail(m["from"][1] if "from" in m else item, f"{k}.from",
+                              f"the checksum at byte {offset} must cover at least one byte before it "
+                              f"(from {c.start})")
+                items.append(RequestItem(checksum=c))
+                continue
+            if "from" in m:
+                self.problem(m["from"][0], f"{k}.from", "only with 'checksum'")
             if "hex" in m:
                 if len(m) != 1:
                     self.fail(item, k, "'hex' stands alone")
-                text = self.string(m["hex"][1], f"{k}.hex")
-                try:
-                    items.append(RequestItem(literal=bytes.fromhex(text)))
-                except ValueError:
-                    self.fail(m["hex"][1], f"{k}.hex", f"not hex digits: {text!r}")
+                items.append(RequestItem(literal=self.hex_bytes(m["hex"][1], f"{k}.hex")))
                 continue
             if "arg" not in m:
                 self.fail(item, k, "an item is a byte, {hex: ...} or {arg: NAME, wire: TYPE}")
@@ -1402,19 +1469,49 @@ class _Loader:
             wire = self.choice(m["wire"][1], f"{k}.wire", tuple(WIRE_TYPES), "wire type") if "wire" in m else "u8"
             order = self.choice(m["order"][1], f"{k}.order", BYTE_ORDERS, "byte order") if "order" in m else "big"
             arg = args[aname]
+            it = RequestItem(arg=aname, wire=wire, order=order)
+            for sk in ("scale", "offset"):
+                if sk in m:
+                    setattr(it, sk, self.number(m[sk][1], f"{k}.{sk}"))
+                    if arg.type not in ("float", "int"):
+                        self.fail(m[sk][0], f"{k}.{sk}", f"argument {aname!r} is {arg.type}; only numbers are scaled")
+            if it.scale == 0:
+                self.fail(m["scale"][1], f"{k}.scale", "must not be 0")
             if wire.startswith("f") and arg.type not in ("float", "int"):
                 self.fail(item, k, f"argument {aname!r} is {arg.type}; a {wire} needs int or float")
             if not wire.startswith("f"):
-                self.check_int_fits(item, k, arg, wire)
-            items.append(RequestItem(arg=aname, wire=wire, order=order))
+                self.check_int_fits(item, k, arg, wire, it)
+            items.append(it)
         if not items:
             self.fail(node, key, "a binary request needs at least one byte")
         return items
 
-    def check_int_fits(self, node, key, arg, wire):
+    def checksum(self, m, key, type_key):
+        """A checksum: ``m[type_key]`` names the algorithm; ``from`` and ``order`` are optional."""
+        tnode = m[type_key][1]
+        name = self.string(tnode, f"{key}.{type_key}")
+        if name not in CHECKSUMS:
+            self.fail(tnode, f"{key}.{type_key}", f"unknown checksum {name!r} (one of: {', '.join(CHECKSUMS)})")
+        c = ChecksumSpec(name)
+        if "from" in m:
+            c.start = self.number(m["from"][1], f"{key}.from", integer=True, minimum=0)
+        if "order" in m:
+            c.order = self.choice(m["order"][1], f"{key}.order", ("big", "little"), "byte order")
+        return c
+
+    def check_int_fits(self, node, key, arg, wire, item=None):
         size = WIRE_TYPES[wire][0]
         signed = wire.startswith("i")
         lo, hi = (-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1) if signed else (0, (1 << (8 * size)) - 1)
+        if item is not None and (item.scale is not None or item.offset is not None) and arg.type in ("int", "float"):
+            if arg.min is None or arg.max is None:
+                self.problem(node, key, f"argument {arg.name!r} needs min and max to fit a scaled {wire}")
+                return
+            raw = sorted(round((v - (item.offset or 0)) / (item.scale or 1)) for v in (arg.min, arg.max))
+            if raw[0] < lo or raw[1] > hi:
+                self.problem(node, key, f"argument {arg.name!r} from {arg.min} to {arg.max} is sent as {raw[0]}..{raw[1]}, "
+                                        f"beyond a {wire} ({lo}..{hi})")
+            return
         if arg.type == "int":
             if arg.min is None or arg.max is None or arg.min < lo or arg.max > hi:
                 self.problem(node, key, f"argument {arg.name!r} needs min and max within {lo}..{hi} to fit a {wire}")
@@ -1463,7 +1560,7 @@ class _Loader:
         return spec
 
     # -- replies ---------------------------------------------------------
-    REPLY = ("split", "regex", "format", "strip", "fields", "length")
+    REPLY = ("split", "regex", "format", "strip", "fields", "length", "checksum", "starts_with")
     FIELD = ("type", "unit", "description", "alarm", "warning", "map", "enum", "flags", "flag_type", "array",
              "status", "scale", "offset", "true_text", "false_text", "base", "wire", "byte", "register", "order", "sim")
 
@@ -1479,7 +1576,7 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             self.fail(node, key, f"must be a type or a mapping, got {self.describe(node)}")
         keys = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-        if "fields" not in keys and not keys & {"split", "regex", "length"}:
+        if "fields" not in keys and not keys & {"split", "regex", "length", "checksum", "starts_with"}:
             # shorthand: one field described in place
             f = self.field(node, key, op_name, protocol, op)
             return ReplySpec("single", fields=[f])
@@ -1488,8 +1585,9 @@ class _Loader:
             raise _Skip
         r = ReplySpec()
         if protocol == "text":
-            if "length" in m:
-                self.problem(m["length"][0], f"{key}.length", "only for protocol: binary")
+            for k in ("length", "checksum", "starts_with"):
+                if k in m:
+                    self.problem(m[k][0], f"{key}.{k}", "only for protocol: binary")
             if "split" in m and "regex" in m:
                 self.fail(node, key, "give 'split' or 'regex', not both")
             if "split" in m:
@@ -1507,10 +1605,25 @@ class _Loader:
                     self.problem(m[k][0], f"{key}.{k}", "only for protocol: text")
             if protocol == "binary":
                 if "length" not in m:
-                    self.fail(node, key, "a binary reply needs 'length' (bytes)")
-                r.length = self.number(m["length"][1], f"{key}.length", integer=True, minimum=1)
-            elif "length" in m:
-                self.problem(m["length"][0], f"{key}.length", "a modbus reply's length follows from 'count'")
+                    self.fail(node, key, "a binary reply needs 'length' (bytes, or {byte: N, wire: u8, plus: K})")
+                if isinstance(m["length"][1], yaml.MappingNode):
+                    r.length_field = self.length_field(m["length"][1], f"{key}.length")
+                else:
+                    r.length = self.number(m["length"][1], f"{key}.length", integer=True, minimum=1)
+                if "checksum" in m:
+                    r.checksum = self.reply_checksum(m["checksum"][1], f"{key}.checksum", r)
+                if "starts_with" in m:
+                    r.starts_with = self.hex_bytes(m["starts_with"][1], f"{key}.starts_with")
+                    most = r.length if r.length is not None else r.length_field.max
+                    if len(r.starts_with) > most:
+                        self.problem(m["starts_with"][1], f"{key}.starts_with",
+                                     f"{len(r.starts_with)} bytes are longer than the reply ({most})")
+            else:
+                for k, why in (("length", "a modbus reply's length follows from 'count'"),
+                               ("checksum", "Modbus TCP frames have no checksum (TCP checks them)"),
+                               ("starts_with", "the driver checks a Modbus reply's header itself")):
+                    if k in m:
+                        self.problem(m[k][0], f"{key}.{k}", why)
         entries = self.items(m["fields"][1], f"{key}.fields")
         if not entries:
             self.fail(m["fields"][1], f"{key}.fields", "needs at least one field")
@@ -1549,11 +1662,7 @@ class _Loader:
                 if f.array is not None or f.status is not None:
                     self.problem(node, f"{key}.fields.{f.name}", "'array' and 'status' need 'split'")
         if r.mode == "binary":
-            for f in r.fields:
-                size = WIRE_TYPES[f.wire][0] * (f.array.size if f.array else 1)
-                if f.byte + size > r.length:
-                    self.problem(node, f"{key}.fields.{f.name}",
-                                 f"bytes {f.byte}..{f.byte + size - 1} are beyond the reply length {r.length}")
+            self.check_binary_layout(node, key, r)
         if r.mode == "modbus" and op.modbus is not None and op.modbus.count is not None:
             start, count = op.modbus.address, op.modbus.count
             for f in r.fields:
@@ -1565,6 +1674,90 @@ class _Loader:
                                  f"({start}..{start + count - 1})")
         self.check_unique(node, key, r.fields)
         return r
+
+    def hex_bytes(self, node, key):
+        text = self.string(node, key, allow_empty=False)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            self.fail(node, key, f"not hex digits: {text!r}")
+
+    def length_field(self, node, key):
+        m = self.mapping(node, key, ("byte", "wire", "order", "plus", "max"), required=("byte",))
+        if "byte" not in m:
+            raise _Skip
+        n = LengthSpec(self.number(m["byte"][1], f"{key}.byte", integer=True, minimum=0))
+        if "wire" in m:
+            n.wire = self.choice(m["wire"][1], f"{key}.wire", ("u8", "u16", "u32"), "length wire type")
+        if "order" in m:
+            n.order = self.choice(m["order"][1], f"{key}.order", ("big", "little"), "byte order")
+        if "plus" in m:
+            n.plus = self.number(m["plus"][1], f"{key}.plus", integer=True)
+        longest = min((1 << (8 * WIRE_TYPES[n.wire][0])) - 1 + n.plus, 65536)
+        if "max" in m:
+            n.max = self.number(m["max"][1], f"{key}.max", integer=True, minimum=n.header)
+        else:
+            n.max = longest
+        if n.max < n.header or longest < n.header:
+            self.fail(node, key, f"a frame of at most {min(n.max, longest)} bytes cannot hold its length field "
+                                 f"(bytes {n.byte}..{n.header - 1})")
+        return n
+
+    def reply_checksum(self, node, key, reply):
+        if isinstance(node, yaml.ScalarNode):
+            m = {"type": (node, node)}
+        else:
+            m = self.mapping(node, key, ("type", "from", "byte", "order"), required=("type",))
+            if "type" not in m:
+                raise _Skip
+        c = self.checksum(m, key, "type")
+        c.byte = -c.size
+        if "byte" in m:
+            c.byte = self.number(m["byte"][1], f"{key}.byte", integer=True)
+        if reply.length is not None:
+            pos = c.position(reply.length)
+            if pos < 0 or pos + c.size > reply.length:
+                self.fail(m["byte"][1] if "byte" in m else node, f"{key}.byte",
+                          f"the checksum (bytes {pos}..{pos + c.size - 1}) lies outside the reply of {reply.length} bytes")
+            if c.start >= pos:
+                self.fail(m["from"][1] if "from" in m else node, f"{key}.from",
+                          f"the checksum at byte {pos} must cover at least one byte before it (from {c.start})")
+        elif c.byte >= 0 and c.byte < reply.length_field.header:
+            self.fail(m["byte"][1], f"{key}.byte", f"byte {c.byte} is inside the length field's header "
+                                                   f"(bytes 0..{reply.length_field.header - 1})")
+        return c
+
+    def check_binary_layout(self, node, key, r):
+        """Fields lie inside the reply and clear of the checksum; a field whose length the
+        device decides (``array: {max: N}``) is the last one and needs a length field."""
+        fixed = r.length
+        csum = r.checksum
+        at = None                             # where the checksum starts, when that is known on load
+        if csum is not None:
+            at = csum.position(fixed) if fixed is not None else (csum.byte if csum.byte >= 0 else None)
+        variable = [f for f in r.fields if f.array is not None and f.array.count is None]
+        for f in r.fields:
+            k = f"{key}.fields.{f.name}"
+            size = WIRE_TYPES[f.wire][0]
+            if any(f is v for v in variable):
+                if fixed is not None:
+                    self.problem(node, k, "an array whose length the device decides (array: {max: N}) needs a "
+                                          "reply 'length' given by the device ({byte: N, wire: u8, plus: K})")
+                elif any(o.byte >= f.byte for o in r.fields if o is not f):
+                    self.problem(node, k, "an array whose length the device decides must be the last field "
+                                          "of the reply (by byte)")
+                continue
+            size *= f.array.size if f.array else 1
+            last = f.byte + size - 1
+            if fixed is not None and last >= fixed:
+                self.problem(node, k, f"bytes {f.byte}..{last} are beyond the reply length {fixed}")
+            elif at is not None and f.byte < at + csum.size and last >= at:
+                self.problem(node, k, f"bytes {f.byte}..{last} overlap the checksum (bytes {at}..{at + csum.size - 1})")
+            elif fixed is None:
+                tail = -csum.byte if csum is not None and csum.byte < 0 else 0
+                if f.byte + size > r.length_field.max - tail:
+                    self.problem(node, k, f"bytes {f.byte}..{last} do not fit a reply of at most "
+                                          f"{r.length_field.max} bytes" + (" with its checksum" if tail else ""))
 
     def check_unique(self, node, key, fields):
         seen = set()

@@ -16,6 +16,7 @@ from .cryomech_cpa import CryomechCPAEmulator
 from .ds378 import DS378Emulator
 from .galil_dmc import GalilDMCEmulator
 from .ls372 import LS372Emulator
+from .modbus_rtu import ModbusRTUEmulator
 from .pcr500ma import PCR500MAEmulator
 from .toptica_dlc import TopticaDLCEmulator
 from .tpg366 import TPG366Emulator
@@ -25,6 +26,7 @@ __all__ = [
     "DS378Emulator",
     "GalilDMCEmulator",
     "LS372Emulator",
+    "ModbusRTUEmulator",
     "PCR500MAEmulator",
     "TopticaDLCEmulator",
     "TPG366Emulator",

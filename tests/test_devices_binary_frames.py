@@ -1,0 +1,272 @@
+"""Binary frames with checksums, length fields and sync bytes.
+
+The example file ``docs/devices/examples/rtu_controller.yaml`` (Modbus RTU
+behind a serial server) runs against an independent RTU slave emulator
+(tests/emulators/modbus_rtu.py, written from the Modbus serial-line
+specification with a bit-by-bit CRC), over real loopback sockets: the bytes
+on the wire, device-decided array lengths, a bad CRC discarded and the
+request sent again, impossible length fields, an exception reply, arguments
+that send nothing.  Then the loader's errors for each new key, and the
+generated simulator answering the file's own driver.
+"""
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+from emulators import ModbusRTUEmulator
+from emulators.modbus_rtu import crc16, with_crc
+
+from socs_tcp import LinkTimeoutError
+from socs_tcp.devices import Device, DeviceFileError, DeviceReplyError, load, loads
+from socs_tcp.devices.simulator import DeviceSimulator
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "devices" / "examples" / "rtu_controller.yaml"
+
+#: the controller's registers: inputs 21.5 and -3.2 degC, set point 20.0, heater on
+REGISTERS = {0x1000: 215, 0x1001: -32, 0x1010: 200, 0x1020: 0b010}
+
+
+@pytest.fixture
+def rtu():
+    with ModbusRTUEmulator(unit=1, registers=REGISTERS, writable={0x1010}) as emu:
+        yield emu
+
+
+@pytest.fixture
+def dev(rtu):
+    d = Device.from_file(EXAMPLE, rtu.address, timeout=0.5)
+    yield d
+    d.close()
+
+
+def test_requests_carry_the_crc_of_the_serial_line_standard(dev, rtu):
+    values, exchanges = dev.transact("temperatures")
+    request = bytes.fromhex("01 03 10 00 00 02")
+    assert exchanges[0][0] == request + crc16(request).to_bytes(2, "little")
+    assert exchanges[0][0] == bytes.fromhex("01 03 10 00 00 02 c0 cb")   # the known frame of this read
+    assert values == {"temperature": [21.5, -3.2]}
+    assert rtu.bad_crc_frames == 0
+
+
+def test_poll_publishes_the_labelled_inputs_and_the_status_flags(dev):
+    assert dev.poll() == {"temperature_A": 21.5, "temperature_B": -3.2, "setpoint": 20.0,
+                          "alarm": False, "heater_on": True, "sensor_fault": False}
+
+
+def test_the_device_decides_how_many_values_come(dev, rtu):
+    rtu.set_register(0x1002, 0)
+    reply = with_crc(bytes.fromhex("01 03 06 00d7 ffe0 0064"))
+    assert dev.parse("temperatures", reply) == {"temperature": [21.5, -3.2, 10.0]}
+    assert dev.parse("temperatures", with_crc(bytes.fromhex("01 03 00"))) == {"temperature": []}
+    with pytest.raises(DeviceReplyError, match=r"field 'temperature': 3 bytes from byte 3 are not 0..8 values of 2 "
+                                               r"bytes"):
+        dev.parse("temperatures", with_crc(bytes.fromhex("01 03 03 00d7 ff")))
+
+
+def test_set_point_is_scaled_sent_and_echoed(dev, rtu):
+    values, exchanges = dev.transact("set_setpoint", value=-12.3)
+    request = bytes.fromhex("01 06 10 10 ff 85")      # -123 tenths
+    assert exchanges[0][0] == request + crc16(request).to_bytes(2, "little")
+    assert values == {"setpoint": -12.3}
+    assert rtu.registers[0x1010] == (-123) & 0xFFFF
+    assert dev.setpoint() == -12.3
+
+
+def test_bad_arguments_send_nothing(dev, rtu):
+    for bad in (400.1, -50.5, "hot", None):
+        with pytest.raises((TypeError, ValueError), match="value"):
+            dev.set_setpoint(value=bad)
+    assert rtu.received == []
+
+
+def test_a_reply_with_a_bad_crc_is_discarded_and_the_request_sent_again(dev, rtu, caplog):
+    rtu.corrupt_crc_once(2)
+    with caplog.at_level(logging.WARNING, logger="socs_tcp.devices"):
+        assert dev.temperatures() == [21.5, -3.2]
+    assert len(rtu.received) == 3
+    discarded = [r.getMessage() for r in caplog.records if "reply discarded" in r.getMessage()]
+    assert len(discarded) == 2 and "checksum" in discarded[0] and "computed" in discarded[0]
+
+
+def test_crc_errors_on_every_attempt_raise_with_the_bytes_and_leave_nothing_behind(dev, rtu):
+    rtu.corrupt_crc_once(3)
+    with pytest.raises(DeviceReplyError, match=r"temperatures: checksum 0x[0-9a-f]{4}, computed 0x[0-9a-f]{4} "
+                                               r"\(crc16_modbus of bytes 0..6\) \(after 3 attempts\)") as info:
+        dev.temperatures()
+    assert info.value.reply[:3] == bytes.fromhex("01 03 04")
+    assert len(info.value.exchanges) == 3
+    assert dev.setpoint() == 20.0               # the link is in step: the next reply is the next request's
+
+
+def test_an_impossible_length_field_names_its_value(dev, rtu):
+    rtu.set_byte_count(251)                     # 251 + 5 = 256 bytes: more than the file's max of 255
+    with pytest.raises(DeviceReplyError, match=r"length field 251 \(bytes 2..2\) gives a reply of 256 bytes, "
+                                               r"expected 5..255 \(after 3 attempts\)"):
+        dev.temperatures()
+    rtu.set_byte_count(None)
+    assert dev.temperatures() == [21.5, -3.2]
+
+
+def test_a_modbus_exception_reply_is_a_reply_error_naming_its_bytes(dev, rtu):
+    del rtu.registers[0x1020]                   # reading it now gives "illegal data address"
+    with pytest.raises(DeviceReplyError, match=r"status: starts with 01 83 02, expected 01 03 02") as info:
+        dev.status()
+    assert info.value.reply.startswith(bytes.fromhex("01 83 02"))   # refused without waiting for 7 bytes
+    assert len(info.value.exchanges) == 3
+    assert dev.setpoint() == 20.0
+
+
+def test_a_silent_device_is_the_links_timeout(dev, rtu):
+    rtu.go_silent()
+    with pytest.raises(LinkTimeoutError):
+        dev.setpoint()
+
+
+def test_the_generated_simulator_answers_the_files_own_driver():
+    spec = load(EXAMPLE)
+    with DeviceSimulator(spec, seed=3, noise=False) as sim:
+        d = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            assert d.temperatures() == [21.5, 22.0]
+            assert d.setpoint() == 20.0
+            assert d.set_setpoint(value=33.3) == 33.3
+            assert d.setpoint() == 33.3
+            assert d.status()["heater_on"] is True
+        finally:
+            d.close()
+
+
+def test_the_simulator_ignores_a_request_with_a_bad_crc():
+    spec = load(EXAMPLE)
+    with DeviceSimulator(spec, seed=3) as sim:
+        d = Device.from_file(spec, sim.address, timeout=0.3)
+        try:
+            d.write_bin("0103101000010000")          # a set-point read with a zero CRC
+            with pytest.raises(LinkTimeoutError):
+                d.read_bytes(1, timeout=0.3)
+            assert d.setpoint() == 20.0
+        finally:
+            d.close()
+
+
+# ----------------------------------------------------------------------
+# loader errors: file, line, key and the bad value
+
+BASE = """\
+device: frames
+connection: {port: 4001, protocol: binary}
+queries:
+  q:
+"""
+
+
+def problems(body, protocol="binary"):
+    text = BASE.replace("protocol: binary", f"protocol: {protocol}") + textwrap.indent(textwrap.dedent(body), "    ")
+    with pytest.raises(DeviceFileError) as info:
+        loads(text, "frames.yaml")
+    return [str(p) for p in info.value.errors]
+
+
+def test_unknown_checksum_names_the_choices():
+    assert problems("""\
+        request: [0x01, {checksum: crc17}]
+        reply: {length: 2, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:5: queries.q.request[1].checksum: unknown checksum 'crc17' (one of: sum8, sum16, "
+                 "twos8, xor8, crc8, crc16_modbus, crc16_xmodem, crc16_ccitt, crc32)"]
+
+
+def test_a_request_checksum_must_cover_something():
+    assert problems("""\
+        request: [{checksum: sum8}, 0x01]
+        reply: {length: 2, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:5: queries.q.request[0].from: the checksum at byte 0 must cover at least one byte "
+                 "before it (from 0)"]
+    assert problems("""\
+        request: [0x01, 0x02, {checksum: sum8, from: 2}]
+        reply: {length: 2, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:5: queries.q.request[2].from: the checksum at byte 2 must cover at least one byte "
+                 "before it (from 2)"]
+
+
+def test_checksum_keys_do_not_mix_with_arguments():
+    assert problems("""\
+        args: {x: {type: int, min: 0, max: 9}}
+        request: [0x01, {checksum: sum8, arg: x}]
+        reply: {length: 2, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.request[1].arg: not with 'checksum'"]
+
+
+def test_a_reply_checksum_must_lie_in_the_reply():
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 4, checksum: {type: crc16_modbus, byte: 3}, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.checksum.byte: the checksum (bytes 3..4) lies outside the reply "
+                 "of 4 bytes"]
+
+
+def test_fields_may_not_overlap_the_checksum():
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 4, checksum: crc16_modbus, fields: {a: {wire: u16, byte: 1}}}
+        """) == ["frames.yaml:6: queries.q.reply.fields.a: bytes 1..2 overlap the checksum (bytes 2..3)"]
+
+
+def test_a_device_decided_array_needs_a_length_field_and_the_last_place():
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 6, fields: {a: {wire: u8, byte: 0, array: {max: 4}}}}
+        """) == ["frames.yaml:6: queries.q.reply.fields.a: an array whose length the device decides "
+                 "(array: {max: N}) needs a reply 'length' given by the device ({byte: N, wire: u8, plus: K})"]
+    assert problems("""\
+        request: [0x01]
+        reply:
+          length: {byte: 0, plus: 1}
+          fields:
+            a: {wire: u8, byte: 1, array: {max: 4}}
+            b: {wire: u8, byte: 2}
+        """) == ["frames.yaml:7: queries.q.reply.fields.a: an array whose length the device decides must be the "
+                 "last field of the reply (by byte)"]
+
+
+def test_length_field_errors():
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 2, wire: u24}, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.length.wire: unknown length wire type 'u24' (one of: u8, u16, u32)"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 4, max: 3}, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.length.max: must be >= 5, got 3"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 0, max: 8}, fields: {a: {wire: u32, byte: 6}}}
+        """) == ["frames.yaml:6: queries.q.reply.fields.a: bytes 6..9 do not fit a reply of at most 8 bytes"]
+
+
+def test_starts_with_errors():
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 2, starts_with: "0x01", fields: {a: {wire: u8, byte: 1}}}
+        """) == ["frames.yaml:6: queries.q.reply.starts_with: not hex digits: '0x01'"]
+    assert problems("""\
+        request: "Q?"
+        reply: {starts_with: "01", checksum: sum8, fields: {a: int}}
+        """, protocol="text") == [
+        "frames.yaml:6: queries.q.reply.checksum: only for protocol: binary",
+        "frames.yaml:6: queries.q.reply.starts_with: only for protocol: binary"]
+
+
+def test_scaled_arguments_must_fit_their_wire_type():
+    assert problems("""\
+        args: {t: {type: float, min: -50, max: 400}}
+        request: [0x06, {arg: t, wire: i8, scale: 0.1}]
+        reply: {length: 1, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.request[1]: argument 't' from -50 to 400 is sent as -500..4000, beyond a "
+                 "i8 (-128..127)"]
+    assert problems("""\
+        args: {m: {choices: [a, b]}}
+        request: [0x06, {arg: m, scale: 2}]
+        reply: {length: 1, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.request[1].scale: argument 'm' is enum; only numbers are scaled"]
