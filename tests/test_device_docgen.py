@@ -183,3 +183,15 @@ def test_the_package_cli_has_the_docs_subcommand(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert target.read_text() == docgen.render_page(load("cryomech_cpa"))
+
+
+def test_a_page_of_a_file_outside_the_package_names_the_file_not_a_shipped_device(tmp_path):
+    path = tmp_path / "my_gauge.yaml"
+    path.write_text(BARE.replace("device: bare", "device: my_gauge"))
+    page = docgen.render_page(load(path))
+    assert "socs_tcp/devices/files" not in page and ":doc:" not in page
+    for command in ("docs", "check", "simulate", "dashboard"):
+        assert f"python -m socs_tcp.devices {command} my_gauge.yaml" in page
+    assert "['--device-file', '/config/devices/my_gauge.yaml']" in page
+    shipped = docgen.render_page(load("tpg366"))
+    assert "``python -m socs_tcp.devices check tpg366``" in shipped and "['--device-file', 'tpg366']" in shipped

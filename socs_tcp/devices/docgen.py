@@ -447,6 +447,19 @@ def _example_args(task: AgentTask) -> str:
     return ", ".join(parts)
 
 
+def _is_shipped(spec) -> bool:
+    """Whether *spec* was loaded from the package's own device files."""
+    from .spec import files_dir
+    return spec.path is not None and spec.path.resolve().parent == files_dir().resolve()
+
+
+def _device_file_argument(spec) -> str:
+    """What ``--device-file`` names: a shipped file by name, any other by its path in a container."""
+    if _is_shipped(spec):
+        return spec.name
+    return f"/config/devices/{spec.path.name if spec.path else spec.name + '.yaml'}"
+
+
 def render_page(spec, instance_id: str | None = None) -> str:
     """The reStructuredText page of the device file *spec* (ends with a newline)."""
     iid = instance_id or spec.name.replace("_", "-")
@@ -455,17 +468,25 @@ def render_page(spec, instance_id: str | None = None) -> str:
     tasks = agent_tasks(spec)
     polling = spec.polling
     title = f"{spec.title} ({spec.name})"
-    lines = [f".. This page is generated from the device file by 'python -m socs_tcp.devices docs {spec.name}'.",
+    source = spec.name if _is_shipped(spec) else (spec.path.name if spec.path else f"{spec.name}.yaml")
+    lines = [f".. This page is generated from the device file by 'python -m socs_tcp.devices docs {source}'.",
              "   Edit the device file, not this page.", "", f".. _device-{spec.name}:", ""]
     lines += _heading(title, "=")
     if spec.description:
         lines += [_esc(spec.description), ""]
-    path = f"socs_tcp/devices/files/{spec.path.name}" if spec.path else spec.name
+    if _is_shipped(spec):
+        path, ref, agent_page = f"socs_tcp/devices/files/{spec.path.name}", spec.name, ":doc:`/agents/device`"
+        where = ""
+    else:
+        path = ref = source
+        agent_page = "see the DeviceAgent page of the socs_tcp docs"
+        where = (f"  In a container, mount the folder of the file at ``/config/devices`` and give "
+                 f"``--device-file {_device_file_argument(spec)}``.")
     lines += [f"Device file: {_lit(path)}, run by the agent class {_lit(agent_class)} "
-              f"(:doc:`/agents/device`) with ``--device-file {spec.name}``.  Check it with "
-              f"``python -m socs_tcp.devices check {spec.name}``, simulate it with "
-              f"``python -m socs_tcp.devices simulate {spec.name} --port N`` and get its Grafana dashboard with "
-              f"``python -m socs_tcp.devices dashboard {spec.name}``.", ""]
+              f"({agent_page}) with ``--device-file {ref}``.{where}  Check it with "
+              f"``python -m socs_tcp.devices check {ref}``, simulate it with "
+              f"``python -m socs_tcp.devices simulate {ref} --port N`` and get its Grafana dashboard with "
+              f"``python -m socs_tcp.devices dashboard {ref}``.", ""]
     lines += _replaces_lines(spec)
 
     lines += _heading("Connection", "-")
@@ -546,7 +567,7 @@ def render_page(spec, instance_id: str | None = None) -> str:
     lines += [".. code-block:: yaml", "",
               "   hosts:", "     docker:", "       agent-instances:",
               f"         - agent-class: {agent_class}", f"           instance-id: {iid}",
-              "           arguments:", f"             - ['--device-file', '{spec.name}']",
+              "           arguments:", f"             - ['--device-file', '{_device_file_argument(spec)}']",
               f"             - ['--address', '{address}']", f"             - ['--mode', '{mode}']", ""]
     lines += _heading("Docker compose", "-")
     lines += [".. code-block:: yaml", "", "   services:", f"     {iid}:", "       image: socs-tcp",
