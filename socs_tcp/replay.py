@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 
+from .core.checks import listen_port_argument
 from .core.codec import decode_escapes
 from .record import _run_until_signal
 from .testing.recording import RecordingError
@@ -25,7 +26,7 @@ __all__ = ["main", "make_parser"]
 def make_parser():
     parser = argparse.ArgumentParser(prog="python -m socs_tcp.replay", description="Serve a recording as a device.")
     parser.add_argument("file", metavar="FILE", help="the recording (JSON lines)")
-    parser.add_argument("--port", type=int, required=True, help="listening port (0 picks a free port)")
+    parser.add_argument("--port", type=listen_port_argument, required=True, help="listening port (0 picks a free port)")
     parser.add_argument("--host", default="127.0.0.1", help="listening address (default 127.0.0.1)")
     parser.add_argument("--match", choices=("strict", "queues"), default="strict",
                         help="strict recorded order (default) or one queue of answers per distinct request")

@@ -61,3 +61,21 @@ def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
         cli.main(["simulate", "tpg366"])  # --port is required
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("module", ["socs_tcp.devices simulate tpg366", "socs_tcp.replay rec.jsonl",
+                                    "socs_tcp.simulators.scpi", "socs_tcp.simulators.jsonlines"])
+def test_a_bad_listening_port_is_a_usage_error_naming_it(module):
+    for port, message in (("99999", "port must be in 0..65535, got 99999"), ("x", "port must be an integer, got 'x'")):
+        done = subprocess.run([sys.executable, "-m", *module.split(), "--port", port], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.strip().splitlines()[-1].endswith(f"error: argument --port: {message}")
+
+
+def test_a_simulator_refuses_a_bad_port_when_made():
+    from socs_tcp.devices.simulator import DeviceSimulator
+    with pytest.raises(ValueError, match="port must be in 0..65535, got 70000"):
+        DeviceSimulator("tpg366", port=70000)
+    with pytest.raises(TypeError, match="port must be an int, got str: '5000'"):
+        DeviceSimulator("tpg366", port="5000")

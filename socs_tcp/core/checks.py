@@ -6,9 +6,10 @@ Python one: a value of the wrong *type* raises :class:`TypeError`, a value of
 the right type but outside the allowed range raises :class:`ValueError`.
 """
 
+import argparse
 import math
 
-__all__ = ["check_seconds", "check_port", "check_host", "check_bool", "format_host_port"]
+__all__ = ["check_seconds", "check_port", "check_host", "check_bool", "format_host_port", "listen_port_argument"]
 
 
 def check_seconds(value, what, *, allow_none=False, positive=False):
@@ -33,6 +34,20 @@ def check_port(port, what="port", *, lowest=1):
     if not lowest <= port <= 65535:
         raise ValueError(f"{what} must be in {lowest}..65535, got {port!r}")
     return port
+
+
+def listen_port_argument(text):
+    """The argparse ``type`` of a listening port on a command line:
+    ``0..65535``, 0 picking a free port.  A bad value is a usage error that
+    names it, not a traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
+    try:
+        return check_port(port, lowest=0)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_host(host, what="host"):

@@ -48,7 +48,7 @@ import struct
 import sys
 import threading
 
-from ..core.checks import format_host_port
+from ..core.checks import format_host_port, listen_port_argument
 from ..core.checksums import checksum
 from ..testing.emulator import DeviceEmulator
 from . import codec
@@ -547,7 +547,7 @@ def make_parser(parser=None):
     parser = parser or argparse.ArgumentParser(prog="python -m socs_tcp.devices simulate",
                                                description="Serve a device file's simulator over TCP.")
     parser.add_argument("device", metavar="NAME_OR_PATH", help="shipped short name or path of a device file")
-    parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
+    parser.add_argument("--port", type=listen_port_argument, required=True, help="TCP port (0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="listening address (default 127.0.0.1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the simulated noise")
     parser.add_argument("--no-noise", action="store_true", help="no noise on the values")

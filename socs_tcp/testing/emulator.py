@@ -30,6 +30,7 @@ import threading
 import time
 
 from ..core.buffer import ReceiveBuffer
+from ..core.checks import check_host, check_port
 from ..core.codec import decode_escapes, format_traffic
 
 __all__ = ["DeviceEmulator", "create_device_emulator"]
@@ -62,8 +63,8 @@ class DeviceEmulator:
         self.read_termination = None if read_termination is None else decode_escapes(read_termination, text_enc)
         self.write_termination = decode_escapes(write_termination, text_enc)
         self.strip = strip
-        self.host = host
-        self.port = port
+        self.host = check_host(host)
+        self.port = check_port(port, lowest=0)
         #: every command received, in order (decoded if ``encoding`` is set)
         self.received = []
         #: how many connections were accepted

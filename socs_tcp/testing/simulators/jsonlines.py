@@ -38,7 +38,7 @@ import signal
 import sys
 import time
 
-from ...core.checks import check_seconds, format_host_port
+from ...core.checks import check_seconds, format_host_port, listen_port_argument
 from ..jsonserver import JsonLinesServer
 
 __all__ = ["ThermalControllerSimulator", "make_parser", "main"]
@@ -167,7 +167,7 @@ def make_parser():
         prog="python -m socs_tcp.simulators.jsonlines",
         description="JSON-lines thermal controller simulator (one JSON object per line, \\r\\n terminated).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50010, help="TCP port, 0 picks a free one (default 50010)")
+    parser.add_argument("--port", type=listen_port_argument, default=50010, help="TCP port, 0 picks a free one (default 50010)")
     parser.add_argument("--telemetry-interval", type=float, default=0.5, help="seconds between telemetry messages")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds between heartbeat events")
     parser.add_argument("--setpoint", type=float, default=20.0, help="initial setpoint, degrees C")

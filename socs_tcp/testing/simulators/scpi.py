@@ -65,6 +65,7 @@ import threading
 import time
 
 from ...core.buffer import ReceiveBuffer
+from ...core.checks import listen_port_argument
 from ...core.codec import format_traffic
 
 __all__ = ["ScpiInstrument", "ScpiLineProtocol", "ScpiSimulator", "InstrumentState", "ScpiError",
@@ -954,7 +955,7 @@ def make_parser():
         description="SCPI power supply + multimeter simulator on a raw TCP socket "
                     "(commands and replies end with \\n).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5025, help="TCP port, 0 picks a free one (default 5025)")
+    parser.add_argument("--port", type=listen_port_argument, default=5025, help="TCP port, 0 picks a free one (default 5025)")
     parser.add_argument("--model", choices=sorted(MODELS), default="psu", help="instrument model (default psu)")
     parser.add_argument("--noise", type=float, default=1.0, help="noise scale, 0 for exact readings (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the noise generator")
