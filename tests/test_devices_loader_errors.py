@@ -127,6 +127,15 @@ CASES = {
         BASE + "queries:\n  read: {request: R, reply: float}\n",
         ["demo.yaml:5: queries.read: 'read' is a method or attribute of the driver (socs_tcp.devices.Device); "
          "choose another name"]),
+    "errors section of a binary device": (
+        "device: demo\nconnection: {port: 1, protocol: binary}\nerrors:\n  reply: {match: '^x$'}\n"
+        "queries:\n  v: {request: [0x01], reply: {length: 1, fields: {v: {wire: u8, byte: 0}}}}\n",
+        ["demo.yaml:3: errors: only for protocol: text (describe a binary error reply by its fields, or refuse it "
+         "with the reply's 'starts_with')"]),
+    "errors section of a Modbus device": (
+        "device: demo\nconnection: {port: 502, protocol: modbus}\nerrors: {}\n"
+        "queries:\n  v: {modbus: {function: 4, address: 1, count: 1}, reply: {fields: {v: {wire: u16, register: 1}}}}\n",
+        ["demo.yaml:3: errors: only for protocol: text (the driver raises Modbus exception replies as DeviceError)"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',

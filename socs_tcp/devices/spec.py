@@ -817,7 +817,11 @@ class _Loader:
         self.protocol = protocol
         self.connection_spec = connection
         reply_error = queue = None
-        if "errors" in top:
+        if "errors" in top and protocol != "text":
+            why = ("the driver raises Modbus exception replies as DeviceError" if protocol == "modbus" else
+                   "describe a binary error reply by its fields, or refuse it with the reply's 'starts_with'")
+            self.problem(top["errors"][0], "errors", f"only for protocol: text ({why})")
+        elif "errors" in top:
             reply_error, queue = self.attempt(self.errors, top["errors"][1], default=(None, None))
         operations = {}
         for section, kind in (("queries", "query"), ("commands", "command")):
