@@ -9,7 +9,7 @@ import time
 import pytest
 
 from socs_tcp import ConnectFailedError, LinkTimeoutError, TCPInterface
-from socs_tcp.devices import Device, DeviceError, load
+from socs_tcp.devices import Device, DeviceError, load, loads
 from socs_tcp.devices.simulator import DeviceSimulator, SimulatorLogic, SimulatorState
 from socs_tcp.devices.testing import device_simulator_fixture
 
@@ -100,6 +100,38 @@ def test_unknown_requests_get_the_devices_error():
             assert link.query("SYST:ERR?") == '0,"No error"'
         finally:
             link.close()
+
+
+INIT_FILE = """\
+device: initdemo
+connection:
+  port: 5025
+  init:
+    - send: "*CLS"
+    - send: "SYST:REM"
+    - expect: "REMOTE"
+errors:
+  queue: {query: "SYST:ERR?", parse: '^(?P<code>[-+]?\\d+),"(?P<message>[^"]*)"$', ok: [0]}
+queries:
+  volt: {request: "VOLT?", reply: {type: float, sim: {state: volt, value: 1.5}}}
+commands:
+  set_volt:
+    request: "VOLT {v}"
+    args: {v: {type: float, min: 0, max: 10}}
+    sim: {sets: {volt: "{v}"}}
+"""
+
+
+def test_the_simulator_knows_what_the_files_init_sends():
+    spec = loads(INIT_FILE, "initdemo.yaml")
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=3)
+        try:
+            dev.set_volt(v=2.5)                 # the queue holds no -113 for the init lines
+            assert dev.volt() == 2.5
+            assert sim.received[:2] == ["*CLS", "SYST:REM"]
+        finally:
+            dev.close()
 
 
 def test_pushed_error_reaches_the_driver_as_device_error():

@@ -166,6 +166,7 @@ class SimulatorLogic:
                 if s.action == "send" and s.terminator == []:
                     bare.add(s.value.encode(self.enc))
             self.bare = sorted(bare, key=len, reverse=True)
+            self.init_replies = self._init_replies(conn.init)
             ops = [op for op in spec.operations.values()]
             # literal requests first, then templates with the longest literal part
             ops.sort(key=lambda op: ("{" in op.request, -len(re.sub(r"\{[^}]*\}", "", op.request))))
@@ -245,7 +246,29 @@ class SimulatorLogic:
             # the first send is the request the client just sent
             first = next(i for i, s in enumerate(steps) if s.action == "send")
             return self._walk(op, args, steps[first + 1:])
+        if text in self.init_replies:
+            return self.init_replies[text]
         return self._error(-113, "Undefined header", f"unknown request {text!r}")
+
+    def _init_replies(self, steps):
+        """What the device answers to each line the file's ``connection.init``
+        sends (the ``expect`` and ``read`` steps after it): a request the
+        device knows, even when no operation sends it."""
+        replies = {}
+        current = None
+        for step in steps:
+            if step.action == "send":
+                if step.terminator == []:
+                    current = None            # a bare send: answered by the bare-request path
+                    continue
+                current = step.value.strip()
+                replies.setdefault(current, None)
+            elif current is not None and step.action in ("expect", "read"):
+                term = self.in_term if step.terminator is None else (step.terminator[0].encode(self.enc)
+                                                                     if step.terminator else b"")
+                text = step.value if step.action == "expect" else ""
+                replies[current] = (replies[current] or b"") + text.encode(self.enc) + term
+        return replies
 
     def _walk(self, op, args, steps):
         out = b""
