@@ -226,7 +226,7 @@ def test_a_device_decided_array_needs_a_length_field_and_the_last_place():
           fields:
             a: {wire: u8, byte: 1, array: {max: 4}}
             b: {wire: u8, byte: 2}
-        """) == ["frames.yaml:7: queries.q.reply.fields.a: an array whose length the device decides must be the "
+        """) == ["frames.yaml:9: queries.q.reply.fields.a: an array whose length the device decides must be the "
                  "last field of the reply (by byte)"]
 
 

@@ -82,7 +82,29 @@ CASES = {
     "binary field beyond the reply": (
         "device: demo\nconnection: {port: 1, protocol: binary}\nqueries:\n  s:\n    request: [0x30]\n    reply:\n"
         "      length: 2\n      fields:\n        t: {wire: i16, byte: 1}\n",
-        ["demo.yaml:7: queries.s.reply.fields.t: bytes 1..2 are beyond the reply length 2"]),
+        ["demo.yaml:9: queries.s.reply.fields.t: bytes 1..2 are beyond the reply length 2"]),
+    "flag bit beyond the wire type": (
+        "device: demo\nconnection: {port: 1, protocol: binary}\nqueries:\n  s:\n    request: [0x30]\n    reply:\n"
+        "      length: 1\n      fields:\n        r:\n          wire: u8\n          byte: 0\n"
+        "          flags: {relay_1: 0, relay_8: 9}\n",
+        ["demo.yaml:12: queries.s.reply.fields.r.flags.relay_8: bit 9 is beyond the u8 (bits 0..7)"]),
+    "simulated value that does not fit the wire": (
+        "device: demo\nconnection: {port: 1, protocol: binary}\nqueries:\n  s:\n    request: [0x78]\n    reply:\n"
+        "      length: 1\n      fields:\n        v: {wire: u8, byte: 0, scale: 0.1, sim: {value: 120}}\n",
+        ["demo.yaml:9: queries.s.reply.fields.v.sim.value: 120 (sent as 1200) does not fit a u8 (0..255)"]),
+    "simulated value outside the enum": (
+        BASE + "enums:\n  rng: {off: 0, low: 1}\nqueries:\n  r:\n    request: R?\n"
+        "    reply: {enum: rng, sim: {value: maximum}}\n",
+        ["demo.yaml:9: queries.r.reply.sim.value: 'maximum' is not one of the field's names ['low', 'off'] "
+         "(or wire values ['0', '1'])"]),
+    "simulated text that YAML read as a boolean": (
+        BASE + "queries:\n  m:\n    request: M?\n    reply: {type: str, sim: {value: on}}\n",
+        ["demo.yaml:7: queries.m.reply.sim.value: True is not text (YAML reads unquoted on/off/yes/no as a boolean: "
+         "quote it)"]),
+    "unquoted ON as text": (
+        BASE + "commands:\n  o:\n    request: OUTP {s}\n    args: {s: {type: bool, true_text: ON, false_text: 'OFF'}}\n",
+        ['demo.yaml:7: commands.o.args.s.true_text: must be text, got \'ON\', which YAML reads as True when unquoted: '
+         'write "ON"']),
     "literal byte out of range": (
         "device: demo\nconnection: {port: 1, protocol: binary}\ncommands:\n  s:\n    request: [0x130]\n",
         ["demo.yaml:5: commands.s.request[0]: a literal byte must be an integer 0..255, got '0x130'"]),
@@ -136,6 +158,10 @@ CASES = {
         "device: demo\nconnection: {port: 502, protocol: modbus}\nerrors: {}\n"
         "queries:\n  v: {modbus: {function: 4, address: 1, count: 1}, reply: {fields: {v: {wire: u16, register: 1}}}}\n",
         ["demo.yaml:3: errors: only for protocol: text (the driver raises Modbus exception replies as DeviceError)"]),
+    "terminator typed in single quotes": (
+        "device: demo\nconnection: {port: 1, in_terminator: '\\r\\n'}\nqueries:\n  v: {request: V, reply: float}\n",
+        ["demo.yaml:2: connection.in_terminator: '\\\\r\\\\n' holds a backslash and 'r': in single quotes or "
+         "unquoted, YAML keeps the backslash; write control characters in double quotes (\"\\r\\n\")"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',

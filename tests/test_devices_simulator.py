@@ -134,6 +134,48 @@ def test_the_simulator_knows_what_the_files_init_sends():
             dev.close()
 
 
+RELAYS_FILE = """\
+device: relays
+connection: {port: 17494, protocol: binary}
+queries:
+  states:
+    request: [0x24]
+    reply:
+      length: 1
+      fields:
+        relays: {wire: u8, byte: 0, flags: {relay_1: 0, relay_2: 1, relay_3: 2}, sim: {state: relays, value: 0}}
+commands:
+  relay_on:
+    request: [0x20, {arg: relay, wire: u8}]
+    args: {relay: {type: int, min: 1, max: 3}}
+    sim: {sets: {"relay_{relay}": true}}
+  relay_off:
+    request: [0x21, {arg: relay, wire: u8}]
+    args: {relay: {type: int, min: 1, max: 3}}
+    sim: {sets: {"relay_{relay}": false}}
+  set_all:
+    request: [0x23, {arg: mask, wire: u8}]
+    args: {mask: {type: int, min: 0, max: 7}}
+    sim: {sets: {relays: "{mask}"}}
+"""
+
+
+def test_a_flag_word_and_its_flags_are_one_state():
+    spec = loads(RELAYS_FILE, "relays.yaml")
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=3)
+        try:
+            dev.relay_on(relay=2)
+            assert dev.states()["relays"] == 0b010
+            dev.set_all(mask=0b101)             # the whole word wins over the earlier single flag
+            assert dev.states()["relays"] == 0b101
+            dev.relay_off(relay=3)
+            dev.relay_on(relay=2)
+            assert dev.states() == {"relays": 0b011, "relay_1": True, "relay_2": True, "relay_3": False}
+        finally:
+            dev.close()
+
+
 def test_pushed_error_reaches_the_driver_as_device_error():
     with DeviceSimulator("pcr500ma") as sim:
         dev = driver(sim)

@@ -154,6 +154,16 @@ class SimulatorLogic:
         self.enc = conn.encoding
         self.buffer = bytearray()
         self.pending = None  # (op, args, remaining steps) of a transaction waiting for the client
+        # a flag field kept in a state variable of its own (sim.state) is that word's bits: a command that
+        # sets one flag changes the word, and one that sets the word sets every flag
+        self.flag_words = {}                  # word state -> its flags {name: bit}
+        self.flag_bits = {}                   # flag -> (word state, bit, field)
+        for op in spec.operations.values():
+            for f in op.value_fields:
+                if f.flags and f.sim is not None and f.sim.state and "{" not in f.sim.state:
+                    self.flag_words[f.sim.state] = f.flags
+                    for flag, bit in f.flags.items():
+                        self.flag_bits[flag] = (f.sim.state, bit, f)
         if self.protocol == "text":
             self.out_term = conn.out_terminator.encode(self.enc) or b"\n"
             self.in_term = conn.in_terminator[0].encode(self.enc)
@@ -332,9 +342,20 @@ class SimulatorLogic:
         return out
 
     def _apply(self, op, args):
+        state = self.state
         for template, expr in (op.sim_sets or {}).items():
             name = template.format(**args)
-            self.state.set(name, _resolve(expr, args))
+            value = _resolve(expr, args)
+            with state.lock:
+                if name in self.flag_bits:
+                    word, bit, f = self.flag_bits[name]
+                    current = state.field_value(f, {})
+                    current = int(current) if isinstance(current, (int, float)) else 0
+                    state.set(word, current | (1 << bit) if value else current & ~(1 << bit))
+                    continue
+                state.set(name, value)
+                for flag in self.flag_words.get(name, ()):
+                    state.values.pop(flag, None)
 
     # ------------------------------------------------------------------
     # binary

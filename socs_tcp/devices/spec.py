@@ -55,6 +55,8 @@ BYTE_ORDERS = ("big", "little", "ABCD", "DCBA", "CDAB", "BADC")
 PROTOCOLS = ("text", "binary", "modbus")
 STALE_INPUT = ("drain", "keep", "close")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+#: a typed escape sequence left in a terminator (single-quoted '\r\n' is four characters)
+_ESCAPE_TYPED = re.compile(r"\\([rntx0])")
 #: public attributes of the driver (socs_tcp.devices.Device): an operation may not take one of these names,
 #: or its method would be hidden (a test keeps this list equal to the class's)
 RESERVED_NAMES = frozenset((
@@ -651,7 +653,11 @@ class _Loader:
 
     # -- reporting ---------------------------------------------------
     def problem(self, node, key, message):
-        line = node.start_mark.line + 1 if node is not None else 1
+        """Record a problem at ``node``'s line (or at a line number given as an int)."""
+        if isinstance(node, int):
+            line = node
+        else:
+            line = node.start_mark.line + 1 if node is not None else 1
         self.problems.append(DeviceFileProblem(self.file, line, key, message))
 
     def fail(self, node, key, message):
@@ -732,6 +738,11 @@ class _Loader:
         if not isinstance(v, str):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return node.value
+            if v is None and not node.value:
+                self.fail(node, key, "must be text, got nothing")
+            if isinstance(v, bool) or v is None:
+                self.fail(node, key, f"must be text, got {node.value!r}, which YAML reads as {v!r} "
+                                     f"when unquoted: write \"{node.value}\"")
             self.fail(node, key, f"must be text, got {self.describe(node)}")
         if not allow_empty and not v:
             self.fail(node, key, "must not be empty")
@@ -983,13 +994,19 @@ class _Loader:
         return Step(action, value, terminator, timeout, node.start_mark.line + 1)
 
     def terminators(self, node, key):
+        nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        terms = [self.string(n, key) for n in nodes]
+        for n, t in zip(nodes, terms):
+            m = _ESCAPE_TYPED.search(t)
+            if m:
+                self.problem(n, key, f"{t!r} holds a backslash and {m.group(1)!r}: in single quotes or unquoted, "
+                                     f"YAML keeps the backslash; write control characters in double quotes "
+                                     f"(\"\\r\\n\")")
         if isinstance(node, yaml.SequenceNode):
-            terms = [self.string(n, key) for n in node.value]
             if not terms or any(t == "" for t in terms):
                 self.fail(node, key, "a list of terminators must not be empty or contain ''")
             return terms
-        text = self.string(node, key)
-        return [text] if text else []
+        return [terms[0]] if terms[0] else []
 
     def placeholders(self, node, key, template):
         try:
@@ -1745,22 +1762,22 @@ class _Loader:
             size = WIRE_TYPES[f.wire][0]
             if any(f is v for v in variable):
                 if fixed is not None:
-                    self.problem(node, k, "an array whose length the device decides (array: {max: N}) needs a "
+                    self.problem(f.line or node, k, "an array whose length the device decides (array: {max: N}) needs a "
                                           "reply 'length' given by the device ({byte: N, wire: u8, plus: K})")
                 elif any(o.byte >= f.byte for o in r.fields if o is not f):
-                    self.problem(node, k, "an array whose length the device decides must be the last field "
+                    self.problem(f.line or node, k, "an array whose length the device decides must be the last field "
                                           "of the reply (by byte)")
                 continue
             size *= f.array.size if f.array else 1
             last = f.byte + size - 1
             if fixed is not None and last >= fixed:
-                self.problem(node, k, f"bytes {f.byte}..{last} are beyond the reply length {fixed}")
+                self.problem(f.line or node, k, f"bytes {f.byte}..{last} are beyond the reply length {fixed}")
             elif at is not None and f.byte < at + csum.size and last >= at:
-                self.problem(node, k, f"bytes {f.byte}..{last} overlap the checksum (bytes {at}..{at + csum.size - 1})")
+                self.problem(f.line or node, k, f"bytes {f.byte}..{last} overlap the checksum (bytes {at}..{at + csum.size - 1})")
             elif fixed is None:
                 tail = -csum.byte if csum is not None and csum.byte < 0 else 0
                 if f.byte + size > r.length_field.max - tail:
-                    self.problem(node, k, f"bytes {f.byte}..{last} do not fit a reply of at most "
+                    self.problem(f.line or node, k, f"bytes {f.byte}..{last} do not fit a reply of at most "
                                           f"{r.length_field.max} bytes" + (" with its checksum" if tail else ""))
 
     def check_unique(self, node, key, fields):
@@ -1854,7 +1871,9 @@ class _Loader:
             f.type = "str"
         if "flags" in m:
             flags = {}
+            flag_nodes = {}
             for fl, (fknode, fv) in self.items(m["flags"][1], f"{key}.flags").items():
+                flag_nodes[fl] = fv
                 if not _NAME.match(fl):
                     self.problem(fknode, f"{key}.flags.{fl}", f"{fl!r} is not a valid field name")
                     continue
@@ -1865,8 +1884,12 @@ class _Loader:
                     flags[fl] = bit
             if f.type != "int":
                 self.problem(m["flags"][0], f"{key}.flags", f"flags need an int field (this is {f.type})")
-            if f.wire and any(b >= 8 * WIRE_TYPES[f.wire][0] for b in flags.values()):
-                self.problem(m["flags"][0], f"{key}.flags", f"a bit number is beyond the {f.wire}")
+            if f.wire:
+                bits = 8 * WIRE_TYPES[f.wire][0]
+                for fl, bit in flags.items():
+                    if bit >= bits:
+                        self.problem(flag_nodes[fl], f"{key}.flags.{fl}",
+                                     f"bit {bit} is beyond the {f.wire} (bits 0..{bits - 1})")
             f.flags = flags
             if "flag_type" in m:
                 f.flag_type = self.choice(m["flag_type"][1], f"{key}.flag_type", ("bool", "int"), "flag type")
@@ -1932,6 +1955,12 @@ class _Loader:
         s = SimSpec()
         if "value" in m:
             s.value = self.plain(m["value"][1], f"{key}.value")
+            values = s.value if f.array is not None and isinstance(s.value, list) else [s.value]
+            for v in values:
+                why = _sim_value_problem(f, v)
+                if why:
+                    self.problem(m["value"][1], f"{key}.value", why)
+                    break
         if "range" in m:
             s.range = self.pair(m["range"][1], f"{key}.range")
         if "noise" in m:
@@ -2165,6 +2194,35 @@ class _Loader:
                 if arg is not None:
                     t.params.append(arg)
         return t
+
+
+def _sim_value_problem(f, v):
+    """Why ``v`` cannot be the simulated value of field ``f`` (None: it can)."""
+    if v is None:
+        return None
+    if f.map is not None:
+        if str(v) in f.map or v in f.map.values():
+            return None
+        return f"{v!r} is not one of the field's names {sorted(set(f.map.values()))} (or wire values {sorted(f.map)})"
+    if f.type == "str":
+        if isinstance(v, bool):
+            return f"{v!r} is not text (YAML reads unquoted on/off/yes/no as a boolean: quote it)"
+        return None
+    if f.type == "bool":
+        return None if isinstance(v, bool) or v in (0, 1) else f"{v!r} is not true or false"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"{v!r} is not a number"
+    if isinstance(v, float) and not math.isfinite(v):
+        return f"{v!r} is not a finite number"
+    if f.wire is not None and WIRE_TYPES[f.wire][1] not in "fd":
+        size = WIRE_TYPES[f.wire][0]
+        lo, hi = ((-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1) if f.wire.startswith("i")
+                  else (0, (1 << (8 * size)) - 1))
+        raw = round((v - (f.offset or 0)) / (f.scale or 1))
+        if not lo <= raw <= hi:
+            scaled = f" (sent as {raw})" if f.scale is not None or f.offset is not None else ""
+            return f"{v!r}{scaled} does not fit a {f.wire} ({lo}..{hi})"
+    return None
 
 
 def _wire_key(v):
