@@ -165,7 +165,16 @@ CASES = {
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',
-        ["demo.yaml:6: not valid YAML: expected ',' or '}', but got '<scalar>'"]),
+        ["demo.yaml:6: not valid YAML: expected ',' or '}', but got '<scalar>' (column 5; while parsing a flow "
+         "mapping at line 5; a '{' without its '}', or a value in it that holds ',' ':' '{' or '#' unquoted)"]),
+    "YAML indented wrongly": (
+        BASE + "queries:\n  v:\n    request: V\n   reply: float\n",
+        ["demo.yaml:7: not valid YAML: expected <block end>, but found '<block mapping start>' (column 4; while "
+         "parsing a block mapping at line 5; this line's indentation does not match the lines above it)"]),
+    "YAML with a tab": (
+        BASE + "queries:\n\tv: {request: V, reply: float}\n",
+        ["demo.yaml:5: not valid YAML: found character '\\t' that cannot start any token (column 1; YAML indents "
+         "with spaces, not tabs)"]),
 }
 
 

@@ -621,7 +621,7 @@ def loads(text, file="<string>", path=None):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise DeviceFileError([DeviceFileProblem(file, line, "", f"not valid YAML: {e.problem or e}")]) from None
+        raise DeviceFileError([DeviceFileProblem(file, line, "", _yaml_message(e))]) from None
     except yaml.YAMLError as e:
         raise DeviceFileError([DeviceFileProblem(file, 1, "", f"not valid YAML: {e}")]) from None
     if node is None:
@@ -630,6 +630,36 @@ def loads(text, file="<string>", path=None):
     if loader.problems:
         raise DeviceFileError(sorted(loader.problems, key=lambda p: p.line))
     return spec
+
+
+#: what a YAML parser's complaint usually means in a device file
+_YAML_HINTS = (
+    ("mapping values are not allowed", "a ':' inside an unquoted value (quote the value), or a key indented "
+                                       "deeper than the one above it"),
+    ("expected <block end>", "this line's indentation does not match the lines above it"),
+    ("could not find expected ':'", "a line without 'key: value', or a quote that is not closed"),
+    ("found character '\\t'", "YAML indents with spaces, not tabs"),
+    ("expected ',' or '}'", "a '{' without its '}', or a value in it that holds ',' ':' '{' or '#' unquoted"),
+    ("expected ',' or ']'", "a '[' without its ']', or a value in it that holds ',' ':' '[' or '#' unquoted"),
+    ("found undefined alias", "'*' starts an alias in YAML: quote a value that starts with '*'"),
+    ("found unknown escape character", "in double quotes only YAML escapes are allowed ('\\r', '\\n', "
+                                       "'\\x05'); use single quotes for a regex"),
+)
+
+
+def _yaml_message(e):
+    """The parser's complaint, where it is (column, and the block it was reading), and what it usually means."""
+    problem = e.problem or str(e)
+    where = []
+    if e.problem_mark is not None:
+        where.append(f"column {e.problem_mark.column + 1}")
+    if e.context and e.context_mark is not None and e.problem_mark is not None \
+            and e.context_mark.line != e.problem_mark.line:
+        where.append(f"{e.context} at line {e.context_mark.line + 1}")
+    hint = next((h for key, h in _YAML_HINTS if key in problem), None)
+    if hint:
+        where.append(hint)
+    return f"not valid YAML: {problem}" + (f" ({'; '.join(where)})" if where else "")
 
 
 def _source_lines(text):
