@@ -162,6 +162,13 @@ CASES = {
         "device: demo\nconnection: {port: 1, in_terminator: '\\r\\n'}\nqueries:\n  v: {request: V, reply: float}\n",
         ["demo.yaml:2: connection.in_terminator: '\\\\r\\\\n' holds a backslash and 'r': in single quotes or "
          "unquoted, YAML keeps the backslash; write control characters in double quotes (\"\\r\\n\")"]),
+    "no follow-on problems from a broken operation": (
+        BASE + "queries:\n  t:\n    request: T? {ch}\n    args: {ch: {type: int, min: 1, max: two}}\n"
+        "    reply: {fields: {t: {type: flaot}}}\n"
+        "polling:\n  feed: f\n  items:\n    - query: t\n      args: {ch: 1}\n      fields: [t]\n"
+        "agent:\n  tasks:\n    temp: {kind: alias, operation: t, args: {channel: ch}}\n",
+        ["demo.yaml:7: queries.t.args.ch.max: must be an integer, got 'two'",
+         "demo.yaml:8: queries.t.reply.fields.t: unknown type 'flaot' (one of: float, int, str, bool)"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',

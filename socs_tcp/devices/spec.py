@@ -680,6 +680,8 @@ class _Loader:
     def __init__(self, file):
         self.file = file
         self.problems = []
+        #: operations with a problem of their own: checks that refer to them are skipped, not reported again
+        self.damaged = set()
 
     # -- reporting ---------------------------------------------------
     def problem(self, node, key, message):
@@ -884,7 +886,10 @@ class _Loader:
                     self.problem(knode, key, f"{op_name!r} is a method or attribute of the driver "
                                              "(socs_tcp.devices.Device); choose another name")
                     continue
+                before = len(self.problems)
                 op = self.attempt(self.operation, vnode, key, op_name, kind, connection)
+                if len(self.problems) > before:
+                    self.damaged.add(op_name)
                 if op is not None:
                     operations[op_name] = op
         for op, gnode, gkey in self.guards:
@@ -1300,6 +1305,8 @@ class _Loader:
             if not all(x in cm for x in ("query", "field", "message")):
                 continue
             qname = self.string(cm["query"][1], f"{k}.query")
+            if qname in self.damaged:
+                continue
             q = operations.get(qname)
             if q is None or q.writes:
                 self.problem(cm["query"][1], f"{k}.query", f"{qname!r} is not a read-only query of this device")
@@ -2069,6 +2076,8 @@ class _Loader:
         if "query" not in m:
             raise _Skip
         name = self.string(m["query"][1], f"{key}.query")
+        if name in self.damaged:
+            raise _Skip                       # its own problems are reported; what follows from them would mislead
         op = operations.get(name)
         if op is None:
             self.fail(m["query"][1], f"{key}.query", f"unknown operation {name!r}")
@@ -2141,7 +2150,7 @@ class _Loader:
         if "hide" in m:
             for n in self.seq(m["hide"][1], "agent.hide"):
                 op = self.string(n, "agent.hide")
-                if op not in operations:
+                if op not in operations and op not in self.damaged:
                     self.problem(n, "agent.hide", f"unknown operation {op!r}")
                 a.hide.append(op)
         if "acq_args" in m:
@@ -2199,6 +2208,8 @@ class _Loader:
             t.description = self.string(m["description"][1], f"{key}.description")
         if "operation" in m:
             t.operation = self.string(m["operation"][1], f"{key}.operation")
+            if t.operation in self.damaged:
+                raise _Skip
             if t.operation not in operations:
                 self.fail(m["operation"][1], f"{key}.operation", f"unknown operation {t.operation!r}")
         if t.kind == "alias" and t.operation is None:
