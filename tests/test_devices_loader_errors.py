@@ -169,6 +169,12 @@ CASES = {
         "agent:\n  tasks:\n    temp: {kind: alias, operation: t, args: {channel: ch}}\n",
         ["demo.yaml:7: queries.t.args.ch.max: must be an integer, got 'two'",
          "demo.yaml:8: queries.t.reply.fields.t: unknown type 'flaot' (one of: float, int, str, bool)"]),
+    "a setter whose state variable no field reads": (
+        BASE + "queries:\n  sp:\n    request: SETP? {loop}\n    args: {loop: {type: int, min: 1, max: 2}}\n"
+        "    reply: {type: float, sim: {state: 'setp_{loop}'}}\ncommands:\n  set_sp:\n    request: SETP {loop},{v}\n"
+        "    args: {loop: {type: int, min: 1, max: 2}, v: float}\n    sim: {sets: {'setpoint_{loop}': '{v}'}}\n",
+        ["demo.yaml:13: commands.set_sp.sim.sets.setpoint_{loop}: no field reads the state variable 'setpoint_{loop}', "
+         "so setting it changes no reply (fields read: setp_{loop}; give the field sim: {state: ...})"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',

@@ -682,6 +682,8 @@ class _Loader:
         self.problems = []
         #: operations with a problem of their own: checks that refer to them are skipped, not reported again
         self.damaged = set()
+        #: (node, key, state name) of every ``sim.sets`` entry, checked once all fields are known
+        self.set_targets = []
 
     # -- reporting ---------------------------------------------------
     def problem(self, node, key, message):
@@ -894,6 +896,8 @@ class _Loader:
                     operations[op_name] = op
         for op, gnode, gkey in self.guards:
             op.guard = self.attempt(self.guard, op, gnode, gkey, operations)
+        if not self.damaged:
+            self.check_set_targets(operations)
         if not operations and "queries" not in top and "commands" not in top:
             self.problem(node, "", "a device needs at least one of 'queries' or 'commands'")
         sim_state, sim_unknown = {}, None
@@ -1370,7 +1374,28 @@ class _Loader:
                         self.problem(vnode, f"{key}.sets.{var}", f"unknown argument {{{arg}}}")
                 self.state_template(knode, f"{key}.sets.{var}", var, names)
                 out[var] = expr
+            for var, (knode, _) in self.items(m["sets"][1], f"{key}.sets").items():
+                self.set_targets.append((knode, f"{key}.sets.{var}", var))
         return out
+
+    def check_set_targets(self, operations):
+        """Every state variable a command sets is read by some field (its ``sim.state``, or a flag of that
+        name): else the simulator's setter would change nothing a query returns."""
+        readers = set()
+        for op in operations.values():
+            for f in op.value_fields:
+                if f.sim is not None and f.sim.state:
+                    readers.add(f.sim.state)
+                readers.update(f.flags or ())
+        skeletons = {_state_skeleton(r): r for r in readers}
+        for knode, key, var in self.set_targets:
+            pattern = _state_regex(var)
+            if any(pattern.fullmatch(sk) or _state_regex(r).fullmatch(_state_skeleton(var))
+                   for sk, r in skeletons.items()):
+                continue
+            shown = ", ".join(sorted(readers)) or "none"
+            self.problem(knode, key, f"no field reads the state variable {var!r}, so setting it changes no reply "
+                                     f"(fields read: {shown}; give the field sim: {{state: ...}})")
 
     def state_template(self, node, key, template, names):
         for n in self.placeholders(node, key, template):
@@ -2235,6 +2260,17 @@ class _Loader:
                 if arg is not None:
                     t.params.append(arg)
         return t
+
+
+def _state_skeleton(template):
+    """A state-name template with each placeholder as one NUL character."""
+    return re.sub(r"\{[^{}]*\}", "\0", template)
+
+
+def _state_regex(template):
+    """A regex matching the names a state-name template can make (a placeholder: any text)."""
+    parts = re.split(r"\{[^{}]*\}", template)
+    return re.compile(".+".join(re.escape(p) for p in parts))
 
 
 def _sim_value_problem(f, v):
