@@ -3,8 +3,9 @@ ocs-agent-cli from device files, a real OCSClient, and independent device
 emulators on loopback (tests/emulators, written from the vendor manuals and
 SOCS's fixtures, not from the device files).
 
-Two devices end to end: the Pfeiffer TPG 366 (text, ACK/ENQ handshake) and
-the Cryomech CPA (Modbus TCP).  Also here, ported check by check, SOCS's own
+Three devices end to end: the Pfeiffer TPG 366 (text, ACK/ENQ handshake),
+the Cryomech CPA (Modbus TCP) and the Pfeiffer TC 400 (checksummed
+telegrams at a bus address given as a param, SOCS's ``acq(wait)``).  Also here, ported check by check, SOCS's own
 integration tests of the agents these files replace
 (simonsobs/socs ``tests/integration/test_pfeiffer_tpg366_agent_integration.py``
 and ``test_cryomech_cpa_agent_integration.py``).  The files themselves need a
@@ -21,7 +22,7 @@ import time
 
 import ocs
 import pytest
-from emulators import CryomechCPAEmulator, TPG366Emulator
+from emulators import CryomechCPAEmulator, TC400Emulator, TPG366Emulator
 from emulators.cryomech_cpa import SOCS_CAPTURED_REPLY
 from emulators.tpg366 import SOCS_FIXTURE_PRESSURES
 from ocs import site_config
@@ -109,7 +110,7 @@ def lamp_file(tmp_path_factory):
 def devices(lamp_file):
     made = {"tpg": TPG366Emulator(), "cpa": CryomechCPAEmulator(), "guarded": TPG366Emulator(),
             "socs_tpg": TPG366Emulator(data_terminator=b"\r\n"), "socs_cpa": CryomechCPAEmulator(),
-            "lamp": DeviceSimulator(lamp_file), "late_cpa": CryomechCPAEmulator()}
+            "lamp": DeviceSimulator(lamp_file), "late_cpa": CryomechCPAEmulator(), "tc400": TC400Emulator(address=94)}
     try:
         for device in made.values():
             device.start()
@@ -143,6 +144,10 @@ def stack(devices, lamp_file):
         # started while its compressor is unreachable (see test_acq_started_while_the_device_is_down)
         st.add_instance("DeviceAgent", "late-cryomech", [
             "--device-file", "cryomech_cpa", "--address", devices["late_cpa"].address, "--mode", "acq", *common])
+        # SOCS's PfeifferTC400Agent arguments, with --turbo-address 94 given as the file's param
+        st.add_instance("DeviceAgent", "turbo", [
+            "--device-file", "pfeiffer_tc400", "--ip-address", "127.0.0.1", "--port-number", devices["tc400"].port,
+            "--param", "address=94", "--mode", "none", *common])
         st.add_instance("DeviceAgent", "lamp", [
             "--device-file", lamp_file, "--address", f"127.0.0.1:{devices['lamp'].port}", "--mode", "idle", *common])
         # these two must refuse to start
@@ -154,7 +159,7 @@ def stack(devices, lamp_file):
         st.start()
         devices["late_cpa"].refuse_connections()
         for iid in ("pfeiffer366", "cryomech", "guarded", "socs-pfeiffer366", "socs-cryomech", "lamp",
-                    "late-cryomech"):
+                    "late-cryomech", "turbo"):
             st.start_agent(iid, wait=False)
         for iid in st.agents:
             st.agents[iid].wait_ready(timeout=90)
@@ -327,6 +332,30 @@ def test_a_task_fails_fast_and_clearly_while_the_device_is_down(tpg, devices):
 
 
 # ---------------------------------------------------------------- acq
+
+
+def test_tc400_is_the_socs_turbo_agent_at_its_bus_address(stack, devices):
+    turbo = stack.client("turbo")
+    description = api(stack, "turbo")
+    names = {name for name, *_ in description["tasks"]}
+    assert {"init", "turn_turbo_on", "turn_turbo_off", "acknowledge_turbo_errors"} <= names
+    acq_doc = {name: encoded["docstring"] for name, _, encoded in description["processes"]}["acq"]
+    assert acq_doc.splitlines()[0] == "acq(wait=1.0, test_mode=False)"
+    ok(turbo.init(auto_acquire=False))
+    ok(turbo.turn_turbo_on())
+    emu = devices["tc400"]
+    assert emu.values["pumping_station"] is True and emu.values["motor"] is True
+    assert all(r.startswith("094") for r in emu.received)             # every telegram to unit 94
+    assert turbo.acq.start(wait=0.25, test_mode=True).status == ocs.OK
+    turbo.acq.wait(timeout=20)
+    values = acq_session(turbo)["data"]["values"]
+    assert values["Rotation_Speed"] == 820 and values["Error_Code"] == "000000"
+    assert set(values) == {"Drive_Voltage", "Drive_Current", "Drive_Power", "Turbo_Power_Stage_Temp",
+                           "Turbo_Electronics_Temp", "Turbo_Pump_Bottom_Temp", "Turbo_Bearing_Temp",
+                           "Turbo_Motor_Temp", "Rotation_Speed", "Acceleration", "Error_Code"}
+    ok(turbo.turn_turbo_off())
+    assert emu.values["motor"] is False
+    assert turbo.acq.start(wait=-1).status == ocs.ERROR                  # a period must be positive
 
 
 def test_acq_test_mode_runs_one_cycle_and_publishes_the_socs_fields(tpg):

@@ -52,7 +52,9 @@ def test_every_task_docstring_is_in_the_ocs_format(name):
         if task.kind != "stop":
             assert "        >>> response.session['data']" in lines
     doc = docgen.acq_docstring(spec)
-    assert doc.splitlines()[0] == f"acq(sampling_frequency={spec.polling.rate!r}, test_mode=False)"
+    rate = ", ".join(f"{name}={default!r}" for name, _, default, _ in docgen.acq_parameters(spec))
+    assert doc.splitlines()[0] == f"acq({rate})"
+    assert rate.startswith("wait=1.0" if name == "pfeiffer_tc400" else f"sampling_frequency={spec.polling.rate!r}")
     assert "**Process** - " in doc and "session.degraded" in doc
 
 

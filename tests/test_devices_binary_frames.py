@@ -12,6 +12,7 @@ generated simulator answering the file's own driver.
 
 import logging
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -202,8 +203,18 @@ def test_a_reply_checksum_must_lie_in_the_reply():
     assert problems("""\
         request: [0x01]
         reply: {length: 4, checksum: {type: crc16_modbus, byte: 3}, fields: {a: {wire: u8, byte: 0}}}
-        """) == ["frames.yaml:6: queries.q.reply.checksum.byte: the checksum (bytes 3..4) lies outside the reply "
+        """) == ["frames.yaml:6: queries.q.reply.checksum.byte: a 2-byte checksum at byte 3 does not fit the reply "
                  "of 4 bytes"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 2, plus: 5}, checksum: {type: sum8, from: 3}, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.checksum.from: from 3 is past the length field (bytes 2..2): a short "
+                 "reply would have nothing to check"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 2, plus: 5, max: 40}, checksum: {type: sum8, byte: 40}, fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.checksum.byte: a 1-byte checksum at byte 40 does not fit a reply of "
+                 "at most 40 bytes"]
 
 
 def test_fields_may_not_overlap_the_checksum():
@@ -245,11 +256,77 @@ def test_length_field_errors():
         """) == ["frames.yaml:6: queries.q.reply.fields.a: bytes 6..9 do not fit a reply of at most 8 bytes"]
 
 
+def test_hex_map_keys_of_a_binary_field_are_numbers(tmp_path):
+    spec = loads(BASE + textwrap.indent(textwrap.dedent("""\
+        request: [0x01]
+        reply: {length: 1, fields: {echo: {wire: u8, byte: 0, map: {0x11: history, 18: other}, sim: {value: history}}}}
+        """), "    "), "frames.yaml")
+    assert spec.operations["q"].fields[0].map == {"17": "history", "18": "other"}
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            assert dev.q() == "history"
+        finally:
+            dev.close()
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 1, fields: {echo: {wire: u8, byte: 0, map: {x11: history}}}}
+        """) == ["frames.yaml:6: queries.q.reply.fields.echo.map.x11: 'x11' is not an integer (a u8 value)"]
+
+
+def test_crc16_modbus_goes_low_byte_first_unless_told():
+    spec = loads(BASE + textwrap.indent(textwrap.dedent("""\
+        request: [0x01, 0x03, 0x10, 0x00, 0x00, 0x02, {checksum: crc16_modbus}]
+        reply: {length: 4, checksum: crc16_modbus, fields: {a: {wire: u16, byte: 0}}}
+        """), "    "), "frames.yaml")
+    op = spec.operations["q"]
+    assert op.request[-1].checksum.order == "little" and op.reply.checksum.order == "little"
+    dev = Device.from_file(spec, "127.0.0.1:1", connect=False)
+    assert dev.parse("q", with_crc(bytes.fromhex("0102"))) == {"a": 0x0102}
+
+
+def test_the_tail_of_a_refused_reply_does_not_spoil_the_next_attempt(dev, rtu):
+    # an exception reply sent in two pieces, as a serial server forwards it: the driver refuses it at its
+    # first bytes, then discards the rest as it comes before it asks again
+    exception = with_crc(bytes.fromhex("01 83 02"))
+    original = rtu.respond
+    calls = []
+
+    def respond(session, request):
+        calls.append(request)
+        if len(calls) > 1:
+            return original(session, request)
+        session.send(exception[:3])
+        time.sleep(0.01)                      # the serial line's pace (the device's, not the test's, timing)
+        session.send(exception[3:])
+        return None
+
+    rtu.respond = respond
+    assert dev.status()["heater_on"] is True
+
+
+def test_a_silent_reply_is_asked_again_while_attempts_remain(dev, rtu):
+    original = rtu.respond
+    calls = []
+
+    def respond(session, request):
+        calls.append(request)
+        return None if len(calls) == 1 else original(session, request)   # the first request is lost
+    rtu.respond = respond
+    assert dev.temperatures() == [21.5, -3.2]
+    assert len(calls) == 2
+
+
 def test_starts_with_errors():
     assert problems("""\
         request: [0x01]
         reply: {length: 2, starts_with: "0x01", fields: {a: {wire: u8, byte: 1}}}
         """) == ["frames.yaml:6: queries.q.reply.starts_with: not hex digits: '0x01'"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: {byte: 2, plus: 3}, starts_with: "01 03 ff", fields: {a: {wire: u8, byte: 0}}}
+        """) == ["frames.yaml:6: queries.q.reply.starts_with: 3 bytes reach the length field (bytes 2..2), which the "
+                 "device fills in"]
     assert problems("""\
         request: "Q?"
         reply: {starts_with: "01", checksum: sum8, fields: {a: int}}

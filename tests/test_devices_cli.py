@@ -25,7 +25,7 @@ def test_check_a_bad_file_exits_1_with_file_line_errors(tmp_path, capsys):
     assert captured.err.splitlines() == [
         f"{bad}:4: connection.parity: unknown key (allowed: port, protocol, encoding, out_terminator, in_terminator, "
         "timeout, connect_timeout, min_gap, stale_input, strip, prompt, init, query_transaction, command_transaction, "
-        "unit, transaction_id)",
+        "unit, transaction_id, checksum)",
         f"{bad}:6: queries.p.reply: unknown type 'flaot' (one of: float, int, str, bool)",
     ]
 

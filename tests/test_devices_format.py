@@ -9,7 +9,7 @@ import pytest
 from socs_tcp.devices import REQUIRED, find, list_devices, load
 from socs_tcp.devices.spec import files_dir
 
-SHIPPED = ["cryomech_cpa", "ds378", "galil_dmc", "ls372", "pcr500ma", "toptica_dlc", "tpg366"]
+SHIPPED = ["cryomech_cpa", "ds378", "galil_dmc", "ls372", "pcr500ma", "pfeiffer_tc400", "toptica_dlc", "tpg366"]
 
 
 def test_list_devices_is_the_sorted_shipped_names():

@@ -15,7 +15,8 @@ connection:
 
 FIELD_KEYS = ("type, unit, description, alarm, warning, map, enum, flags, flag_type, array, status, scale, offset, "
               "true_text, false_text, base, wire, byte, register, order, sim")
-TOP_KEYS = "device, title, description, replaces, connection, enums, transactions, errors, queries, commands, polling, agent, sim"
+TOP_KEYS = ("device, title, description, replaces, connection, params, enums, transactions, errors, queries, commands, "
+            "polling, agent, sim")
 
 CASES = {
     # the example of the issue: a misspelt type

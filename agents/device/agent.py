@@ -25,6 +25,7 @@ from ocs.ocs_twisted import TimeoutLock
 
 from socs_tcp.devices import Device, DeviceError, DeviceReplyError, load
 from socs_tcp.devices.docgen import acq_docstring, acq_parameters, agent_modes, agent_tasks, task_docstring
+from socs_tcp.devices.spec import param_assignments
 
 from ..common import (
     Outage,
@@ -132,9 +133,11 @@ class DeviceAgent:
     def _make_acq(self):
         params = acq_parameters(self.spec)
         rate_name = params[0][0] if len(params) > 1 else None
+        period = "period" in (self.spec.agent.acq_args or {})   # the argument is seconds between cycles
 
         def acq(session, params):
-            rate = params.get(rate_name) if rate_name else None
+            value = params.get(rate_name) if rate_name else None
+            rate = 1.0 / value if value and period else value
             return self.poller.run_exclusive(self.lock, session, rate or self.sample_rate, once=params["test_mode"])
 
         acq.__doc__ = acq_docstring(self.spec)
@@ -257,6 +260,11 @@ def make_parser(parser=None):
                         "Usually 'acq' starts acq (through init, where the file has an init task), 'init' "
                         "runs only init, 'test' runs one acq cycle, 'idle' starts nothing.")
     pgroup.add_argument("--serial-number", help="Informational (as SOCS's Cryomech agent takes it): logged at start-up.")
+    pgroup.add_argument("--port-number", dest="port", type=int, metavar="PORT",
+                        help="The device port (as SOCS's Pfeiffer TC400 agent names it; same as --port).")
+    pgroup.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="A param of the device file (its bus address, ...), checked like a task argument; "
+                             "repeat for several.  Default: the file's.")
     return parser
 
 
@@ -271,7 +279,8 @@ def make_device(args, spec):
     if args.host and not args.port:
         args.port = spec.connection.port
     host, port = device_address(args)
-    kwargs = {"connect": False, "max_read_size": args.max_read_size}
+    kwargs = {"connect": False, "max_read_size": args.max_read_size,
+              "params": spec.param_values(param_assignments(args.param), texts=True)}
     if args.timeout is not None:
         kwargs["timeout"] = args.timeout
     return Device.from_file(spec, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}", **kwargs)
@@ -293,7 +302,7 @@ def main(args=None):
                              f"its modes: {', '.join(modes)}")
         device = make_device(args, spec)
         privs = write_privs(args)
-    except (OSError, ValueError) as e:
+    except (OSError, TypeError, ValueError) as e:
         parser.error(str(e))
     agent, runner = ocs_agent.init_site_agent(args)
     route_library_logs(agent.log, level)

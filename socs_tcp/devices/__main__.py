@@ -60,6 +60,9 @@ def _simulate(args):
     except OSError as e:
         sys.stderr.write(f"cannot listen on {args.host}:{args.port}: {e}\n")
         return 1
+    except (TypeError, ValueError) as e:     # a bad --param
+        sys.stderr.write(f"{e}\n")
+        return 2
 
 
 def make_parser():

@@ -32,7 +32,7 @@ from .spec import WIRE_TYPES, ArraySpec
 
 __all__ = [
     "format_request", "parse_text", "encode_binary", "decode_binary", "binary_reply_length", "check_frame", "check_checksum",
-    "decode_binary_reply",
+    "decode_binary_reply", "seal_text", "unseal_text",
     "modbus_request", "modbus_frame_length", "parse_modbus", "MODBUS_EXCEPTIONS", "to_big", "from_big",
     "render_text", "encode_fields", "encode_binary_reply", "match_text_request", "feed_values",
 ]
@@ -51,11 +51,12 @@ _TEMPLATES = {}  # request template -> its parsed parts
 # ----------------------------------------------------------------------
 # text requests
 
-def format_request(op, args, forbidden=""):
+def format_request(op, args, forbidden="", params=None):
     """The request text of ``op`` with checked ``args`` filled in.
 
     ``forbidden`` lists characters a str argument may not contain (the
     terminators), so that an argument can never end a command early.
+    ``params`` (``{name: (ArgSpec, value)}``) fills the device's params.
     """
     out = []
     arg_map = op.arg_map
@@ -66,8 +67,11 @@ def format_request(op, args, forbidden=""):
         out.append(literal)
         if name is None:
             continue
-        arg = arg_map[name]
-        value = args.get(name)
+        arg = arg_map.get(name)
+        if arg is None:
+            arg, value = params[name]
+        else:
+            value = args.get(name)
         if value is None:
             continue
         if arg.type == "str":
@@ -452,6 +456,28 @@ def binary_reply_length(op_name, reply, header):
     return total
 
 
+# ----------------------------------------------------------------------
+# text frames with a checksum (connection.checksum)
+
+def seal_text(c, frame, encoding):
+    """``frame`` (bytes, no terminator) with its checksum text appended."""
+    return frame + format(checksum(c.type, frame[c.start:]), c.format).encode(encoding)
+
+
+def unseal_text(op_name, c, frame, encoding):
+    """``frame`` without its checksum text; :class:`DeviceReplyError` when the
+    checksum is missing or wrong."""
+    width = len(format(0, c.format))
+    if len(frame) < c.start + width:
+        raise DeviceReplyError(op_name, frame, f"{len(frame)} bytes are too short for a {width}-character checksum")
+    body, got = frame[:-width], frame[-width:]
+    want = format(checksum(c.type, body[c.start:]), c.format).encode(encoding)
+    if got != want:
+        raise DeviceReplyError(op_name, frame, f"checksum {got.decode(encoding, 'replace')!r}, computed "
+                                               f"{want.decode(encoding)!r} ({c.type} of the characters before it)")
+    return body
+
+
 def check_frame(op_name, reply, data):
     """Raise :class:`DeviceReplyError` unless ``data`` starts as the reply must
     (``starts_with``) and carries its checksum."""
@@ -651,6 +677,8 @@ def _render_value(f, value):
         v = float(value)
         if f.scale is not None or f.offset is not None:
             v = (v - (f.offset or 0)) / (f.scale or 1)
+            if abs(v - round(v)) < 1e-6:
+                return str(int(round(v)))  # a scaled value is sent as a whole number of its steps
         return repr(v)  # shortest text that reads back as the same float
     if f.type == "int":
         v = value
@@ -687,13 +715,16 @@ def _status_text(f, ok=True):
     return want
 
 
-def render_text(op, values):
-    """Reply text for ``values`` ({field: value}) that :func:`parse_text` reads back."""
+def render_text(op, values, params=None):
+    """Reply text for ``values`` ({field: value}) that :func:`parse_text` reads
+    back; a regex reply's ``format`` may also use the device's ``params``
+    (``{name: value}``)."""
     reply = op.reply
     if reply.mode == "single":
         return _render_value(reply.fields[0], values.get(reply.fields[0].name))
     if reply.mode == "regex":
-        return reply.format.format(**{f.name: _render_value(f, values.get(f.name)) for f in reply.fields})
+        return reply.format.format(**(params or {}),
+                                   **{f.name: _render_value(f, values.get(f.name)) for f in reply.fields})
     items = []
     for f in reply.fields:
         value = values.get(f.name)
@@ -790,15 +821,24 @@ _ARG_PATTERNS = {
 }
 
 
-def request_regex(op):
-    """A compiled regex that matches the requests ``op`` sends, with a group per argument."""
+def request_regex(op, params=None):
+    """A compiled regex that matches the requests ``op`` sends, with a group per
+    argument; a device param (``params``: ``{name: (ArgSpec, value)}``) must be
+    the device's own value (any value when ``params`` is None)."""
     parts = []
     seen = set()
     for literal, name, spec, _ in _formatter.parse(op.request):
         parts.append(re.escape(literal))
         if name is None:
             continue
-        arg = op.arg_map[name]
+        arg = op.arg_map.get(name)
+        if arg is None:                       # a device param: its value, or any value without params
+            if params is None:
+                parts.append(".+?")
+            else:
+                p, value = params[name]
+                parts.append(re.escape(format(p.wire(value), spec) if spec else p.text(value)))
+            continue
         if arg.type == "enum":
             texts = sorted({format(v, spec) if spec else str(v) for v in arg.values.values()}, key=len, reverse=True)
             pattern = "|".join(re.escape(t) for t in texts)

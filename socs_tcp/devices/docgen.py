@@ -114,14 +114,19 @@ def agent_modes(spec) -> tuple[dict, str]:
 
 def acq_parameters(spec) -> list[tuple[str, str, Any, str]]:
     """``(name, type, default, description)`` of the parameters of ``acq``: the rate
-    (named by the file's ``agent.acq_args.rate``, ``sampling_frequency`` by default) and ``test_mode``."""
+    (named by the file's ``agent.acq_args.rate``, ``sampling_frequency`` by default), or the
+    period between cycles (``agent.acq_args.period``, SOCS's ``wait``), and ``test_mode``."""
     polling = spec.polling
     rate = polling.rate if polling is not None else 1.0
-    rate_name = (spec.agent.acq_args or {}).get("rate")
+    acq_args = spec.agent.acq_args or {}
+    rate_name = acq_args.get("rate")
     params = []
     if rate_name:
         params.append((rate_name, "float", rate, f"acq cycles per second [Hz]; default {rate:g}, the device "
                        "file's polling rate (or the agent's --sampling-frequency)."))
+    elif acq_args.get("period"):
+        params.append((acq_args["period"], "float", 1.0 / rate, f"time between measurements [seconds]; default "
+                       f"{1.0 / rate:g}, from the device file's polling rate (or the agent's --sampling-frequency)."))
     params.append(("test_mode", "bool", False, "run one cycle, then stop (for testing)."))
     return params
 
@@ -495,7 +500,17 @@ def render_page(spec, instance_id: str | None = None) -> str:
         value = getattr(conn, attr, None)
         if value is not None:
             rows.append([label, _lit(value)])
+    if conn.checksum is not None:
+        c = conn.checksum
+        rows.append(["Checksum", f"{_lit(c.type)} of each telegram, written as {_lit(c.format)}"])
     lines += _table(["Setting", "Value"], rows, [40, 60])
+    if spec.params:
+        lines += _heading("Params", "~")
+        lines += ["Set per device (the agent's ``--param NAME=VALUE``, the driver's ``params={...}``, the "
+                  "simulator's ``--param``):", ""]
+        rows = [[_lit(p.name), _esc(p.type), _lit(p.default), _esc(_limits_text(p)), _esc(p.description or "")]
+                for p in spec.params]
+        lines += _table(["Param", "Type", "Default", "Limits", "Meaning"], rows, [18, 10, 12, 20, 40])
 
     lines += _heading("Tasks", "-")
     lines += ["One OCS task per command and query of the file (and the extra names of its ``agent`` section).  "
@@ -568,6 +583,7 @@ def render_page(spec, instance_id: str | None = None) -> str:
               "   hosts:", "     docker:", "       agent-instances:",
               f"         - agent-class: {agent_class}", f"           instance-id: {iid}",
               "           arguments:", f"             - ['--device-file', '{_device_file_argument(spec)}']",
+              *[f"             - ['--param', '{p.name}={p.default}']" for p in spec.params],
               f"             - ['--address', '{address}']", f"             - ['--mode', '{mode}']", ""]
     lines += _heading("Docker compose", "-")
     lines += [".. code-block:: yaml", "", "   services:", f"     {iid}:", "       image: socs-tcp",

@@ -54,6 +54,12 @@ __all__ = ["Device"]
 
 log = logging.getLogger("socs_tcp.devices")
 
+#: After a binary reply is refused (wrong checksum, start or length), the driver
+#: discards what keeps arriving until the line has been quiet this long, seconds,
+#: before it sends again: the rest of a refused frame (a serial server forwards a
+#: frame in pieces) must not become the start of the next reply.
+SETTLE = 0.05
+
 
 class _Mismatch(Exception):
     """An ``expect`` step saw something else (retry the transaction)."""
@@ -61,6 +67,10 @@ class _Mismatch(Exception):
     def __init__(self, got, wanted):
         super().__init__(f"expected {wanted!r}, got {got!r}")
         self.got = got
+
+
+class _BadChecksum(DeviceReplyError):
+    """A text frame whose checksum is missing or wrong (the request may be sent again)."""
 
 
 class _ErrorToken(Exception):
@@ -83,11 +93,15 @@ class Device(TCPInterface):
             (``connect=False``, ``reconnect_policy``, ``name``, ...).
     """
 
-    def __init__(self, spec, ip_address, port=None, timeout=None, **tcp_kwargs):
+    def __init__(self, spec, ip_address, port=None, timeout=None, *, params=None, **tcp_kwargs):
         if not isinstance(spec, DeviceSpec):
             spec = load(spec)
         self.spec = spec
         conn = spec.connection
+        values = spec.param_values(params)
+        #: the device's params as used in templates: {name: (ArgSpec, value)}
+        self._params = {p.name: (p, values[p.name]) for p in spec.params}
+        self._param_wire = {p.name: p.wire(values[p.name]) for p in spec.params}
         self._enc = conn.encoding
         self._text = conn.protocol == "text"
         self._last_send = None
@@ -100,6 +114,7 @@ class Device(TCPInterface):
         self._term_regexes = {}
         self._in_terms = ()
         self._prompt = b""
+        self._checksum = conn.checksum if self._text else None
         if self._text:
             self._out_term = conn.out_terminator.encode(self._enc)
             self._in_terms = tuple(t.encode(self._enc) for t in conn.in_terminator)
@@ -124,7 +139,9 @@ class Device(TCPInterface):
         """A driver for the device file ``path_or_name`` at ``address``.
 
         ``address`` is ``host:port`` or a bare host (the port is then
-        ``port`` or the file's ``connection.port``).
+        ``port`` or the file's ``connection.port``).  ``params={"address":
+        94}`` sets the file's ``params`` (checked like arguments; the file's
+        defaults otherwise); other keywords go to :class:`~socs_tcp.TCPInterface`.
         """
         spec = path_or_name if isinstance(path_or_name, DeviceSpec) else load(path_or_name)
         if address is None:
@@ -283,6 +300,8 @@ class Device(TCPInterface):
                 if frame.endswith(term):
                     frame = frame[:-len(term)]
                     break
+            if self._checksum is not None:
+                frame = codec.unseal_text(op.name, self._checksum, frame, self._enc)
             return codec.parse_text(op, self._decode_frame(op, frame), frame)
         if protocol == "binary":
             r = op.reply
@@ -339,11 +358,13 @@ class Device(TCPInterface):
             if step.action == "send":
                 term = self._out_term if step.terminator is None else b"".join(
                     x.encode(enc) for x in step.terminator[:1])
+                raw = step.value.format(**self._param_wire).encode(enc) if "{" in step.value else step.value.encode(enc)
+                raw = (self._seal(raw) if step.terminator != [] else raw) + term
                 sock.settimeout(timeout)
-                sock.sendall(step.value.encode(enc) + term)
+                sock.sendall(raw)
                 if traffic is not None:
-                    traffic.append(("out", step.value.encode(enc) + term))
-                log.debug("%s: init > %s", self.name, format_traffic(step.value.encode(enc) + term))
+                    traffic.append(("out", raw))
+                log.debug("%s: init > %s", self.name, format_traffic(raw))
             elif step.action == "pause":
                 time.sleep(step.value)
             elif step.action == "discard":
@@ -381,8 +402,11 @@ class Device(TCPInterface):
                     if traffic is not None:
                         traffic.append(("in", chunk))
                     pending += chunk
-                if step.action == "expect" and frame.strip() != step.value.encode(enc).strip():
-                    raise _Mismatch(frame, step.value.encode(enc))
+                frame = self._unseal("connection.init", frame)
+                want = (step.value.format(**self._param_wire) if "{" in (step.value or "") else
+                        (step.value or "")).encode(enc)
+                if step.action == "expect" and frame.strip() != want.strip():
+                    raise _Mismatch(frame, want)
         sock.settimeout(self.timeout)
 
     # ------------------------------------------------------------------
@@ -390,7 +414,7 @@ class Device(TCPInterface):
     def _build(self, op, args):
         protocol = self.spec.connection.protocol
         if protocol == "text":
-            return codec.format_request(op, args, self._forbidden).encode(self._enc)
+            return codec.format_request(op, args, self._forbidden, self._params).encode(self._enc)
         if protocol == "binary":
             return codec.encode_binary(op, args)
         codec.modbus_request(op, args, 0, self.spec.connection.unit)  # checks the value
@@ -446,7 +470,8 @@ class Device(TCPInterface):
         fast = self._fast_ops.get(op.name)
         if fast is None:
             fast = self._fast_ops[op.name] = (self._text and op.transaction is None and op.reply is not None
-                                              and op.guard is None and len(self._in_terms) == 1)
+                                              and op.guard is None and len(self._in_terms) == 1
+                                              and self._checksum is None)
         return fast
 
     def _exchange(self, raw, timeout):
@@ -482,7 +507,7 @@ class Device(TCPInterface):
                     if step.action == "reply":
                         frame = got
                 break
-            except _Mismatch as e:
+            except (_Mismatch, _BadChecksum) as e:
                 last = e
                 self._drain_quiet(f"{op.name}: {e}")
             except LinkTimeoutError as e:
@@ -494,6 +519,8 @@ class Device(TCPInterface):
         else:
             if isinstance(last, LinkTimeoutError):
                 raise last
+            if isinstance(last, _BadChecksum):
+                raise DeviceReplyError(op.name, last.reply, f"{last.reason} (after {attempts} attempts)")
             raise DeviceReplyError(op.name, last.got, f"{last} (after {attempts} attempts)")
         if op.reply is None:
             return {}
@@ -513,11 +540,14 @@ class Device(TCPInterface):
             if data == "{request}":
                 raw = request
             elif "{" in data:
-                raw = data.format(request=request.decode(self._enc)).encode(self._enc)
+                raw = data.format(request=request.decode(self._enc) if request is not None else "",
+                                  **self._param_wire).encode(self._enc)
             else:
                 raw = data.encode(self._enc)
             term = self._out_term if step.terminator is None else b"".join(
                 t.encode(self._enc) for t in step.terminator[:1])
+            if step.terminator != []:
+                raw = self._seal(raw)
             self._send(raw + term, timeout if step.timeout is None else step.timeout)
             return None
         if a == "pause":
@@ -527,12 +557,12 @@ class Device(TCPInterface):
             self._drain_quiet(None, wait=step.value)
             return None
         terms = self._in_terms if step.terminator is None else tuple(t.encode(self._enc) for t in step.terminator)
-        frame, term = self._read_frame(terms, timeout if step.timeout is None else step.timeout)
+        frame, term = self._read_frame(terms, timeout if step.timeout is None else step.timeout, op)
         if not init:
             self._check_token(frame, term)
         if a == "expect":
             got = frame.strip() if self.spec.connection.strip else frame
-            want = step.value.encode(self._enc)
+            want = (step.value.format(**self._param_wire) if "{" in step.value else step.value).encode(self._enc)
             if got != (want.strip() if self.spec.connection.strip else want):
                 raise _Mismatch(got, want)
         return frame
@@ -574,8 +604,22 @@ class Device(TCPInterface):
             self._term_regexes[terms] = regex
         return regex
 
-    def _read_frame(self, terms, timeout):
-        """One frame up to the first of ``terms``: ``(frame, terminator)``."""
+    def _seal(self, raw):
+        """A text frame to send, with the file's checksum appended (if it has one)."""
+        return codec.seal_text(self._checksum, raw, self._enc) if self._checksum is not None else raw
+
+    def _unseal(self, op_name, frame):
+        """A text frame read, its checksum checked and removed (if the file has one)."""
+        if self._checksum is None:
+            return frame
+        try:
+            return codec.unseal_text(op_name, self._checksum, frame, self._enc)
+        except DeviceReplyError as e:
+            raise _BadChecksum(op_name, e.reply, e.reason) from None
+
+    def _read_frame(self, terms, timeout, op=None):
+        """One frame up to the first of ``terms``: ``(frame, terminator)``, its
+        prompt and checksum removed."""
         if len(terms) == 1:
             # the common case: the link's own terminator search (no regex)
             frame, found = self.read_until(terms[0], timeout=timeout), terms[0]
@@ -588,7 +632,7 @@ class Device(TCPInterface):
                 if data.endswith(term):
                     frame, found = data[:-len(term)], term
                     break
-        return self._unprompt(frame), found
+        return self._unseal(op.name if op is not None else "?", self._unprompt(frame)), found
 
     def _drain_quiet(self, reason, wait=0.0):
         """Discard input, waiting up to ``wait`` seconds for more to arrive."""
@@ -626,9 +670,9 @@ class Device(TCPInterface):
             return code, message, False
         if rerr.query:
             self._drain_quiet("before the error query")
-            self._send(rerr.query.encode(self._enc) + self._out_term, op.timeout)
+            self._send(self._seal(rerr.query.encode(self._enc)) + self._out_term, op.timeout)
             try:
-                reply, _ = self._read_frame(self._in_terms, op.timeout)
+                reply, _ = self._read_frame(self._in_terms, op.timeout, op)
             except LinkTimeoutError:
                 return code, f"{message} (no answer to {rerr.query!r})", False
             text = reply.decode(self._enc, "replace").strip()
@@ -640,11 +684,11 @@ class Device(TCPInterface):
             command = (rerr.recover or {}).get(str(code))
             if command is not None:
                 log.warning("%s: %s: device error %s %s; sending %r", self.name, op.name, code, message, command)
-                self._send(command.encode(self._enc) + self._out_term, op.timeout)
+                self._send(self._seal(command.encode(self._enc)) + self._out_term, op.timeout)
                 ct = self.spec.connection.command_transaction
                 if ct is not None and any(s.action == "expect" for s in ct.steps):
                     try:
-                        self._read_frame(self._in_terms, op.timeout)
+                        self._read_frame(self._in_terms, op.timeout, op)
                     except LinkTimeoutError:
                         pass
                 return code, message, True
@@ -654,12 +698,12 @@ class Device(TCPInterface):
         queue = self.spec.error_queue
         first = None
         for _ in range(32):
-            raw = queue.query.encode(self._enc) + self._out_term
-            if len(self._in_terms) == 1:
+            raw = self._seal(queue.query.encode(self._enc)) + self._out_term
+            if len(self._in_terms) == 1 and self._checksum is None:
                 reply = self._exchange(raw, op.timeout)
             else:
                 self._send(raw, op.timeout)
-                reply, _ = self._read_frame(self._in_terms, op.timeout)
+                reply, _ = self._read_frame(self._in_terms, op.timeout, op)
             text = reply.decode(self._enc, "replace").strip()
             m = queue.parse.search(text)
             if m is None:
@@ -687,7 +731,15 @@ class Device(TCPInterface):
             if reply is None:
                 return {}
             try:
-                data = self._read_binary(op)
+                try:
+                    data = self._read_binary(op)
+                except LinkTimeoutError:
+                    if attempt >= attempts:
+                        raise
+                    # a serial device stays silent after a frame it could not read: ask again
+                    log.warning("%s: %s: no reply; sending again (%d of %d)", self.name, op.name, attempt + 1,
+                                attempts)
+                    continue
                 extra = self.drain()
                 if extra:
                     self._note_received(extra)
@@ -695,13 +747,39 @@ class Device(TCPInterface):
                                                                   f"{len(data)}")
                 codec.check_frame(op.name, reply, data)
             except DeviceReplyError as e:
+                late = self._settle(op)
                 if attempt >= attempts:
-                    raise DeviceReplyError(op.name, e.reply, f"{e.reason} (after {attempts} attempts)") from None
+                    raise DeviceReplyError(op.name, e.reply + late, f"{e.reason} (after {attempts} attempts)") from None
                 log.warning("%s: %s: reply discarded (%s): %s; sending again (%d of %d)", self.name, op.name,
-                            e.reason, format_traffic(e.reply, 64), attempt + 1, attempts)
+                            e.reason, format_traffic(e.reply + late, 64), attempt + 1, attempts)
                 continue
             return codec.decode_binary_reply(op.name, reply, data, check=False)
         raise AssertionError("unreachable")
+
+    def _settle(self, op):
+        """After a refused frame: discard the rest of it as it arrives, until the
+        line has been quiet for :data:`SETTLE` seconds (at most the operation's
+        timeout), so that the next attempt starts on a clean frame.  Returns what
+        was discarded."""
+        sock = self.comm
+        got = b""
+        if sock is None:
+            return got
+        deadline = time.monotonic() + (op.timeout if op.timeout is not None else (self.timeout or 10.0))
+        while True:
+            remaining = min(SETTLE, deadline - time.monotonic())
+            try:
+                ready = remaining > 0 and select.select([sock], [], [], remaining)[0]
+            except (OSError, ValueError):
+                break
+            if not ready:
+                break
+            chunk = self.drain()
+            if not chunk:
+                break                          # closed by the peer: the next send reconnects
+            got += chunk
+        self._note_received(got)
+        return got
 
     def _read_binary(self, op):
         """One whole reply frame: a fixed length, or a header whose length field

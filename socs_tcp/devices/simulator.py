@@ -52,7 +52,7 @@ from ..core.checks import format_host_port, listen_port_argument
 from ..core.checksums import checksum
 from ..testing.emulator import DeviceEmulator
 from . import codec
-from .spec import WIRE_TYPES, DeviceSpec, load
+from .spec import WIRE_TYPES, DeviceSpec, load, param_assignments
 
 __all__ = ["DeviceSimulator", "SimulatorLogic", "SimulatorState", "make_parser", "main"]
 
@@ -64,8 +64,10 @@ _MAX_QUEUE = 16
 class SimulatorState:
     """The simulated device's values, shared by every connection."""
 
-    def __init__(self, spec, seed=None, noise=True):
+    def __init__(self, spec, seed=None, noise=True, params=None):
         self.spec = spec
+        #: the device's params (a bus address): the file's defaults, or ``params``
+        self.params = spec.param_values(params)
         self.rng = random.Random(seed)
         self.noise = noise
         self.lock = threading.RLock()
@@ -154,6 +156,8 @@ class SimulatorLogic:
         self.enc = conn.encoding
         self.buffer = bytearray()
         self.pending = None  # (op, args, remaining steps) of a transaction waiting for the client
+        self.params = {p.name: (p, state.params[p.name]) for p in spec.params}
+        self.param_wire = {p.name: p.wire(state.params[p.name]) for p in spec.params}
         # a flag field kept in a state variable of its own (sim.state) is that word's bits: a command that
         # sets one flag changes the word, and one that sets the word sets every flag
         self.flag_words = {}                  # word state -> its flags {name: bit}
@@ -176,11 +180,15 @@ class SimulatorLogic:
                 if s.action == "send" and s.terminator == []:
                     bare.add(s.value.encode(self.enc))
             self.bare = sorted(bare, key=len, reverse=True)
+            self.checksum = conn.checksum
             self.init_replies = self._init_replies(conn.init)
             ops = [op for op in spec.operations.values()]
             # literal requests first, then templates with the longest literal part
             ops.sort(key=lambda op: ("{" in op.request, -len(re.sub(r"\{[^}]*\}", "", op.request))))
-            self.text_ops = [(op, codec.request_regex(op)) for op in ops]
+            self.text_ops = [(op, codec.request_regex(op, self.params)) for op in ops]
+            # the same requests with any value of the params: a telegram for another unit on the bus
+            self.other_units = [codec.request_regex(op) for op in ops if spec.params and "{" in op.request
+                                and any(p.name in op.request for p in spec.params)]
             self.recover = set((spec.reply_error.recover or {}).values()) if spec.reply_error else set()
         elif self.protocol == "binary":
             self.binary_ops = sorted(spec.operations.values(), key=lambda op: -_request_length(op))
@@ -215,6 +223,12 @@ class SimulatorLogic:
             return None
         raw = bytes(buf[:at])
         del buf[:at + len(self.out_term)]
+        if self.checksum is not None:
+            try:
+                raw = codec.unseal_text("request", self.checksum, raw.strip(), self.enc)
+            except ValueError as e:
+                log.info("simulator %s: request ignored: %s", self.spec.name, e)
+                return raw.decode(self.enc, "replace").strip(), None
         text = raw.decode(self.enc, "replace").strip()
         return text, self._text(text)
 
@@ -228,7 +242,13 @@ class SimulatorLogic:
         return None
 
     def _text(self, text):
-        self.pending = None
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            # the next line of a transaction the client is walking (a literal send step)
+            op, args, steps = pending
+            if steps and steps[0].action == "send" and "{request}" not in steps[0].value \
+                    and self._filled(steps[0].value).strip() == text:
+                return self._walk(op, args, steps[1:])
         spec = self.spec
         queue = spec.error_queue
         if queue is not None and text.upper() == queue.query.upper():
@@ -252,12 +272,18 @@ class SimulatorLogic:
             self._apply(op, args)
             steps = op.transaction.steps if op.transaction is not None else None
             if steps is None:
-                return self._line(codec.render_text(op, self._values(op, args))) if op.reply is not None else None
+                if op.reply is None:
+                    return None
+                return self._line(codec.render_text(op, self._values(op, args), self.param_wire))
             # the first send is the request the client just sent
             first = next(i for i, s in enumerate(steps) if s.action == "send")
             return self._walk(op, args, steps[first + 1:])
         if text in self.init_replies:
             return self.init_replies[text]
+        if any(regex.match(text) for regex in self.other_units):
+            log.info("simulator %s: %r is for another unit (params %s): no answer", spec.name, text,
+                     self.param_wire)
+            return None
         return self._error(-113, "Undefined header", f"unknown request {text!r}")
 
     def _init_replies(self, steps):
@@ -271,13 +297,13 @@ class SimulatorLogic:
                 if step.terminator == []:
                     current = None            # a bare send: answered by the bare-request path
                     continue
-                current = step.value.strip()
+                current = (step.value.format(**self.param_wire) if "{" in step.value else step.value).strip()
                 replies.setdefault(current, None)
             elif current is not None and step.action in ("expect", "read"):
                 term = self.in_term if step.terminator is None else (step.terminator[0].encode(self.enc)
                                                                      if step.terminator else b"")
-                text = step.value if step.action == "expect" else ""
-                replies[current] = (replies[current] or b"") + text.encode(self.enc) + term
+                text = self._filled(step.value) if step.action == "expect" else ""
+                replies[current] = (replies[current] or b"") + self._frame(text.encode(self.enc), term)
         return replies
 
     def _walk(self, op, args, steps):
@@ -286,11 +312,11 @@ class SimulatorLogic:
             term = self.in_term if step.terminator is None else (step.terminator[0].encode(self.enc)
                                                                  if step.terminator else b"")
             if step.action == "expect":
-                out += step.value.encode(self.enc) + term
+                out += self._frame(self._filled(step.value).encode(self.enc), term)
             elif step.action == "reply":
-                out += codec.render_text(op, self._values(op, args)).encode(self.enc) + term
+                out += self._frame(codec.render_text(op, self._values(op, args), self.param_wire).encode(self.enc), term)
             elif step.action == "read":
-                out += term
+                out += self._frame(b"", term)
             elif step.action == "send":
                 self.pending = (op, args, steps[i:])
                 break
@@ -305,7 +331,7 @@ class SimulatorLogic:
             if step.action == "expect":
                 term = self.in_term if step.terminator is None else (step.terminator[0].encode(self.enc)
                                                                      if step.terminator else b"")
-                out += step.value.encode(self.enc) + term
+                out += self._frame(step.value.encode(self.enc), term)
         return out or None
 
     def _error(self, code, message, why):
@@ -315,16 +341,27 @@ class SimulatorLogic:
             rerr = spec.reply_error
             self.state.last_error = (rerr.sim_code or "1", rerr.sim_message or message)
             token = rerr.terminator if rerr.terminator is not None else (spec.sim_unknown or "?")
-            return token.encode(self.enc) if rerr.terminator is not None else self._line(token)
+            return token.encode(self.enc) if rerr.terminator is not None else self._line(self._filled(token))
         if spec.error_queue is not None:
             self.state.errors.append((str(code), message))
             return None
         if spec.sim_unknown is not None:
-            return self._line(spec.sim_unknown)
+            return self._line(self._filled(spec.sim_unknown))
         return None
 
     def _line(self, text):
-        return text.encode(self.enc) + self.in_term
+        return self._frame(text.encode(self.enc), self.in_term)
+
+    def _filled(self, template):
+        """A step's text with the device's params filled in."""
+        return template.format(**self.param_wire) if "{" in template else template
+
+    def _frame(self, data, term):
+        """One frame the device sends: ``data``, its checksum (if the file has one) unless it is a bare
+        frame without a terminator, and ``term``."""
+        if self.checksum is not None and term:
+            data = codec.seal_text(self.checksum, data, self.enc)
+        return data + term
 
     # ------------------------------------------------------------------
     # shared
@@ -521,13 +558,16 @@ class DeviceSimulator(DeviceEmulator):
         port (int): listening port; 0 picks a free one.
         seed (int or None): seed of the noise and ranges (reproducible runs).
         noise (bool): add the fields' ``sim.noise``.
+        params (dict): the device's params (``{"address": 94}``); the file's
+            defaults otherwise.  A request for another value of a param (a
+            telegram for another bus address) is not this device's.
     """
 
-    def __init__(self, spec_or_name, host="127.0.0.1", port=0, *, seed=None, noise=True):
+    def __init__(self, spec_or_name, host="127.0.0.1", port=0, *, seed=None, noise=True, params=None):
         spec = spec_or_name if isinstance(spec_or_name, DeviceSpec) else load(spec_or_name)
         super().__init__(None, None, read_termination=None, write_termination=b"", strip=False, host=host, port=port)
         self.spec = spec
-        self.state = SimulatorState(spec, seed=seed, noise=noise)
+        self.state = SimulatorState(spec, seed=seed, noise=noise, params=params)
 
     def logic(self):
         """A fresh per-connection :class:`SimulatorLogic` on this simulator's state."""
@@ -596,6 +636,8 @@ def make_parser(parser=None):
     parser.add_argument("--seed", type=int, default=None, help="seed of the simulated noise")
     parser.add_argument("--no-noise", action="store_true", help="no noise on the values")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a param of the device file (its bus address, ...); repeat for several")
     return parser
 
 
@@ -603,7 +645,10 @@ def run(args):
     """Serve until SIGINT or SIGTERM; returns the exit code."""
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    sim = DeviceSimulator(args.device, host=args.host, port=args.port, seed=args.seed, noise=not args.no_noise)
+    spec = load(args.device)
+    params = spec.param_values(param_assignments(args.param), texts=True)
+    sim = DeviceSimulator(spec, host=args.host, port=args.port, seed=args.seed, noise=not args.no_noise,
+                          params=params)
     stop = threading.Event()
 
     def handler(signum, frame):

@@ -31,7 +31,7 @@ __all__ = [
     "StatusSpec", "SimSpec", "Step", "TransactionSpec", "ReplyErrorSpec", "ErrorQueueSpec", "ModbusSpec",
     "RequestItem", "ChecksumSpec", "LengthSpec", "GuardSpec", "GuardCheck", "PollSpec", "PollItem", "AgentSpec",
     "TaskSpec", "REQUIRED",
-    "ARG_TYPES", "FIELD_TYPES", "WIRE_TYPES", "BYTE_ORDERS",
+    "ARG_TYPES", "FIELD_TYPES", "WIRE_TYPES", "BYTE_ORDERS", "param_assignments",
 ]
 
 
@@ -260,6 +260,8 @@ class ChecksumSpec:
     #: reply only: offset of the checksum, negative counting from the end (-size: the last bytes)
     byte: int = None
     order: str = "big"
+    #: text only: how the value is written (a fixed-width Python format spec: "03d", "02X")
+    format: str = None
 
     @property
     def size(self):
@@ -469,6 +471,8 @@ class ConnectionSpec:
     command_transaction: TransactionSpec = None
     unit: int = 1
     transaction_id: object = "increment"
+    #: text only: the checksum written at the end of every frame sent and checked at the end of every frame read
+    checksum: ChecksumSpec = None
 
 
 @dataclasses.dataclass
@@ -559,6 +563,30 @@ class DeviceSpec:
     error_queue: ErrorQueueSpec = None
     sim_state: dict = dataclasses.field(default_factory=dict)
     sim_unknown: str = None
+    #: values set per device instance (a bus address): ArgSpecs, each with a default
+    params: list = dataclasses.field(default_factory=list)
+
+    def param_values(self, given=None, *, texts=False):
+        """``{name: value}`` of every param: ``given`` (checked) or the default.
+        With ``texts`` the given values are command-line text, converted by type.
+
+        Raises:
+            TypeError: an unknown param or a value of the wrong type.
+            ValueError: a value outside the limits (names the param and the value).
+        """
+        given = dict(given or {})
+        known = {p.name: p for p in self.params}
+        for name in given:
+            if name not in known:
+                raise TypeError(f"{self.name}: unknown param {name!r} (params: {', '.join(known) or 'none'})")
+        out = {}
+        for p in self.params:
+            if p.name in given:
+                value = _param_from_text(p, given[p.name]) if texts else given[p.name]
+                out[p.name] = p.check(value)
+            else:
+                out[p.name] = p.check(p.default)
+        return out
 
     @property
     def queries(self):
@@ -684,6 +712,8 @@ class _Loader:
         self.damaged = set()
         #: (node, key, state name) of every ``sim.sets`` entry, checked once all fields are known
         self.set_targets = []
+        self.params = []
+        self.param_names = set()
 
     # -- reporting ---------------------------------------------------
     def problem(self, node, key, message):
@@ -838,7 +868,7 @@ class _Loader:
             return default
 
     # -- the document ------------------------------------------------
-    TOP = ("device", "title", "description", "replaces", "connection", "enums", "transactions", "errors",
+    TOP = ("device", "title", "description", "replaces", "connection", "params", "enums", "transactions", "errors",
            "queries", "commands", "polling", "agent", "sim")
 
     def device(self, node, path, text):
@@ -853,6 +883,8 @@ class _Loader:
             if "description" in top else ""
         replaces = self.attempt(self.replaces, top["replaces"][1]) if "replaces" in top else None
         self.enums = self.attempt(self.enum_table, top["enums"][1], default={}) if "enums" in top else {}
+        self.params = self.attempt(self.params_section, top["params"][1], default=[]) if "params" in top else []
+        self.param_names = {p.name for p in self.params}
         self.guards = []
         self.transactions = {}
         if "transactions" in top:
@@ -862,6 +894,9 @@ class _Loader:
         self.protocol = protocol
         self.connection_spec = connection
         reply_error = queue = None
+        if "params" in top and protocol != "text":
+            self.problem(top["params"][0], "params", f"only for protocol: text (its templates use them; this is "
+                                                     f"{protocol})")
         if "errors" in top and protocol != "text":
             why = ("the driver raises Modbus exception replies as DeviceError" if protocol == "modbus" else
                    "describe a binary error reply by its fields, or refuse it with the reply's 'starts_with'")
@@ -911,7 +946,8 @@ class _Loader:
             name=name, title=title, description=description, path=path, source_lines=_source_lines(text),
             connection=connection, operations=operations, replaces=replaces, polling=polling,
             agent=agent or AgentSpec(), enums=self.enums, transactions=self.transactions,
-            reply_error=reply_error, error_queue=queue, sim_state=sim_state, sim_unknown=sim_unknown)
+            reply_error=reply_error, error_queue=queue, sim_state=sim_state, sim_unknown=sim_unknown,
+            params=self.params)
 
     def replaces(self, node):
         m = self.mapping(node, "replaces", ("agent", "socs_lines", "docs_lines", "socs_path"))
@@ -1010,13 +1046,15 @@ class _Loader:
         vnode = m[action][1]
         if action in ("send", "expect"):
             value = self.string(vnode, f"{key}.{action}")
-            if action == "send" and "{" in value:
-                names = self.placeholders(vnode, f"{key}.send", value)
-                allowed = {"request"} if in_transaction else set()
+            if "{" in value:
+                names = self.placeholders(vnode, f"{key}.{action}", value)
+                allowed = ({"request"} if in_transaction and action == "send" else set()) | self.param_names
                 bad = [n for n in names if n not in allowed]
                 if bad:
-                    self.fail(vnode, f"{key}.send", f"unknown placeholder {{{bad[0]}}}"
-                              + (" (only {request} in a transaction)" if in_transaction else ""))
+                    shown = sorted(allowed)
+                    self.fail(vnode, f"{key}.{action}", f"unknown placeholder {{{bad[0]}}}"
+                              + (f" (allowed: {', '.join('{' + n + '}' for n in shown)})" if shown else
+                                 " (no params defined)"))
         elif action in ("discard", "pause"):
             value = self.number(vnode, f"{key}.{action}", minimum=0)
         else:
@@ -1068,7 +1106,7 @@ class _Loader:
     # -- connection ----------------------------------------------------
     CONNECTION = ("port", "protocol", "encoding", "out_terminator", "in_terminator", "timeout", "connect_timeout",
                   "min_gap", "stale_input", "strip", "prompt", "init", "query_transaction", "command_transaction", "unit",
-                  "transaction_id")
+                  "transaction_id", "checksum")
 
     def connection(self, node):
         m = self.mapping(node, "connection", self.CONNECTION, required=("port",))
@@ -1104,6 +1142,8 @@ class _Loader:
                     c.init = self.steps(v, key, in_transaction=False)
                 elif k in ("query_transaction", "command_transaction"):
                     setattr(c, k, self.transaction_ref(v, key))
+                elif k == "checksum":
+                    c.checksum = self.text_checksum(v, key)
                 elif k == "unit":
                     c.unit = self.number(v, key, integer=True, minimum=0)
                     if c.unit > 255:
@@ -1123,6 +1163,12 @@ class _Loader:
             for k in ("out_terminator", "in_terminator", "query_transaction", "command_transaction", "prompt"):
                 if k in m:
                     self.problem(m[k][0], f"connection.{k}", f"only for protocol: text (this is {c.protocol})")
+            if "checksum" in m:
+                self.problem(m["checksum"][0], "connection.checksum",
+                             "only for protocol: text (a binary frame's checksum is an item of its request and a "
+                             "key of its reply)" if c.protocol == "binary" else
+                             "only for protocol: text (Modbus TCP frames have no checksum)")
+                c.checksum = None
         elif not c.in_terminator:
             self.problem(m["in_terminator"][1], "connection.in_terminator", "a text device needs an in_terminator")
         return c
@@ -1378,6 +1424,14 @@ class _Loader:
                 self.set_targets.append((knode, f"{key}.sets.{var}", var))
         return out
 
+    def params_section(self, node):
+        """Top-level ``params``: values given per device instance, used in text templates."""
+        out = self.args(node, "params", "text")
+        for p in out:
+            if p.required:
+                self.problem(node, f"params.{p.name}", "a param needs a 'default' (the value when none is given)")
+        return out
+
     def check_set_targets(self, operations):
         """Every state variable a command sets is read by some field (its ``sim.state``, or a flag of that
         name): else the simulator's setter would change nothing a query returns."""
@@ -1414,6 +1468,9 @@ class _Loader:
                 continue
             if name == "request":
                 self.problem(knode, k, "'request' is reserved (it stands for the formatted request in transactions)")
+                continue
+            if key != "params" and name in self.param_names:
+                self.problem(knode, k, f"{name!r} is a param of the device; an argument needs another name")
                 continue
             arg = self.attempt(self.arg, vnode, k, name)
             if arg is not None:
@@ -1506,9 +1563,10 @@ class _Loader:
         template = self.string(node, key, allow_empty=False)
         used = self.placeholders(node, key, template)
         for n in used:
-            if n not in names:
+            if n not in names and n not in self.param_names:
                 self.fail(node, key, f"placeholder {{{n}}} is not an argument"
-                          + (f" (arguments: {', '.join(sorted(names))})" if names else " (this operation has none)"))
+                          + (f" (arguments: {', '.join(sorted(names))})" if names else " (this operation has none)")
+                          + (f" or a param ({', '.join(sorted(self.param_names))})" if self.param_names else ""))
         return template
 
     def binary_request(self, node, key, args):
@@ -1545,7 +1603,7 @@ class _Loader:
                 items.append(RequestItem(literal=self.hex_bytes(m["hex"][1], f"{k}.hex")))
                 continue
             if "arg" not in m:
-                self.fail(item, k, "an item is a byte, {hex: ...} or {arg: NAME, wire: TYPE}")
+                self.fail(item, k, "an item is a byte, {hex: ...}, {arg: NAME, wire: TYPE} or {checksum: NAME}")
             aname = self.string(m["arg"][1], f"{k}.arg")
             if aname not in args:
                 self.fail(m["arg"][1], f"{k}.arg", f"unknown argument {aname!r}")
@@ -1575,11 +1633,28 @@ class _Loader:
         name = self.string(tnode, f"{key}.{type_key}")
         if name not in CHECKSUMS:
             self.fail(tnode, f"{key}.{type_key}", f"unknown checksum {name!r} (one of: {', '.join(CHECKSUMS)})")
-        c = ChecksumSpec(name)
+        c = ChecksumSpec(name, order="little" if name == "crc16_modbus" else "big")
         if "from" in m:
             c.start = self.number(m["from"][1], f"{key}.from", integer=True, minimum=0)
         if "order" in m:
             c.order = self.choice(m["order"][1], f"{key}.order", ("big", "little"), "byte order")
+        return c
+
+    def text_checksum(self, node, key):
+        m = self.mapping(node, key, ("type", "format", "from"), required=("type", "format"))
+        if "type" not in m or "format" not in m:
+            raise _Skip
+        c = self.checksum(m, key, "type")
+        c.format = self.string(m["format"][1], f"{key}.format", allow_empty=False)
+        most = (1 << (8 * c.size)) - 1
+        try:
+            widths = {len(format(0, c.format)), len(format(most, c.format))}
+        except (ValueError, TypeError) as e:
+            self.fail(m["format"][1], f"{key}.format", f"bad format {c.format!r}: {e}")
+        if len(widths) != 1:
+            self.fail(m["format"][1], f"{key}.format", f"{c.format!r} does not give every {c.type} value the same "
+                                                       f"width (0 is {format(0, c.format)!r}, {most} is "
+                                                       f"{format(most, c.format)!r}); pad it, e.g. '0{len(str(most))}d'")
         return c
 
     def check_int_fits(self, node, key, arg, wire, item=None):
@@ -1701,6 +1776,10 @@ class _Loader:
                     if len(r.starts_with) > most:
                         self.problem(m["starts_with"][1], f"{key}.starts_with",
                                      f"{len(r.starts_with)} bytes are longer than the reply ({most})")
+                    elif r.length_field is not None and len(r.starts_with) > r.length_field.byte:
+                        self.problem(m["starts_with"][1], f"{key}.starts_with",
+                                     f"{len(r.starts_with)} bytes reach the length field (bytes {r.length_field.byte}.."
+                                     f"{r.length_field.header - 1}), which the device fills in")
             else:
                 for k, why in (("length", "a modbus reply's length follows from 'count'"),
                                ("checksum", "Modbus TCP frames have no checksum (TCP checks them)"),
@@ -1726,8 +1805,9 @@ class _Loader:
             if "format" in m:
                 r.format = self.string(m["format"][1], f"{key}.format")
                 for n in self.placeholders(m["format"][1], f"{key}.format", r.format):
-                    if n not in groups:
-                        self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex")
+                    if n not in groups and n not in self.param_names:
+                        self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex"
+                                     + (" or a param" if self.param_names else ""))
             else:
                 r.format = _format_from_regex(r.regex.pattern)
                 if r.format is None:
@@ -1779,6 +1859,10 @@ class _Loader:
         longest = min((1 << (8 * WIRE_TYPES[n.wire][0])) - 1 + n.plus, 65536)
         if "max" in m:
             n.max = self.number(m["max"][1], f"{key}.max", integer=True, minimum=n.header)
+            if n.max > longest:
+                self.problem(m["max"][1], f"{key}.max", f"{n.max} is more than a reply can be (at most {longest} bytes: "
+                                                        f"the {n.wire} length field's largest value + plus, or 65536)")
+                n.max = longest
         else:
             n.max = longest
         if n.max < n.header or longest < n.header:
@@ -1801,13 +1885,22 @@ class _Loader:
             pos = c.position(reply.length)
             if pos < 0 or pos + c.size > reply.length:
                 self.fail(m["byte"][1] if "byte" in m else node, f"{key}.byte",
-                          f"the checksum (bytes {pos}..{pos + c.size - 1}) lies outside the reply of {reply.length} bytes")
+                          f"a {c.size}-byte checksum at byte {c.byte} does not fit the reply of {reply.length} bytes")
             if c.start >= pos:
                 self.fail(m["from"][1] if "from" in m else node, f"{key}.from",
                           f"the checksum at byte {pos} must cover at least one byte before it (from {c.start})")
-        elif c.byte >= 0 and c.byte < reply.length_field.header:
-            self.fail(m["byte"][1], f"{key}.byte", f"byte {c.byte} is inside the length field's header "
-                                                   f"(bytes 0..{reply.length_field.header - 1})")
+        else:
+            n = reply.length_field
+            if c.byte >= 0 and c.byte < n.header:
+                self.fail(m["byte"][1], f"{key}.byte", f"byte {c.byte} is inside the length field's header "
+                                                       f"(bytes 0..{n.header - 1})")
+            if c.byte >= 0 and c.byte + c.size > n.max:
+                self.fail(m["byte"][1], f"{key}.byte", f"a {c.size}-byte checksum at byte {c.byte} does not fit a "
+                                                       f"reply of at most {n.max} bytes")
+            if c.start >= n.header:
+                self.fail(m["from"][1], f"{key}.from", f"from {c.start} is past the length field (bytes "
+                                                       f"{n.byte}..{n.header - 1}): a short reply would have "
+                                                       f"nothing to check")
         return c
 
     def check_binary_layout(self, node, key, r):
@@ -1919,7 +2012,14 @@ class _Loader:
         if "map" in m or "enum" in m:
             if "map" in m:
                 table = {}
-                for wk, (_wknode, wv) in self.items(m["map"][1], f"{key}.map").items():
+                for wk, (wknode, wv) in self.items(m["map"][1], f"{key}.map").items():
+                    if f.wire is not None:
+                        # a binary value is a number: 0x11 and 17 are the same key
+                        try:
+                            wk = str(int(str(wk), 0))
+                        except ValueError:
+                            self.problem(wknode, f"{key}.map.{wk}", f"{wk!r} is not an integer (a {f.wire} value)")
+                            continue
                     table[str(wk)] = self.string(wv, f"{key}.map.{wk}")
                 f.map = table
             else:
@@ -2056,6 +2156,10 @@ class _Loader:
             for k, (_, v) in self.items(m["state"][1], "sim.state").items():
                 state[k] = self.plain(v, f"sim.state.{k}")
         unknown = self.string(m["unknown"][1], "sim.unknown") if "unknown" in m else None
+        if unknown is not None and "{" in unknown:
+            for n in self.placeholders(m["unknown"][1], "sim.unknown", unknown):
+                if n not in self.param_names:
+                    self.fail(m["unknown"][1], "sim.unknown", f"placeholder {{{n}}} is not a param")
         return state, unknown
 
     # -- polling ---------------------------------------------------------
@@ -2179,9 +2283,14 @@ class _Loader:
                     self.problem(n, "agent.hide", f"unknown operation {op!r}")
                 a.hide.append(op)
         if "acq_args" in m:
-            am = self.mapping(m["acq_args"][1], "agent.acq_args", ("rate",))
-            if "rate" in am:
+            am = self.mapping(m["acq_args"][1], "agent.acq_args", ("rate", "period"))
+            if "rate" in am and "period" in am:
+                self.problem(m["acq_args"][1], "agent.acq_args", "give 'rate' (cycles per second) or 'period' "
+                                                                  "(seconds between cycles), not both")
+            elif "rate" in am:
                 a.acq_args["rate"] = self.name(am["rate"][1], "agent.acq_args.rate")
+            elif "period" in am:
+                a.acq_args = {"period": self.name(am["period"][1], "agent.acq_args.period")}
         if "tasks" in m:
             for tname, (knode, vnode) in self.items(m["tasks"][1], "agent.tasks").items():
                 key = f"agent.tasks.{tname}"
@@ -2260,6 +2369,39 @@ class _Loader:
                 if arg is not None:
                     t.params.append(arg)
         return t
+
+
+def param_assignments(items):
+    """``{name: text}`` from command-line ``NAME=VALUE`` items (``ValueError`` naming a bad one)."""
+    out = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"a param is given as NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _param_from_text(p, text):
+    """A param's value from command-line text, by its type (``ValueError`` naming it when it does not read)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        if p.type == "int":
+            return int(text, 0)
+        if p.type == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"param {p.name!r} must be {'an int' if p.type == 'int' else 'a number'}, "
+                         f"got {text!r}") from None
+    if p.type == "bool":
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"param {p.name!r} must be true or false, got {text!r}")
+    return text
 
 
 def _state_skeleton(template):

@@ -18,6 +18,7 @@ from .galil_dmc import GalilDMCEmulator
 from .ls372 import LS372Emulator
 from .modbus_rtu import ModbusRTUEmulator
 from .pcr500ma import PCR500MAEmulator
+from .pfeiffer_tc400 import TC400Emulator
 from .toptica_dlc import TopticaDLCEmulator
 from .tpg366 import TPG366Emulator
 
@@ -28,6 +29,7 @@ __all__ = [
     "LS372Emulator",
     "ModbusRTUEmulator",
     "PCR500MAEmulator",
+    "TC400Emulator",
     "TopticaDLCEmulator",
     "TPG366Emulator",
 ]
