@@ -317,16 +317,54 @@ def test_a_silent_reply_is_asked_again_while_attempts_remain(dev, rtu):
     assert len(calls) == 2
 
 
+FRAMED = """\
+device: ht2
+connection: {port: 5000, protocol: binary, timeout: 0.5}
+queries:
+  history:
+    request: [0xAA, 0x55, 0x01, 0x11, {checksum: twos8, from: 2}]
+    attempts: 2
+    reply:
+      starts_with: "AA 55 ?? 11"              # sync, the length byte, the echoed command
+      length: {byte: 2, plus: 4, max: 37}
+      checksum: {type: twos8, from: 2}
+      fields:
+        history: {wire: i16, byte: 4, order: little, scale: 0.01, array: {max: 16}, sim: {value: [21.3, 21.25]}}
+"""
+
+
+def test_starts_with_takes_any_byte_where_it_says_and_checks_the_rest():
+    spec = loads(FRAMED, "ht2.yaml")
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            values, exchanges = dev.transact("history")
+            assert values == {"history": [21.3, 21.25]}
+            reply = exchanges[0][1]
+            assert reply[:4] == bytes.fromhex("aa 55 05 11") and (sum(reply[2:])) % 256 == 0
+        finally:
+            dev.close()
+    error = bytes.fromhex("aa 55 03 7f 11 02")
+    error += bytes([-sum(error[2:]) & 0xFF])
+    with pytest.raises(DeviceReplyError, match=r"starts with aa 55 03 7f, expected aa 55 \?\? 11"):
+        Device.from_file(spec, "127.0.0.1:1", connect=False).parse("history", error)
+
+
 def test_starts_with_errors():
     assert problems("""\
         request: [0x01]
         reply: {length: 2, starts_with: "0x01", fields: {a: {wire: u8, byte: 1}}}
-        """) == ["frames.yaml:6: queries.q.reply.starts_with: not hex digits: '0x01'"]
+        """) == ["frames.yaml:6: queries.q.reply.starts_with: not hex digits: '0x01' (bytes as two hex digits, ?? for "
+                 "any byte)"]
     assert problems("""\
         request: [0x01]
         reply: {length: {byte: 2, plus: 3}, starts_with: "01 03 ff", fields: {a: {wire: u8, byte: 0}}}
-        """) == ["frames.yaml:6: queries.q.reply.starts_with: 3 bytes reach the length field (bytes 2..2), which the "
-                 "device fills in"]
+        """) == ["frames.yaml:6: queries.q.reply.starts_with: it reaches the length field (bytes 2..2), which the "
+                 "device fills in: write ?? for those bytes"]
+    assert problems("""\
+        request: [0x01]
+        reply: {length: 2, starts_with: "?? ??", fields: {a: {wire: u8, byte: 1}}}
+        """) == ["frames.yaml:6: queries.q.reply.starts_with: '?? ??' takes any byte: give at least one"]
     assert problems("""\
         request: "Q?"
         reply: {starts_with: "01", checksum: sum8, fields: {a: int}}

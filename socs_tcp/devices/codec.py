@@ -481,11 +481,18 @@ def unseal_text(op_name, c, frame, encoding):
 def check_frame(op_name, reply, data):
     """Raise :class:`DeviceReplyError` unless ``data`` starts as the reply must
     (``starts_with``) and carries its checksum."""
-    if reply.starts_with is not None and not data.startswith(reply.starts_with):
+    if reply.starts_with is not None and (len(data) < len(reply.starts_with) or not starts_right(reply, data)):
         raise DeviceReplyError(op_name, data, f"starts with {data[:len(reply.starts_with)].hex(' ')}, expected "
-                                              f"{reply.starts_with.hex(' ')}")
+                                              f"{reply.starts_text()}")
     if reply.checksum is not None:
         check_checksum(op_name, reply.checksum, data)
+
+
+def starts_right(reply, data):
+    """Whether the bytes of ``data`` (the first ones of a reply, perhaps fewer
+    than ``starts_with``) agree with ``starts_with`` (``??`` takes any)."""
+    any_ = reply.starts_any
+    return all(i in any_ or b == want for i, (b, want) in enumerate(zip(data, reply.starts_with)))
 
 
 def check_checksum(op_name, c, data):
@@ -794,7 +801,9 @@ def encode_binary_reply(reply, values):
         total = end
     data = bytearray(encode_fields(fields, values, total))
     if reply.starts_with is not None:
-        data[:len(reply.starts_with)] = reply.starts_with
+        for i, b in enumerate(reply.starts_with):
+            if i not in reply.starts_any:
+                data[i] = b
     if reply.length_field is not None:
         n = reply.length_field
         data[n.byte:n.header] = max(total - n.plus, 0).to_bytes(n.header - n.byte, n.order)

@@ -804,11 +804,11 @@ class Device(TCPInterface):
 
         try:
             more(min(head, len(prefix)) if prefix is not None else head)
-            if prefix is not None and not prefix.startswith(data[:len(prefix)]):
+            if prefix is not None and not codec.starts_right(reply, data):
                 rest = self.drain()
                 self._note_received(data + rest)
                 raise DeviceReplyError(op.name, data + rest, f"starts with {data.hex(' ')}, expected "
-                                                             f"{prefix.hex(' ')}")
+                                                             f"{reply.starts_text()}")
             more(head - len(data))
             if fixed is None:
                 try:

@@ -303,6 +303,12 @@ class ReplySpec:
     checksum: ChecksumSpec = None
     #: binary: the bytes every reply starts with (a sync word, an echoed address and function)
     starts_with: bytes = None
+    #: positions in ``starts_with`` that may hold any byte (``??``: a length byte before an echoed command)
+    starts_any: frozenset = frozenset()
+
+    def starts_text(self):
+        """``starts_with`` as written: hex bytes, ``??`` where any byte is taken."""
+        return " ".join("??" if i in self.starts_any else f"{b:02x}" for i, b in enumerate(self.starts_with))
     fields: list = dataclasses.field(default_factory=list)
 
 
@@ -1771,15 +1777,17 @@ class _Loader:
                 if "checksum" in m:
                     r.checksum = self.reply_checksum(m["checksum"][1], f"{key}.checksum", r)
                 if "starts_with" in m:
-                    r.starts_with = self.hex_bytes(m["starts_with"][1], f"{key}.starts_with")
+                    r.starts_with, r.starts_any = self.hex_pattern(m["starts_with"][1], f"{key}.starts_with")
                     most = r.length if r.length is not None else r.length_field.max
+                    n = r.length_field
                     if len(r.starts_with) > most:
                         self.problem(m["starts_with"][1], f"{key}.starts_with",
                                      f"{len(r.starts_with)} bytes are longer than the reply ({most})")
-                    elif r.length_field is not None and len(r.starts_with) > r.length_field.byte:
+                    elif n is not None and any(n.byte <= i < n.header and i not in r.starts_any
+                                               for i in range(len(r.starts_with))):
                         self.problem(m["starts_with"][1], f"{key}.starts_with",
-                                     f"{len(r.starts_with)} bytes reach the length field (bytes {r.length_field.byte}.."
-                                     f"{r.length_field.header - 1}), which the device fills in")
+                                     f"it reaches the length field (bytes {n.byte}..{n.header - 1}), which the device "
+                                     f"fills in: write ?? for those bytes")
             else:
                 for k, why in (("length", "a modbus reply's length follows from 'count'"),
                                ("checksum", "Modbus TCP frames have no checksum (TCP checks them)"),
@@ -1837,6 +1845,26 @@ class _Loader:
                                  f"({start}..{start + count - 1})")
         self.check_unique(node, key, r.fields)
         return r
+
+    def hex_pattern(self, node, key):
+        """Hex bytes where ``??`` stands for any byte: ``(bytes, positions of ??)``."""
+        text = self.string(node, key, allow_empty=False)
+        tokens = text.split() if " " in text.strip() else [text[i:i + 2] for i in range(0, len(text), 2)]
+        out, anywhere = bytearray(), set()
+        for token in tokens:
+            if token == "??":
+                anywhere.add(len(out))
+                out.append(0)
+                continue
+            try:
+                if len(token) != 2:
+                    raise ValueError
+                out.append(int(token, 16))
+            except ValueError:
+                self.fail(node, key, f"not hex digits: {text!r} (bytes as two hex digits, ?? for any byte)")
+        if len(anywhere) == len(out):
+            self.fail(node, key, f"{text!r} takes any byte: give at least one")
+        return bytes(out), frozenset(anywhere)
 
     def hex_bytes(self, node, key):
         text = self.string(node, key, allow_empty=False)
