@@ -9,6 +9,8 @@ two-telegram turn-on, a bad checksum, the protocol's error answers.  Then
 the loader's errors for the new keys, and the simulator with params.
 """
 
+import functools
+import operator
 import subprocess
 import sys
 import textwrap
@@ -129,7 +131,7 @@ def test_parse_checks_the_checksum_of_a_captured_telegram():
 
 
 def test_bad_params_are_refused_before_anything_is_sent():
-    with pytest.raises(ValueError, match="argument 'address' must be <= 255, got 300"):
+    with pytest.raises(ValueError, match="param 'address' must be <= 255, got 300"):
         Device.from_file("pfeiffer_tc400", "127.0.0.1:1", params={"address": 300}, connect=False)
     with pytest.raises(TypeError, match=r"pfeiffer_tc400: unknown param 'adress' \(params: address\)"):
         Device.from_file("pfeiffer_tc400", "127.0.0.1:1", params={"adress": 3}, connect=False)
@@ -194,7 +196,7 @@ def test_a_text_checksum_needs_a_fixed_width_format():
         queries:
           v: {request: V, reply: int}
         """) == ["t.yaml:6: connection.checksum.format: 'd' does not give every sum8 value the same width (0 is '0', "
-                 "255 is '255'); pad it, e.g. '03d'"]
+                 "255 is '255'); pad it: '03d'"]
     assert problems(BASE + """\
           checksum: {type: sum8}
         queries:
@@ -281,3 +283,165 @@ def test_the_shipped_file_is_the_socs_agents_names():
         "Error_Code"]
     assert spec.agent.acq_args == {"period": "wait"}
     assert {"turn_turbo_on", "turn_turbo_off", "acknowledge_turbo_errors"} <= set(spec.operations)
+
+
+# ----------------------------------------------------------------------
+# from a trial of the docs on a Pfeiffer gauge, an Omron Host Link PLC and NMEA
+
+NMEA = """\
+device: nmea
+connection:
+  port: 10110
+  out_terminator: "\\r\\n"
+  in_terminator: "\\r\\n"
+  checksum: {type: xor8, format: "02X", from: 1, separator: "*"}
+queries:
+  heading:
+    request: "$PQII,HDG"
+    reply:
+      regex: '^\\$HCHDG,(?P<heading>[\\d.]+)$'
+      fields:
+        heading: {type: float, sim: {value: 12.5}}
+"""
+
+
+def test_a_separator_stands_between_frame_and_checksum_uncovered():
+    spec = loads(NMEA, "nmea.yaml")
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            values, exchanges = dev.transact("heading")
+        finally:
+            dev.close()
+    assert values == {"heading": 12.5}
+    assert exchanges[0][0] == b"$PQII,HDG*66\r\n"          # XOR of PQII,HDG: the $ and the * are not covered
+    with pytest.raises(DeviceReplyError, match=r"no '\*' before the checksum"):
+        Device.from_file(spec, "127.0.0.1:1", connect=False).parse("heading", b"$HCHDG,1.0#00\r\n")
+
+
+OMRON = """\
+device: omron
+params:
+  unit: {type: int, min: 0, max: 31, default: 7}
+connection:
+  port: 9600
+  out_terminator: "*\\r"
+  in_terminator: "*\\r"
+  checksum: {type: xor8, format: "02X"}
+errors:
+  reply:
+    match: '^@\\d{2}(RD|WD)(?!00)\\d{2}$'
+    parse: '^@\\d{2}(?:RD|WD)(?P<code>\\d{2})$'
+    format: "@{unit:02d}WD{code}"
+    sim_code: "15"
+queries:
+  dm_word:
+    request: "@{unit:02d}RD{word:04d}0001"
+    args: {word: {type: int, min: 0, max: 9999}}
+    reply:
+      regex: '^@\\d{2}RD00(?P<value>[0-9A-F]{4})$'
+      format: "@{unit:02d}RD00{value:0>4}"
+      fields:
+        value: {type: int, base: 16, sim: {state: "dm_{word}", value: 0}}
+commands:
+  write_dm_word:
+    request: "@{unit:02d}WD{word:04d}{value:04X}"
+    args: {word: {type: int, min: 0, max: 9999}, value: {type: int, min: 0, max: 65535}}
+    sim:
+      sets: {"dm_{word}": "{value}"}
+"""
+
+
+def sealed(text):
+    """A Host Link frame with its XOR check (two hex digits)."""
+    return text + b"%02X" % functools.reduce(operator.xor, text, 0)
+
+
+def test_the_simulator_reads_hex_and_fixed_width_arguments_and_writes_the_files_error_reply():
+    spec = loads(OMRON, "omron.yaml")
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            for value in (10, 1234, 0xBEEF):
+                _, exchanges = dev.transact("write_dm_word", word=100, value=value)
+                assert dev.dm_word(word=100) == value
+            assert exchanges[0][0] == b"@07WD0100BEEF51*\r"
+            reply = dev.wrnrd_until(sealed(b"@07XX00") + b"*\r", b"*\r")    # a request the unit does not know
+            assert reply == sealed(b"@07WD15")                              # the file's error reply, code 15
+        finally:
+            dev.close()
+
+
+def test_a_device_error_without_a_message_ends_with_its_code():
+    assert str(DeviceError("dm_word", 15, "")) == "dm_word: device error 15"
+    assert str(DeviceError("dm_word", 15, "busy")) == "dm_word: device error 15: busy"
+
+
+def test_check_names_what_would_fail_at_the_first_call():
+    assert problems(BASE + """\
+        params:
+          address: {type: int, min: 1, max: 255, default: 1}
+        queries:
+          v: {request: "{address:03q}V", reply: int}
+        """) == ["t.yaml:9: queries.v.request: placeholder {address:03q}: Unknown format code 'q' for object of type "
+                 "'int' (param 'address' is int)"]
+    assert problems(BASE + """\
+        queries:
+          v:
+            request: V
+            reply:
+              regex: '^(?P<v>[0-9A-F]{4})$'
+              format: "{v:04X}"
+              fields: {v: {type: int, base: 16}}
+        """) == ["t.yaml:11: queries.v.reply.format: placeholder {v:04X}: the simulator writes a field as its reply "
+                 "text, so only a text spec works ('0>6' pads with zeros; a field's 'base: 16' writes hex)"]
+    assert problems(BASE + """\
+        params:
+          address: {type: int, min: 1, max: 255, default: 1}
+        queries:
+          v:
+            request: "{address:03d}V"
+            reply:
+              regex: '^{address:03d}(?P<v>\\d+)$'
+              format: "{address:03d}{v}"
+              fields: {v: int}
+        """) == ["t.yaml:12: queries.v.reply.regex: params are not filled into a regex; match their value with a "
+                 "pattern (\\d{3} for an address)"]
+
+
+def test_check_refuses_checksum_formats_that_are_not_digits_and_typed_escapes():
+    assert problems(BASE + """\
+          checksum: {type: sum8, format: c}
+        queries:
+          v: {request: V, reply: int}
+        """) == ["t.yaml:6: connection.checksum.format: 'c' is not a format of a number in digits: end it with d, x, "
+                 "X, o or b (\"03d\": three decimal digits, \"02X\": two hex digits)"]
+    assert problems(BASE + """\
+          checksum: {type: sum8, format: 3}
+        queries:
+          v: {request: V, reply: int}
+        """) == ["t.yaml:6: connection.checksum.format: 3 is a number to YAML; a format spec is text ending in d, x, "
+                 "X, o or b: write \"03d\" or \"03X\""]
+    assert problems(BASE + """\
+          checksum: {type: xor8, format: X}
+        queries:
+          v: {request: V, reply: int}
+        """) == ["t.yaml:6: connection.checksum.format: 'X' does not give every xor8 value the same width (0 is '0', "
+                 "255 is 'FF'); pad it: '02X'"]
+    assert problems("""\
+        device: t
+        connection: {port: 1, out_terminator: '\\r', in_terminator: "\\r"}
+        queries:
+          v: {request: V, reply: int}
+        """) == ["t.yaml:2: connection.out_terminator: '\\\\r' holds a backslash and 'r': in single quotes or "
+                 "unquoted, YAML keeps the backslash; write control characters in double quotes (\"\\r\\n\")"]
+
+
+def test_a_broken_param_is_reported_once():
+    assert problems(BASE + """\
+        params:
+          address: {type: int, min: 1, max: 255, default: 300}
+        queries:
+          v: {request: "{address:03d}V", reply: int}
+          w: {request: "{address:03d}W", reply: int}
+        """) == ["t.yaml:7: params.address.default: bad default: param 'address' must be <= 255, got 300"]

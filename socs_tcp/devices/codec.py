@@ -460,21 +460,27 @@ def binary_reply_length(op_name, reply, header):
 # text frames with a checksum (connection.checksum)
 
 def seal_text(c, frame, encoding):
-    """``frame`` (bytes, no terminator) with its checksum text appended."""
-    return frame + format(checksum(c.type, frame[c.start:]), c.format).encode(encoding)
+    """``frame`` (bytes, no terminator) with its separator and checksum text appended."""
+    return frame + c.separator.encode(encoding) + format(checksum(c.type, frame[c.start:]), c.format).encode(encoding)
 
 
 def unseal_text(op_name, c, frame, encoding):
-    """``frame`` without its checksum text; :class:`DeviceReplyError` when the
-    checksum is missing or wrong."""
+    """``frame`` without its separator and checksum text; :class:`DeviceReplyError`
+    when they are missing or the checksum is wrong."""
+    sep = c.separator.encode(encoding)
     width = len(format(0, c.format))
-    if len(frame) < c.start + width:
-        raise DeviceReplyError(op_name, frame, f"{len(frame)} bytes are too short for a {width}-character checksum")
-    body, got = frame[:-width], frame[-width:]
+    if len(frame) < c.start + len(sep) + width:
+        raise DeviceReplyError(op_name, frame, f"{len(frame)} bytes are too short for a {width}-character checksum"
+                                               + (f" after {c.separator!r}" if sep else ""))
+    body, mark, got = frame[:len(frame) - width - len(sep)], frame[len(frame) - width - len(sep):-width], \
+        frame[-width:]
+    if mark != sep:
+        raise DeviceReplyError(op_name, frame, f"no {c.separator!r} before the checksum")
     want = format(checksum(c.type, body[c.start:]), c.format).encode(encoding)
     if got != want:
         raise DeviceReplyError(op_name, frame, f"checksum {got.decode(encoding, 'replace')!r}, computed "
-                                               f"{want.decode(encoding)!r} ({c.type} of the characters before it)")
+                                               f"{want.decode(encoding)!r} ({c.type} of the characters "
+                                               f"{'from ' + str(c.start) + ' ' if c.start else ''}before it)")
     return body
 
 
@@ -730,8 +736,8 @@ def render_text(op, values, params=None):
     if reply.mode == "single":
         return _render_value(reply.fields[0], values.get(reply.fields[0].name))
     if reply.mode == "regex":
-        return reply.format.format(**(params or {}),
-                                   **{f.name: _render_value(f, values.get(f.name)) for f in reply.fields})
+        return reply.format.format(**{**(params or {}),
+                                      **{f.name: _render_value(f, values.get(f.name)) for f in reply.fields}})
     items = []
     for f in reply.fields:
         value = values.get(f.name)
@@ -853,6 +859,12 @@ def request_regex(op, params=None):
             pattern = "|".join(re.escape(t) for t in texts)
         elif arg.type == "bool":
             pattern = "|".join(re.escape(t) for t in sorted({arg.true_text, arg.false_text}, key=len, reverse=True))
+        elif arg.type == "int" and _int_base(spec or arg.format) != 10:
+            digits = {16: "0-9a-fA-F", 8: "0-7", 2: "01"}[_int_base(spec or arg.format)]
+            width = _fixed_width(spec or arg.format)
+            pattern = f"[{digits}]{{{width}}}" if width else f"[{digits}]+"
+        elif arg.type == "int" and _fixed_width(spec or arg.format):
+            pattern = rf"[-+]?\d{{{_fixed_width(spec or arg.format)}}}"
         else:
             pattern = _ARG_PATTERNS[arg.type]
         group = f"a_{name}" if name not in seen else None
@@ -861,6 +873,26 @@ def request_regex(op, params=None):
         if not arg.required:
             parts[-1] = f"(?:{parts[-1]})?"
     return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def _request_spec(op, name):
+    """The format spec of the first ``{name:spec}`` in ``op``'s request template."""
+    for _, n, spec, _ in _formatter.parse(op.request):
+        if n == name:
+            return spec
+    return None
+
+
+def _int_base(spec):
+    """The number base an int format spec writes in (``"04X"``: 16)."""
+    kind = (spec or "")[-1:]
+    return {"x": 16, "X": 16, "o": 8, "b": 2}.get(kind, 10)
+
+
+def _fixed_width(spec):
+    """The width of a zero-padded int format spec (``"04X"``: 4), else None."""
+    m = re.fullmatch(r"0(\d+)[dxXob]?", spec or "")
+    return int(m.group(1)) if m else None
 
 
 def match_text_request(op, regex, text):
@@ -875,7 +907,7 @@ def match_text_request(op, regex, text):
             args[arg.name] = None
             continue
         if arg.type == "int":
-            args[arg.name] = int(g)
+            args[arg.name] = int(g, _int_base(_request_spec(op, arg.name) or arg.format))
         elif arg.type == "float":
             args[arg.name] = float(g)
         elif arg.type == "bool":

@@ -515,13 +515,14 @@ class Device(TCPInterface):
                     raise
                 last = e
             if attempt < attempts:
-                log.warning("%s: %s: %s; sending again (%d of %d)", self.name, op.name, last, attempt + 1, attempts)
+                log.warning("%s: %s: %s; sending again (%d of %d)", self.name, op.name,
+                            last.reason if isinstance(last, DeviceReplyError) else last, attempt + 1, attempts)
         else:
             if isinstance(last, LinkTimeoutError):
                 raise last
             if isinstance(last, _BadChecksum):
-                raise DeviceReplyError(op.name, last.reply, f"{last.reason} (after {attempts} attempts)")
-            raise DeviceReplyError(op.name, last.got, f"{last} (after {attempts} attempts)")
+                raise DeviceReplyError(op.name, last.reply, last.reason + _after(attempts))
+            raise DeviceReplyError(op.name, last.got, f"{last}" + _after(attempts))
         if op.reply is None:
             return {}
         return codec.parse_text(op, self._decode_frame(op, frame), frame)
@@ -749,7 +750,7 @@ class Device(TCPInterface):
             except DeviceReplyError as e:
                 late = self._settle(op)
                 if attempt >= attempts:
-                    raise DeviceReplyError(op.name, e.reply + late, f"{e.reason} (after {attempts} attempts)") from None
+                    raise DeviceReplyError(op.name, e.reply + late, e.reason + _after(attempts)) from None
                 log.warning("%s: %s: reply discarded (%s): %s; sending again (%d of %d)", self.name, op.name,
                             e.reason, format_traffic(e.reply + late, 64), attempt + 1, attempts)
                 continue
@@ -851,6 +852,11 @@ class Device(TCPInterface):
                 return codec.parse_modbus(op, request, frame, conn.unit)
             log.warning("%s: %s: discarded a reply with transaction id %#06x (sent %#06x): %s", self.name, op.name,
                         got, tid, format_traffic(frame, 64))
+
+
+def _after(attempts):
+    """`` (after N attempts)`` when the request was sent more than once."""
+    return f" (after {attempts} attempts)" if attempts > 1 else ""
 
 
 def _code(text):

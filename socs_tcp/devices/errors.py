@@ -73,7 +73,7 @@ class DeviceError(RuntimeError):
         self.operation = operation
         self.code = code
         self.message = message
-        super().__init__(f"{operation}: device error {code}: {message}")
+        super().__init__(f"{operation}: device error {code}" + (f": {message}" if message else ""))
 
 
 class DeviceInterlockError(DeviceError):

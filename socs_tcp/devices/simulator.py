@@ -340,8 +340,15 @@ class SimulatorLogic:
         if spec.reply_error is not None:
             rerr = spec.reply_error
             self.state.last_error = (rerr.sim_code or "1", rerr.sim_message or message)
-            token = rerr.terminator if rerr.terminator is not None else (spec.sim_unknown or "?")
-            return token.encode(self.enc) if rerr.terminator is not None else self._line(self._filled(token))
+            if rerr.terminator is not None:
+                return rerr.terminator.encode(self.enc)
+            if spec.sim_unknown is not None:
+                return self._line(self._filled(spec.sim_unknown))
+            if rerr.query is None and rerr.format:
+                # the error reply itself carries the code: write it as the file reads it
+                code, text = self.state.last_error
+                return self._line(rerr.format.format(**{**self.param_wire, "code": code, "message": text}))
+            return self._line("?")
         if spec.error_queue is not None:
             self.state.errors.append((str(code), message))
             return None
@@ -592,7 +599,13 @@ class DeviceSimulator(DeviceEmulator):
                     return
                 if not data:
                     return
-                for request, reply in logic.feed(data):
+                try:
+                    answers = logic.feed(data)
+                except Exception:              # a file the simulator cannot serve: say which, and hang up
+                    log.exception("simulator %s: cannot answer %r; closing the connection", self.spec.name,
+                                  bytes(data[:64]))
+                    return
+                for request, reply in answers:
                     if not self._answer(conn, request, reply):
                         return
         finally:

@@ -102,6 +102,8 @@ class ArgSpec:
     max_length: int = None
     pattern: str = None
     line: int = 0
+    #: what the value is called in messages: an operation's "argument", or a device's "param"
+    kind: str = "argument"
 
     @property
     def required(self):
@@ -120,48 +122,48 @@ class ArgSpec:
                 return value
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
-            raise TypeError(f"argument {name!r} must be True or False, got {type(value).__name__}: {value!r}")
+            raise TypeError(f"{self.kind} {name!r} must be True or False, got {type(value).__name__}: {value!r}")
         if self.type == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                 else:
-                    raise TypeError(f"argument {name!r} must be an int, got {type(value).__name__}: {value!r}")
+                    raise TypeError(f"{self.kind} {name!r} must be an int, got {type(value).__name__}: {value!r}")
             self._check_range(value)
             return value
         if self.type == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"argument {name!r} must be a number, got {type(value).__name__}: {value!r}")
+                raise TypeError(f"{self.kind} {name!r} must be a number, got {type(value).__name__}: {value!r}")
             value = float(value)
             if math.isnan(value) or math.isinf(value):
-                raise ValueError(f"argument {name!r} must be a finite number, got {value!r}")
+                raise ValueError(f"{self.kind} {name!r} must be a finite number, got {value!r}")
             self._check_range(value)
             return value
         if self.type == "str":
             if not isinstance(value, str):
-                raise TypeError(f"argument {name!r} must be a str, got {type(value).__name__}: {value!r}")
+                raise TypeError(f"{self.kind} {name!r} must be a str, got {type(value).__name__}: {value!r}")
             if self.max_length is not None and len(value) > self.max_length:
-                raise ValueError(f"argument {name!r} must be at most {self.max_length} characters, "
+                raise ValueError(f"{self.kind} {name!r} must be at most {self.max_length} characters, "
                                  f"got {len(value)}: {value!r}")
             if self.pattern is not None and not re.fullmatch(self.pattern, value):
-                raise ValueError(f"argument {name!r} must match {self.pattern!r}, got {value!r}")
+                raise ValueError(f"{self.kind} {name!r} must match {self.pattern!r}, got {value!r}")
             return value
         # enum
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise TypeError(f"argument {name!r} must be one of {self.choices}, got {type(value).__name__}: {value!r}")
+            raise TypeError(f"{self.kind} {name!r} must be one of {self.choices}, got {type(value).__name__}: {value!r}")
         key = value if isinstance(value, str) else str(value)
         if key not in self.values:
             folded = {k.lower(): k for k in self.values}
             if key.lower() in folded:
                 return folded[key.lower()]
-            raise ValueError(f"argument {name!r} must be one of {self.choices}, got {value!r}")
+            raise ValueError(f"{self.kind} {name!r} must be one of {self.choices}, got {value!r}")
         return key
 
     def _check_range(self, value):
         if self.min is not None and value < self.min:
-            raise ValueError(f"argument {self.name!r} must be >= {self.min}, got {value!r}")
+            raise ValueError(f"{self.kind} {self.name!r} must be >= {self.min}, got {value!r}")
         if self.max is not None and value > self.max:
-            raise ValueError(f"argument {self.name!r} must be <= {self.max}, got {value!r}")
+            raise ValueError(f"{self.kind} {self.name!r} must be <= {self.max}, got {value!r}")
 
     def wire(self, value):
         """The value as sent: enum keys become their wire value, bools their text."""
@@ -262,6 +264,8 @@ class ChecksumSpec:
     order: str = "big"
     #: text only: how the value is written (a fixed-width Python format spec: "03d", "02X")
     format: str = None
+    #: text only: written between the frame and its checksum, and not covered by it (NMEA's "*")
+    separator: str = ""
 
     @property
     def size(self):
@@ -890,7 +894,7 @@ class _Loader:
         replaces = self.attempt(self.replaces, top["replaces"][1]) if "replaces" in top else None
         self.enums = self.attempt(self.enum_table, top["enums"][1], default={}) if "enums" in top else {}
         self.params = self.attempt(self.params_section, top["params"][1], default=[]) if "params" in top else []
-        self.param_names = {p.name for p in self.params}
+        self.param_names |= {p.name for p in self.params}
         self.guards = []
         self.transactions = {}
         if "transactions" in top:
@@ -1056,6 +1060,8 @@ class _Loader:
                 names = self.placeholders(vnode, f"{key}.{action}", value)
                 allowed = ({"request"} if in_transaction and action == "send" else set()) | self.param_names
                 bad = [n for n in names if n not in allowed]
+                if not bad:
+                    self.check_specs(vnode, f"{key}.{action}", value, {})
                 if bad:
                     shown = sorted(allowed)
                     self.fail(vnode, f"{key}.{action}", f"unknown placeholder {{{bad[0]}}}"
@@ -1080,16 +1086,41 @@ class _Loader:
         nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
         terms = [self.string(n, key) for n in nodes]
         for n, t in zip(nodes, terms):
-            m = _ESCAPE_TYPED.search(t)
-            if m:
-                self.problem(n, key, f"{t!r} holds a backslash and {m.group(1)!r}: in single quotes or unquoted, "
-                                     f"YAML keeps the backslash; write control characters in double quotes "
-                                     f"(\"\\r\\n\")")
+            self.check_escapes(n, key, t)
         if isinstance(node, yaml.SequenceNode):
             if not terms or any(t == "" for t in terms):
                 self.fail(node, key, "a list of terminators must not be empty or contain ''")
             return terms
         return [terms[0]] if terms[0] else []
+
+    def check_specs(self, node, key, template, arg_map):
+        """Each ``{name:spec}`` of a text template formats a value of its argument or param (checked now,
+        not at the first call)."""
+        params = {p.name: p for p in self.params}
+        for _, name, spec, _ in string.Formatter().parse(template):
+            if not name or not spec:
+                continue
+            a = arg_map.get(name) or params.get(name)
+            if a is None:
+                continue
+            samples = {"int": [0, 1], "float": [0.0, 1.5], "str": ["x"], "bool": [a.true_text, a.false_text],
+                       "enum": list((a.values or {}).values())}.get(a.type, [])
+            if a.type in ("int", "float") and a.min is not None:
+                samples.append(a.min)
+            for v in samples:
+                try:
+                    format(v, spec)
+                except (ValueError, TypeError) as e:
+                    self.problem(node, key, f"placeholder {{{name}:{spec}}}: {e} ({a.kind} {name!r} is {a.type})")
+                    break
+
+    def check_escapes(self, node, key, text):
+        """A terminator typed as backslash sequences in single quotes is four characters, not CR LF."""
+        m = _ESCAPE_TYPED.search(text)
+        if m:
+            self.problem(node, key, f"{text!r} holds a backslash and {m.group(1)!r}: in single quotes or unquoted, "
+                                    f"YAML keeps the backslash; write control characters in double quotes "
+                                    f"(\"\\r\\n\")")
 
     def placeholders(self, node, key, template):
         try:
@@ -1134,6 +1165,7 @@ class _Loader:
                         self.fail(v, key, f"unknown encoding {c.encoding!r}")
                 elif k == "out_terminator":
                     c.out_terminator = self.string(v, key)
+                    self.check_escapes(v, key, c.out_terminator)
                 elif k == "in_terminator":
                     c.in_terminator = self.terminators(v, key)
                 elif k in ("timeout", "connect_timeout", "min_gap"):
@@ -1193,6 +1225,11 @@ class _Loader:
         reply = queue = None
         if "reply" in m:
             reply = self.attempt(self.reply_error, m["reply"][1])
+            for k in ("match", "parse"):
+                rx = getattr(reply, k, None)
+                if rx is not None and any("{" + n in rx.pattern for n in self.param_names):
+                    self.problem(m["reply"][1], f"errors.reply.{k}", "params are not filled into a regex; match "
+                                                                     "their value with a pattern (\\d{3})")
         if "queue" in m:
             queue = self.attempt(self.error_queue, m["queue"][1])
         return reply, queue
@@ -1254,8 +1291,9 @@ class _Loader:
             fmt = self.string(m["format"][1], f"{key}.format")
             names = self.placeholders(m["format"][1], f"{key}.format", fmt)
             for n in names:
-                if n not in regex.groupindex:
-                    self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex")
+                if n not in regex.groupindex and n not in self.param_names:
+                    self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex"
+                                 + (" or a param" if self.param_names else ""))
             return fmt
         fmt = _format_from_regex(regex.pattern)
         if fmt is None:
@@ -1294,6 +1332,8 @@ class _Loader:
                 self.problem(node, key, "missing required key 'request'")
             elif protocol == "text":
                 op.request = self.attempt(self.text_request, m["request"][1], f"{key}.request", names)
+                if op.request is not None:
+                    self.check_specs(m["request"][1], f"{key}.request", op.request, op.arg_map)
             else:
                 op.request = self.attempt(self.binary_request, m["request"][1], f"{key}.request", op.arg_map)
         if "reply" in m:
@@ -1432,8 +1472,13 @@ class _Loader:
 
     def params_section(self, node):
         """Top-level ``params``: values given per device instance, used in text templates."""
+        before = len(self.problems)
         out = self.args(node, "params", "text")
+        if len(self.problems) > before and isinstance(node, yaml.MappingNode):
+            # a param with a problem of its own is still a name the templates may use
+            self.param_names = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
         for p in out:
+            p.kind = "param"
             if p.required:
                 self.problem(node, f"params.{p.name}", "a param needs a 'default' (the value when none is given)")
         return out
@@ -1478,19 +1523,19 @@ class _Loader:
             if key != "params" and name in self.param_names:
                 self.problem(knode, k, f"{name!r} is a param of the device; an argument needs another name")
                 continue
-            arg = self.attempt(self.arg, vnode, k, name)
+            arg = self.attempt(self.arg, vnode, k, name, "param" if key == "params" else "argument")
             if arg is not None:
                 out.append(arg)
         return out
 
-    def arg(self, node, key, name):
+    def arg(self, node, key, name, kind="argument"):
         if isinstance(node, yaml.ScalarNode):
             t = self.string(node, key)
             if t not in ARG_TYPES:
                 self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(ARG_TYPES)})")
             if t == "enum":
                 self.fail(node, key, "an enum argument needs 'choices' or 'enum'")
-            return ArgSpec(name, t, line=node.start_mark.line + 1)
+            return ArgSpec(name, t, line=node.start_mark.line + 1, kind=kind)
         m = self.mapping(node, key, self.ARG)
         t = None
         if "type" in m:
@@ -1501,7 +1546,7 @@ class _Loader:
             t = "enum"
         else:
             self.fail(node, key, "missing required key 'type'")
-        a = ArgSpec(name, t, line=node.start_mark.line + 1)
+        a = ArgSpec(name, t, line=node.start_mark.line + 1, kind=kind)
         if t == "enum":
             if "choices" in m and "enum" in m:
                 self.fail(node, key, "give 'choices' or 'enum', not both")
@@ -1647,20 +1692,30 @@ class _Loader:
         return c
 
     def text_checksum(self, node, key):
-        m = self.mapping(node, key, ("type", "format", "from"), required=("type", "format"))
+        m = self.mapping(node, key, ("type", "format", "from", "separator"), required=("type", "format"))
         if "type" not in m or "format" not in m:
             raise _Skip
         c = self.checksum(m, key, "type")
-        c.format = self.string(m["format"][1], f"{key}.format", allow_empty=False)
+        fnode = m["format"][1]
+        if not (isinstance(fnode, yaml.ScalarNode) and fnode.style in ("'", '"')) and fnode.value.isdigit():
+            self.fail(fnode, f"{key}.format", f"{fnode.value} is a number to YAML; a format spec is text ending in "
+                                              f"d, x, X, o or b: write \"0{fnode.value}d\" or \"0{fnode.value}X\"")
+        c.format = self.string(fnode, f"{key}.format", allow_empty=False)
+        kind = c.format[-1:]
+        if kind not in ("d", "x", "X", "o", "b"):
+            self.fail(fnode, f"{key}.format", f"{c.format!r} is not a format of a number in digits: end it with d, "
+                                              f"x, X, o or b (\"03d\": three decimal digits, \"02X\": two hex digits)")
         most = (1 << (8 * c.size)) - 1
         try:
-            widths = {len(format(0, c.format)), len(format(most, c.format))}
+            low, high = format(0, c.format), format(most, c.format)
         except (ValueError, TypeError) as e:
-            self.fail(m["format"][1], f"{key}.format", f"bad format {c.format!r}: {e}")
-        if len(widths) != 1:
-            self.fail(m["format"][1], f"{key}.format", f"{c.format!r} does not give every {c.type} value the same "
-                                                       f"width (0 is {format(0, c.format)!r}, {most} is "
-                                                       f"{format(most, c.format)!r}); pad it, e.g. '0{len(str(most))}d'")
+            self.fail(fnode, f"{key}.format", f"bad format {c.format!r}: {e}")
+        if len(low) != len(high):
+            self.fail(fnode, f"{key}.format", f"{c.format!r} does not give every {c.type} value the same width "
+                                              f"(0 is {low!r}, {most} is {high!r}); pad it: "
+                                              f"'0{len(high)}{kind}'")
+        if "separator" in m:
+            c.separator = self.string(m["separator"][1], f"{key}.separator")
         return c
 
     def check_int_fits(self, node, key, arg, wire, item=None):
@@ -1816,6 +1871,19 @@ class _Loader:
                     if n not in groups and n not in self.param_names:
                         self.problem(m["format"][1], f"{key}.format", f"placeholder {{{n}}} is not a group of the regex"
                                      + (" or a param" if self.param_names else ""))
+                self.check_specs(m["format"][1], f"{key}.format", r.format, {})
+                for _, n, spec, _ in string.Formatter().parse(r.format):
+                    if n in groups and spec:
+                        try:
+                            format("0", spec)
+                        except ValueError:
+                            self.problem(m["format"][1], f"{key}.format",
+                                         f"placeholder {{{n}:{spec}}}: the simulator writes a field as its reply text, "
+                                         f"so only a text spec works ('0>6' pads with zeros; a field's 'base: 16' "
+                                         f"writes hex)")
+                if r.regex is not None and any("{" + n in r.regex.pattern for n in self.param_names):
+                    self.problem(m["regex"][1], f"{key}.regex", "params are not filled into a regex; match their "
+                                                                "value with a pattern (\\d{3} for an address)")
             else:
                 r.format = _format_from_regex(r.regex.pattern)
                 if r.format is None:
