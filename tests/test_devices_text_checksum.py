@@ -445,3 +445,13 @@ def test_a_broken_param_is_reported_once():
           v: {request: "{address:03d}V", reply: int}
           w: {request: "{address:03d}W", reply: int}
         """) == ["t.yaml:7: params.address.default: bad default: param 'address' must be <= 255, got 300"]
+
+
+def test_a_param_written_as_a_value_says_how_to_declare_it():
+    assert problems(BASE + """\
+        params:
+          address: 122
+        queries:
+          v: {request: "{address:03d}V", reply: int}
+        """) == ["t.yaml:7: params.address: unknown type '122' (one of: int, float, str, bool, enum); a param is "
+                 "declared like an argument, with its default: address: {type: int, default: 122}"]

@@ -1532,9 +1532,13 @@ class _Loader:
         if isinstance(node, yaml.ScalarNode):
             t = self.string(node, key)
             if t not in ARG_TYPES:
-                self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(ARG_TYPES)})")
+                hint = (f"; a param is declared like an argument, with its default: {name}: {{type: int, default: {t}}}"
+                        if kind == "param" else "")
+                self.fail(node, key, f"unknown type {t!r} (one of: {', '.join(ARG_TYPES)}){hint}")
             if t == "enum":
-                self.fail(node, key, "an enum argument needs 'choices' or 'enum'")
+                self.fail(node, key, f"an enum {kind} needs 'choices' or 'enum'")
+            if kind == "param":
+                self.fail(node, key, f"a param needs a 'default': {name}: {{type: {t}, default: ...}}")
             return ArgSpec(name, t, line=node.start_mark.line + 1, kind=kind)
         m = self.mapping(node, key, self.ARG)
         t = None
