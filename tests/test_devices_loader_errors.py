@@ -14,7 +14,7 @@ connection:
 """
 
 FIELD_KEYS = ("type, unit, description, alarm, warning, map, enum, flags, flag_type, array, status, scale, offset, "
-              "true_text, false_text, base, wire, byte, register, order, sim")
+              "true_text, false_text, base, wire, byte, register, order, exponent, sim")
 TOP_KEYS = ("device, title, description, replaces, connection, params, enums, transactions, errors, queries, commands, "
             "polling, agent, sim")
 

@@ -455,3 +455,46 @@ def test_a_param_written_as_a_value_says_how_to_declare_it():
           v: {request: "{address:03d}V", reply: int}
         """) == ["t.yaml:7: params.address: unknown type '122' (one of: int, float, str, bool, enum); a param is "
                  "declared like an argument, with its default: address: {type: int, default: 122}"]
+
+
+GAUGE = """\
+device: gauge
+params:
+  address: {type: int, min: 1, max: 255, default: 122}
+connection:
+  port: 4001
+  out_terminator: "\\r"
+  in_terminator: "\\r"
+  checksum: {type: sum8, format: "03d"}
+queries:
+  pressure:
+    request: "{address:03d}0074002=?"
+    reply:
+      regex: '^\\d{3}10740\\d{2}(?P<pressure>\\d{6})$'
+      format: "{address:03d}1074006{pressure}"
+      fields:
+        pressure: {type: float, unit: hPa, exponent: {mantissa_digits: 4, digits: 2, offset: -23},
+                   sim: {value: 2.5e-5}}
+"""
+
+
+def test_a_pressure_in_mantissa_and_exponent_digits_reads_as_one_number():
+    spec = loads(GAUGE, "gauge.yaml")
+    dev = Device.from_file(spec, "127.0.0.1:1", connect=False)
+    # Pfeiffer u_expo_new: "100023" is 1000 x 10^(23 - 23) = 1.000e3 hPa
+    assert dev.parse("pressure", telegram("1221074006100023")) == {"pressure": 1000.0}
+    assert dev.parse("pressure", telegram("1221074006123417")) == {"pressure": 0.001234}
+    with pytest.raises(DeviceReplyError, match="does not match"):          # five digits: not this reply
+        dev.parse("pressure", telegram("122107400612341"))
+    with DeviceSimulator(spec) as sim:
+        live = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            values, exchanges = live.transact("pressure")
+        finally:
+            live.close()
+    assert values == {"pressure": 2.5e-5} and exchanges[0][1] == telegram("1221074006250015")
+    assert problems(BASE + """\
+        queries:
+          v: {request: V, reply: {type: int, scale: 2, exponent: {mantissa_digits: 4}}}
+        """) == ["t.yaml:7: queries.v.reply.exponent: only for float fields of text replies",
+                 "t.yaml:7: queries.v.reply.scale: not with 'exponent'"]

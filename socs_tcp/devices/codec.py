@@ -104,6 +104,8 @@ def _convert(op_name, f, raw, reply):
             return f.map[key]
         raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {text!r} is not one of {sorted(f.map)}")
     try:
+        if f.exponent is not None:
+            return _from_exponent(f.exponent, text)
         if f.type == "float":
             value = float(text)
         elif f.type == "int":
@@ -141,6 +143,31 @@ def _convert(op_name, f, raw, reply):
         return _scaled(f, value)
     except (ValueError, OverflowError) as e:
         raise DeviceReplyError(op_name, reply, f"field {f.name!r}: {e}") from None
+
+
+def _from_exponent(e, text):
+    """``"100023"`` with 4 mantissa and 2 exponent digits, offset -23: 1000 * 10 ** 0."""
+    if len(text) != e.mantissa_digits + e.digits or not text.isdigit():
+        raise ValueError(text)
+    mantissa, power = int(text[:e.mantissa_digits]), int(text[e.mantissa_digits:]) + e.offset
+    # divide by a whole power of ten, so 1234e-6 reads as 0.001234, not 0.0012339999999999999
+    return mantissa / 10 ** -power if power < 0 else float(mantissa * 10 ** power)
+
+
+def _to_exponent(e, value):
+    """The inverse of :func:`_from_exponent` (the simulator): the mantissa as large as its digits allow."""
+    value = abs(float(value))
+    top = 10 ** e.mantissa_digits
+    if value == 0:
+        return f"{0:0{e.mantissa_digits}d}{-e.offset:0{e.digits}d}" if -e.offset >= 0 else "0" * (
+            e.mantissa_digits + e.digits)
+    power = math.floor(math.log10(value)) - (e.mantissa_digits - 1)
+    mantissa = round(value / 10.0 ** power)
+    if mantissa >= top:
+        mantissa //= 10
+        power += 1
+    stored = min(max(power - e.offset, 0), 10 ** e.digits - 1)
+    return f"{mantissa:0{e.mantissa_digits}d}{stored:0{e.digits}d}"
 
 
 def _scaled(f, value):
@@ -686,6 +713,8 @@ def _render_value(f, value):
     if f.map is not None:
         inverse = {v: k for k, v in f.map.items()}
         return inverse.get(value, str(value))
+    if f.exponent is not None:
+        return _to_exponent(f.exponent, value)
     if f.type == "float":
         v = float(value)
         if f.scale is not None or f.offset is not None:

@@ -219,6 +219,15 @@ class SimSpec:
 
 
 @dataclasses.dataclass
+class ExponentSpec:
+    """A number sent as mantissa digits followed by power-of-ten exponent digits (Pfeiffer ``u_expo_new``)."""
+
+    mantissa_digits: int
+    digits: int = 2
+    offset: int = 0
+
+
+@dataclasses.dataclass
 class FieldSpec:
     """One named, typed value parsed from a reply."""
 
@@ -244,6 +253,8 @@ class FieldSpec:
     register: int = None
     order: str = "big"
     sim: SimSpec = None
+    #: text float: the reply is mantissa digits then exponent digits, value = mantissa * 10 ** (exponent + offset)
+    exponent: "ExponentSpec" = None
     #: for a field derived from another one (a flag, a status): that field's name
     source: str = None
     line: int = 0
@@ -1785,7 +1796,8 @@ class _Loader:
     # -- replies ---------------------------------------------------------
     REPLY = ("split", "regex", "format", "strip", "fields", "length", "checksum", "starts_with")
     FIELD = ("type", "unit", "description", "alarm", "warning", "map", "enum", "flags", "flag_type", "array",
-             "status", "scale", "offset", "true_text", "false_text", "base", "wire", "byte", "register", "order", "sim")
+             "status", "scale", "offset", "true_text", "false_text", "base", "wire", "byte", "register", "order",
+             "exponent", "sim")
 
     def reply(self, node, key, op_name, protocol, op):
         if isinstance(node, yaml.ScalarNode):
@@ -2157,6 +2169,23 @@ class _Loader:
                 f.flag_type = self.choice(m["flag_type"][1], f"{key}.flag_type", ("bool", "int"), "flag type")
         elif "flag_type" in m:
             self.problem(m["flag_type"][0], f"{key}.flag_type", "only with 'flags'")
+        if "exponent" in m:
+            em = self.mapping(m["exponent"][1], f"{key}.exponent", ("mantissa_digits", "digits", "offset"),
+                              required=("mantissa_digits",))
+            if "mantissa_digits" not in em:
+                raise _Skip
+            e = ExponentSpec(self.number(em["mantissa_digits"][1], f"{key}.exponent.mantissa_digits", integer=True,
+                                         minimum=1))
+            if "digits" in em:
+                e.digits = self.number(em["digits"][1], f"{key}.exponent.digits", integer=True, minimum=1)
+            if "offset" in em:
+                e.offset = self.number(em["offset"][1], f"{key}.exponent.offset", integer=True)
+            if protocol != "text" or f.type != "float":
+                self.problem(m["exponent"][0], f"{key}.exponent", "only for float fields of text replies")
+            for k in ("scale", "offset", "map", "enum", "base"):
+                if k in m:
+                    self.problem(m[k][0], f"{key}.{k}", "not with 'exponent'")
+            f.exponent = e
         if "array" in m:
             f.array = self.array(m["array"][1], f"{key}.array")
         if "status" in m:
