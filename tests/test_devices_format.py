@@ -160,3 +160,12 @@ def test_the_tutorial_file_loads_and_behaves_as_the_tutorial_says():
             assert set(dev.poll()) == {"temperature_1", "temperature_2", "alarm_1", "alarm_2"}
         finally:
             dev.close()
+
+
+def test_a_number_is_taken_for_an_enum_key_that_reads_as_it():
+    from socs_tcp.devices.spec import ArgSpec
+    nplc = ArgSpec("nplc", "enum", choices=["0.02", "0.2", "1", "10"],
+                   values={"0.02": "0.02", "0.2": "0.2", "1": "1", "10": "10"})
+    assert [nplc.check(v) for v in (0.2, 10.0, 1, "0.02")] == ["0.2", "10", "1", "0.02"]
+    with pytest.raises(ValueError, match=r"argument 'nplc' must be one of \['0.02', '0.2', '1', '10'\], got 5.0"):
+        nplc.check(5.0)

@@ -176,6 +176,14 @@ CASES = {
         "    args: {loop: {type: int, min: 1, max: 2}, v: float}\n    sim: {sets: {'setpoint_{loop}': '{v}'}}\n",
         ["demo.yaml:13: commands.set_sp.sim.sets.setpoint_{loop}: no field reads the state variable 'setpoint_{loop}', "
          "so setting it changes no reply (fields read: setp_{loop}; give the field sim: {state: ...})"]),
+    "an error queue regex that does not read its own no-error reply": (
+        BASE + "errors:\n  queue:\n    query: SYST:ERR?\n    parse: '^(?P<code>[-+?\\d+),\"(?P<message>[^\"]*)\"'\n"
+        "    ok: [0]\ncommands:\n  c: {request: C}\n",
+        ["demo.yaml:7: errors.queue.parse: does not read its own 'no error' reply '0,\"No error\"' as code 0 "
+         "(it reads code '0,')"]),
+    "a broken enum is reported once": (
+        BASE + "enums:\n  nplc: ['0.02', '0.2', '0.2']\ncommands:\n  s: {request: 'N {n}', args: {n: {enum: nplc}}}\n",
+        ["demo.yaml:5: enums.nplc: duplicate choice '0.2'"]),
     "empty file": ("", ["demo.yaml:1: the file is empty"]),
     "not YAML": (
         BASE + 'queries:\n  volt: {request: "VOLT?"\n    reply: float\n',

@@ -149,8 +149,15 @@ class ArgSpec:
                 raise ValueError(f"{self.kind} {name!r} must match {self.pattern!r}, got {value!r}")
             return value
         # enum
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise TypeError(f"{self.kind} {name!r} must be one of {self.choices}, got {type(value).__name__}: {value!r}")
+        if isinstance(value, float):
+            # a number given for a key that reads as one: 0.2 is "0.2", 10.0 is "10" or "10.0"
+            texts = [repr(value)] + ([str(int(value))] if value.is_integer() else [])
+            key = next((t for t in texts if t in self.values), None)
+            if key is None:
+                raise ValueError(f"{self.kind} {name!r} must be one of {self.choices}, got {value!r}")
+            return key
         key = value if isinstance(value, str) else str(value)
         if key not in self.values:
             folded = {k.lower(): k for k in self.values}
@@ -984,9 +991,12 @@ class _Loader:
             if not _NAME.match(name):
                 self.problem(knode, key, f"{name!r} is not a valid name")
                 continue
+            before = len(self.problems)
             table = self.attempt(self.enum_values, vnode, key)
             if table is not None:
                 out[name] = table
+            elif len(self.problems) > before:
+                out[name] = {}                # reported already: its users are not told it is unknown
         return out
 
     def enum_values(self, node, key):
@@ -1291,6 +1301,17 @@ class _Loader:
                 else [str(self.value(v, f"{key}.ok"))]
         if "after" in m:
             q.after = self.choice(m["after"][1], f"{key}.after", ("commands", "all"), "'after' value")
+        if q.format is not None:
+            # what the simulator answers must read back as "no error" (else every command fails on it)
+            try:
+                sample = q.format.format(code=q.ok[0], message="No error")
+            except (KeyError, IndexError, ValueError):
+                sample = None
+            found = q.parse.search(sample) if sample is not None else True
+            if found is not True and (found is None or found.group("code") not in q.ok):
+                self.problem(m["parse"][1], f"{key}.parse",
+                             f"does not read its own 'no error' reply {sample!r} as code {q.ok[0]}"
+                             + (f" (it reads code {found.group('code')!r})" if found is not None else ""))
         return q
 
     def check_error_regex(self, node, key, regex):
