@@ -12,7 +12,9 @@ Requests out and replies in, for the three protocols of a device file:
   at fixed byte positions (any byte order, word-swapped floats, a trailing
   array as long as the frame);
 * Modbus TCP: :func:`modbus_request` builds the MBAP header and PDU,
-  :func:`modbus_frame_length` and :func:`parse_modbus` read a reply.
+  :func:`modbus_frame_length` and :func:`parse_modbus` read a reply;
+* text frames with a checksum: :func:`seal_text` appends it,
+  :func:`unseal_text` checks and removes it.
 
 The simulator uses the inverse functions at the bottom (:func:`render_text`,
 :func:`encode_fields`, :func:`match_text_request`, ...).  Every decoding

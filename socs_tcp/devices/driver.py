@@ -20,7 +20,12 @@ from the start when an ``expect`` sees something else or nothing, at most
 (follow-up query, a command chosen by the error code, then the whole
 operation again, at most ``errors.reply.attempts`` times); after a command,
 the error queue is read when the file has one.  On every (re)connect the
-file's ``connection.init`` steps run before anything else.
+file's ``connection.init`` steps run before anything else.  With a
+``connection.checksum`` every text frame sent carries it and every frame
+read is checked and stripped of it; a binary reply is checked for its
+length, ``starts_with`` and checksum, and discarded and asked again (up to
+``attempts``) when it fails one.  The file's ``params`` (``params=``) fill
+its templates.
 
 Failures: bad arguments raise :class:`TypeError`/:class:`ValueError`; the
 link's :class:`~socs_tcp.errors.LinkError` subclasses (all
