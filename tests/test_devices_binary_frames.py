@@ -20,7 +20,7 @@ from emulators import ModbusRTUEmulator
 from emulators.modbus_rtu import crc16, with_crc
 
 from socs_tcp import LinkTimeoutError
-from socs_tcp.devices import Device, DeviceFileError, DeviceReplyError, load, loads
+from socs_tcp.devices import Device, DeviceError, DeviceFileError, DeviceReplyError, load, loads
 from socs_tcp.devices.simulator import DeviceSimulator
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "devices" / "examples" / "rtu_controller.yaml"
@@ -110,13 +110,34 @@ def test_an_impossible_length_field_names_its_value(dev, rtu):
     assert dev.temperatures() == [21.5, -3.2]
 
 
-def test_a_modbus_exception_reply_is_a_reply_error_naming_its_bytes(dev, rtu):
+def test_a_modbus_exception_reply_is_the_devices_error_and_is_not_sent_again(dev, rtu):
     del rtu.registers[0x1020]                   # reading it now gives "illegal data address"
-    with pytest.raises(DeviceReplyError, match=r"status: starts with 01 83 02, expected 01 03 02") as info:
+    with pytest.raises(DeviceError) as info:
         dev.status()
-    assert info.value.reply.startswith(bytes.fromhex("01 83 02"))   # refused without waiting for 7 bytes
-    assert len(info.value.exchanges) == 3
+    assert (info.value.operation, info.value.code, info.value.message) == ("status", 2, "illegal data address")
+    assert len(rtu.received) == 1               # an answer, not a garbled reply: asked once
     assert dev.setpoint() == 20.0
+
+
+def test_a_garbled_exception_reply_is_a_reply_error():
+    spec = load(EXAMPLE)
+    dev = Device.from_file(spec, "127.0.0.1:1", connect=False)
+    frame = with_crc(bytes.fromhex("01 83 02"))
+    with pytest.raises(DeviceError, match="status: device error 2: illegal data address"):
+        dev.parse("status", frame)
+    with pytest.raises(DeviceReplyError, match="checksum"):
+        dev.parse("status", frame[:-1] + bytes([frame[-1] ^ 1]))
+
+
+def test_the_simulator_answers_a_value_out_of_range_with_the_files_exception():
+    spec = load(EXAMPLE)
+    with DeviceSimulator(spec) as sim:
+        dev = Device.from_file(spec, sim.address, timeout=2)
+        try:
+            dev.write_bin("01061010" + "1388" + with_crc(bytes.fromhex("01061010 1388"))[-2:].hex())  # 500.0 degC
+            assert dev.read_bytes(5, timeout=2) == with_crc(bytes.fromhex("01 86 03"))
+        finally:
+            dev.close()
 
 
 def test_a_silent_device_is_the_links_timeout(dev, rtu):
@@ -286,9 +307,9 @@ def test_crc16_modbus_goes_low_byte_first_unless_told():
 
 
 def test_the_tail_of_a_refused_reply_does_not_spoil_the_next_attempt(dev, rtu):
-    # an exception reply sent in two pieces, as a serial server forwards it: the driver refuses it at its
-    # first bytes, then discards the rest as it comes before it asks again
-    exception = with_crc(bytes.fromhex("01 83 02"))
+    # a reply with a wrong start, sent in two pieces as a serial server forwards it: the driver refuses it
+    # at its first bytes, then discards the rest as it comes before it asks again
+    exception = with_crc(bytes.fromhex("01 04 02 00 00"))
     original = rtu.respond
     calls = []
 
@@ -348,6 +369,18 @@ def test_starts_with_takes_any_byte_where_it_says_and_checks_the_rest():
     error += bytes([-sum(error[2:]) & 0xFF])
     with pytest.raises(DeviceReplyError, match=r"starts with aa 55 03 7f, expected aa 55 \?\? 11"):
         Device.from_file(spec, "127.0.0.1:1", connect=False).parse("history", error)
+
+
+def test_error_frame_errors():
+    assert problems("""\
+        request: [0x01]
+        reply:
+          length: 4
+          checksum: crc16_modbus
+          error: {starts_with: "01 83", length: 4, code: {byte: 2, wire: u16}}
+          fields: {a: {wire: u8, byte: 0}}
+        """) == ["frames.yaml:9: queries.q.reply.error.code.byte: the code (byte 2, a u16) does not fit an error "
+                 "frame of 4 bytes with its checksum"]
 
 
 def test_starts_with_errors():

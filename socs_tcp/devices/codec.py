@@ -34,7 +34,7 @@ from .spec import WIRE_TYPES, ArraySpec
 
 __all__ = [
     "format_request", "parse_text", "encode_binary", "decode_binary", "binary_reply_length", "check_frame", "check_checksum",
-    "decode_binary_reply", "seal_text", "unseal_text",
+    "decode_binary_reply", "seal_text", "unseal_text", "error_reply", "encode_error_reply",
     "modbus_request", "modbus_frame_length", "parse_modbus", "MODBUS_EXCEPTIONS", "to_big", "from_big",
     "render_text", "encode_fields", "encode_binary_reply", "match_text_request", "feed_values",
 ]
@@ -521,6 +521,31 @@ def check_frame(op_name, reply, data):
                                               f"{reply.starts_text()}")
     if reply.checksum is not None:
         check_checksum(op_name, reply.checksum, data)
+
+
+def error_reply(op_name, reply, data):
+    """The :class:`DeviceError` an error frame ``data`` stands for (its checksum
+    checked first: a garbled error frame is a :class:`DeviceReplyError`)."""
+    e = reply.error
+    if reply.checksum is not None and reply.checksum.byte < 0:
+        check_checksum(op_name, reply.checksum, data)
+    size = WIRE_TYPES[e.code_wire][0]
+    code = int.from_bytes(data[e.code_byte:e.code_byte + size], e.code_order, signed=e.code_wire.startswith("i"))
+    return DeviceError(op_name, code, e.messages.get(code, ""))
+
+
+def encode_error_reply(reply, code):
+    """The error frame with ``code`` (the simulator's answer to a bad request)."""
+    e = reply.error
+    data = bytearray(e.length)
+    data[:len(e.starts_with)] = e.starts_with
+    size = WIRE_TYPES[e.code_wire][0]
+    data[e.code_byte:e.code_byte + size] = code.to_bytes(size, e.code_order, signed=e.code_wire.startswith("i"))
+    c = reply.checksum
+    if c is not None and c.byte < 0:
+        pos = c.position(e.length)
+        data[pos:pos + c.size] = checksum(c.type, data[c.start:pos]).to_bytes(c.size, c.order)
+    return bytes(data)
 
 
 def starts_right(reply, data):

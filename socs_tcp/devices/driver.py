@@ -310,6 +310,8 @@ class Device(TCPInterface):
             return codec.parse_text(op, self._decode_frame(op, frame), frame)
         if protocol == "binary":
             r = op.reply
+            if r.error is not None and reply.startswith(r.error.starts_with) and len(reply) == r.error.length:
+                raise codec.error_reply(op.name, r, reply)
             if r.length is not None:
                 want = r.length
             elif len(reply) < r.length_field.header:
@@ -808,8 +810,16 @@ class Device(TCPInterface):
             if n > 0:
                 data += self.read_bytes(n, timeout=max(0.0, deadline - time.monotonic()))
 
+        error = reply.error
         try:
-            more(min(head, len(prefix)) if prefix is not None else head)
+            first = min(head, len(prefix)) if prefix is not None else head
+            if error is not None:
+                first = max(first, len(error.starts_with))
+            more(first)
+            if error is not None and data.startswith(error.starts_with):
+                more(error.length - len(data))
+                self._note_received(data)
+                raise codec.error_reply(op.name, reply, data)
             if prefix is not None and not codec.starts_right(reply, data):
                 rest = self.drain()
                 self._note_received(data + rest)

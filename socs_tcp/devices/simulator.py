@@ -422,6 +422,9 @@ class SimulatorLogic:
                 args = op.check_args(**{k: v for k, v in args.items() if v is not None})
             except (TypeError, ValueError) as e:
                 log.info("simulator %s: %s: %s", self.spec.name, op.name, e)
+                error = op.reply.error if op.reply is not None else None
+                if error is not None and error.sim_code is not None:
+                    return raw, codec.encode_error_reply(op.reply, error.sim_code)
                 return raw, None
             self._apply(op, args)
             if op.reply is None:

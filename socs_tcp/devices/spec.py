@@ -311,6 +311,20 @@ class LengthSpec:
 
 
 @dataclasses.dataclass
+class ErrorReplySpec:
+    """A binary device's error frame in place of a reply (a Modbus RTU exception): raised as DeviceError."""
+
+    starts_with: bytes
+    length: int
+    code_byte: int
+    code_wire: str = "u8"
+    code_order: str = "big"
+    messages: dict = dataclasses.field(default_factory=dict)
+    #: the code the simulator answers a request with arguments out of range with (None: no answer)
+    sim_code: int = None
+
+
+@dataclasses.dataclass
 class ReplySpec:
     """How a reply is parsed: one value, separated items, a regex, or fixed binary positions."""
 
@@ -327,6 +341,8 @@ class ReplySpec:
     starts_with: bytes = None
     #: positions in ``starts_with`` that may hold any byte (``??``: a length byte before an echoed command)
     starts_any: frozenset = frozenset()
+    #: binary: the device's error frame, when it answers with one instead
+    error: ErrorReplySpec = None
 
     def starts_text(self):
         """``starts_with`` as written: hex bytes, ``??`` where any byte is taken."""
@@ -1815,7 +1831,7 @@ class _Loader:
         return spec
 
     # -- replies ---------------------------------------------------------
-    REPLY = ("split", "regex", "format", "strip", "fields", "length", "checksum", "starts_with")
+    REPLY = ("split", "regex", "format", "strip", "fields", "length", "checksum", "starts_with", "error")
     FIELD = ("type", "unit", "description", "alarm", "warning", "map", "enum", "flags", "flag_type", "array",
              "status", "scale", "offset", "true_text", "false_text", "base", "wire", "byte", "register", "order",
              "exponent", "sim")
@@ -1841,7 +1857,7 @@ class _Loader:
             raise _Skip
         r = ReplySpec()
         if protocol == "text":
-            for k in ("length", "checksum", "starts_with"):
+            for k in ("length", "checksum", "starts_with", "error"):
                 if k in m:
                     self.problem(m[k][0], f"{key}.{k}", "only for protocol: binary")
             if "split" in m and "regex" in m:
@@ -1868,6 +1884,8 @@ class _Loader:
                     r.length = self.number(m["length"][1], f"{key}.length", integer=True, minimum=1)
                 if "checksum" in m:
                     r.checksum = self.reply_checksum(m["checksum"][1], f"{key}.checksum", r)
+                if "error" in m:
+                    r.error = self.attempt(self.error_reply, m["error"][1], f"{key}.error", r)
                 if "starts_with" in m:
                     r.starts_with, r.starts_any = self.hex_pattern(m["starts_with"][1], f"{key}.starts_with")
                     most = r.length if r.length is not None else r.length_field.max
@@ -1950,6 +1968,37 @@ class _Loader:
                                  f"({start}..{start + count - 1})")
         self.check_unique(node, key, r.fields)
         return r
+
+    def error_reply(self, node, key, reply):
+        m = self.mapping(node, key, ("starts_with", "length", "code", "messages", "sim_code"),
+                         required=("starts_with", "length", "code"))
+        if not all(k in m for k in ("starts_with", "length", "code")):
+            raise _Skip
+        prefix = self.hex_bytes(m["starts_with"][1], f"{key}.starts_with")
+        length = self.number(m["length"][1], f"{key}.length", integer=True, minimum=len(prefix) + 1)
+        cm = self.mapping(m["code"][1], f"{key}.code", ("byte", "wire", "order"), required=("byte",))
+        if "byte" not in cm:
+            raise _Skip
+        e = ErrorReplySpec(prefix, length, self.number(cm["byte"][1], f"{key}.code.byte", integer=True, minimum=0))
+        if "wire" in cm:
+            e.code_wire = self.choice(cm["wire"][1], f"{key}.code.wire", ("u8", "u16", "u32", "i8", "i16", "i32"),
+                                      "wire type")
+        if "order" in cm:
+            e.code_order = self.choice(cm["order"][1], f"{key}.code.order", ("big", "little"), "byte order")
+        end = length - (reply.checksum.size if reply.checksum is not None and reply.checksum.byte < 0 else 0)
+        if e.code_byte + WIRE_TYPES[e.code_wire][0] > end:
+            self.fail(cm["byte"][1], f"{key}.code.byte", f"the code (byte {e.code_byte}, a {e.code_wire}) does not "
+                                                         f"fit an error frame of {length} bytes"
+                                                         + (" with its checksum" if end < length else ""))
+        if "messages" in m:
+            for k, (knode, v) in self.items(m["messages"][1], f"{key}.messages").items():
+                try:
+                    e.messages[int(str(k), 0)] = self.string(v, f"{key}.messages.{k}")
+                except ValueError:
+                    self.problem(knode, f"{key}.messages.{k}", f"{k!r} is not an integer code")
+        if "sim_code" in m:
+            e.sim_code = self.number(m["sim_code"][1], f"{key}.sim_code", integer=True, minimum=0)
+        return e
 
     def hex_pattern(self, node, key):
         """Hex bytes where ``??`` stands for any byte: ``(bytes, positions of ??)``."""
