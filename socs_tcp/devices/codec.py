@@ -541,11 +541,15 @@ def encode_error_reply(reply, code):
     data[:len(e.starts_with)] = e.starts_with
     size = WIRE_TYPES[e.code_wire][0]
     data[e.code_byte:e.code_byte + size] = code.to_bytes(size, e.code_order, signed=e.code_wire.startswith("i"))
-    c = reply.checksum
-    if c is not None and c.byte < 0:
-        pos = c.position(e.length)
-        data[pos:pos + c.size] = checksum(c.type, data[c.start:pos]).to_bytes(c.size, c.order)
+    if reply.checksum is not None and reply.checksum.byte < 0:
+        _put_checksum(reply.checksum, data)
     return bytes(data)
+
+
+def _put_checksum(c, data):
+    """Write the checksum ``c`` into the frame ``data`` (a bytearray) at its place."""
+    pos = c.position(len(data))
+    data[pos:pos + c.size] = checksum(c.type, data[c.start:pos]).to_bytes(c.size, c.order)
 
 
 def starts_right(reply, data):
@@ -870,8 +874,7 @@ def encode_binary_reply(reply, values):
         n = reply.length_field
         data[n.byte:n.header] = max(total - n.plus, 0).to_bytes(n.header - n.byte, n.order)
     if c is not None:
-        pos = c.position(total)
-        data[pos:pos + c.size] = checksum(c.type, data[c.start:pos]).to_bytes(c.size, c.order)
+        _put_checksum(c, data)
     return bytes(data)
 
 

@@ -365,7 +365,7 @@ class Device(TCPInterface):
             if step.action == "send":
                 term = self._out_term if step.terminator is None else b"".join(
                     x.encode(enc) for x in step.terminator[:1])
-                raw = step.value.format(**self._param_wire).encode(enc) if "{" in step.value else step.value.encode(enc)
+                raw = self._with_params(step.value).encode(enc)
                 raw = (self._seal(raw) if step.terminator != [] else raw) + term
                 sock.settimeout(timeout)
                 sock.sendall(raw)
@@ -410,8 +410,7 @@ class Device(TCPInterface):
                         traffic.append(("in", chunk))
                     pending += chunk
                 frame = self._unseal("connection.init", frame)
-                want = (step.value.format(**self._param_wire) if "{" in (step.value or "") else
-                        (step.value or "")).encode(enc)
+                want = self._with_params(step.value or "").encode(enc)
                 if step.action == "expect" and frame.strip() != want.strip():
                     raise _Mismatch(frame, want)
         sock.settimeout(self.timeout)
@@ -570,7 +569,7 @@ class Device(TCPInterface):
             self._check_token(frame, term)
         if a == "expect":
             got = frame.strip() if self.spec.connection.strip else frame
-            want = (step.value.format(**self._param_wire) if "{" in step.value else step.value).encode(self._enc)
+            want = self._with_params(step.value).encode(self._enc)
             if got != (want.strip() if self.spec.connection.strip else want):
                 raise _Mismatch(got, want)
         return frame
@@ -612,6 +611,10 @@ class Device(TCPInterface):
             self._term_regexes[terms] = regex
         return regex
 
+    def _with_params(self, template):
+        """A step's text with the device's params filled in."""
+        return template.format(**self._param_wire) if "{" in template else template
+
     def _seal(self, raw):
         """A text frame to send, with the file's checksum appended (if it has one)."""
         return codec.seal_text(self._checksum, raw, self._enc) if self._checksum is not None else raw
@@ -644,20 +647,31 @@ class Device(TCPInterface):
 
     def _drain_quiet(self, reason, wait=0.0):
         """Discard input, waiting up to ``wait`` seconds for more to arrive."""
-        deadline = time.monotonic() + wait
-        dropped = self.drain()
-        total = len(dropped)
+        dropped = self._discard_until(time.monotonic() + wait)
+        if dropped and reason:
+            log.info("%s: discarded %d bytes (%s)", self.name, len(dropped), reason)
+
+    def _discard_until(self, deadline, quiet=None):
+        """Discard what has arrived and what arrives until ``deadline`` (monotonic
+        seconds), or until nothing has arrived for ``quiet`` seconds; returns it.
+        Waits on the socket itself, so an empty wait is not a failed read."""
+        got = self.drain()
         while self.comm is not None:
             remaining = deadline - time.monotonic()
+            if quiet is not None:
+                remaining = min(remaining, quiet)
             if remaining <= 0:
                 break
             try:
-                total += len(self.read_bytes(1, timeout=remaining))
-            except LinkTimeoutError:
+                if not select.select([self.comm], [], [], remaining)[0]:
+                    break
+            except (OSError, ValueError):
                 break
-            total += len(self.drain())
-        if total and reason:
-            log.info("%s: discarded %d bytes (%s)", self.name, total, reason)
+            chunk = self.drain()
+            if not chunk:
+                break                          # closed by the peer: the next send reconnects
+            got += chunk
+        return got
 
     def _note_received(self, data):
         if self._exchanges is not None:
@@ -769,23 +783,8 @@ class Device(TCPInterface):
         line has been quiet for :data:`SETTLE` seconds (at most the operation's
         timeout), so that the next attempt starts on a clean frame.  Returns what
         was discarded."""
-        sock = self.comm
-        got = b""
-        if sock is None:
-            return got
-        deadline = time.monotonic() + (op.timeout if op.timeout is not None else (self.timeout or 10.0))
-        while True:
-            remaining = min(SETTLE, deadline - time.monotonic())
-            try:
-                ready = remaining > 0 and select.select([sock], [], [], remaining)[0]
-            except (OSError, ValueError):
-                break
-            if not ready:
-                break
-            chunk = self.drain()
-            if not chunk:
-                break                          # closed by the peer: the next send reconnects
-            got += chunk
+        timeout = op.timeout if op.timeout is not None else (self.timeout or 10.0)
+        got = self._discard_until(time.monotonic() + timeout, quiet=SETTLE)
         self._note_received(got)
         return got
 

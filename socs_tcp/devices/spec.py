@@ -2003,7 +2003,7 @@ class _Loader:
     def hex_pattern(self, node, key):
         """Hex bytes where ``??`` stands for any byte: ``(bytes, positions of ??)``."""
         text = self.string(node, key, allow_empty=False)
-        tokens = text.split() if " " in text.strip() else [text[i:i + 2] for i in range(0, len(text), 2)]
+        tokens = [t if t == "??" else t[i:i + 2] for t in text.split() for i in range(0, len(t), 2)]
         out, anywhere = bytearray(), set()
         for token in tokens:
             if token == "??":
@@ -2021,11 +2021,11 @@ class _Loader:
         return bytes(out), frozenset(anywhere)
 
     def hex_bytes(self, node, key):
-        text = self.string(node, key, allow_empty=False)
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            self.fail(node, key, f"not hex digits: {text!r}")
+        """Hex bytes, every one given (no ``??``)."""
+        data, anywhere = self.hex_pattern(node, key)
+        if anywhere:
+            self.fail(node, key, "?? (any byte) is only for a reply's starts_with")
+        return data
 
     def length_field(self, node, key):
         m = self.mapping(node, key, ("byte", "wire", "order", "plus", "max"), required=("byte",))
