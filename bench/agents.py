@@ -44,18 +44,23 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    the next passing probe below it).  The target rate is rounded up, so a
    pass there is a pass at the target ratio.
 
-   During every run a separate process measures the machine's own noise
-   (:class:`NoiseProbe`): how late a 1 ms sleep wakes up (the ``sleeper``
-   columns: p99.9 and max oversleep) and, from the CPU time of a fixed unit
-   of work, the *slow windows* in which the machine ran that work at least
-   ``SLOW_FACTOR`` (5) times slower than usual (the ``slow`` columns: how
-   many, and the longest).  ``acq.status`` is read every ``STATUS_EVERY``
+   During every run a separate, unpinned process measures the machine's own
+   noise (:class:`NoiseProbe`): how late a 1 ms sleep wakes up (the
+   ``sleeper`` columns: p99.9 and max oversleep) and, from the CPU time of a
+   fixed unit of work, the *slow windows* in which the machine ran that
+   work at least ``SLOW_FACTOR`` (5) times slower than usual (the ``slow``
+   columns: how many, and the longest).  It is not pinned: a probe pinned
+   to the agent's CPU wakes there a thousand times a second, and in two
+   ``shared`` DeviceAgent runs that way the flat-out rate fell to 511 and
+   764 cycles/s, from about 930.  ``--machine-seconds`` pins one to each
+   CPU (:class:`MachineProbe`).  ``acq.status`` is read every ``STATUS_EVERY``
    (0.5 s) of the measuring window, so each missed cycle is known to that
    precision; ``near slow`` counts those counted in a reading interval that
    a slow window overlaps (or ended at most ``MISS_MARGIN``, 0.15 s, before),
    and the summary gives the share of all intervals that are near a window,
    which is what chance alone would give.  On a shared machine these
-   windows, not the agent, are what misses cycles.
+   windows, not the agent, can be what misses cycles; so can the CPU the
+   echo device runs on (``--placement``, below).
 
 3. The cost of the agent's own code per ``acq`` cycle, without OCS: the
    same ten queries over one :class:`~socs_tcp.TCPInterface`, once in a bare
@@ -64,6 +69,15 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    whose publish does nothing, and no pause), in alternating rounds of
    ``--overhead-seconds``.  Reported: cycles per second of each, their ratio,
    and the difference per cycle in microseconds.
+
+``--placement`` chooses where the agents and the echo device run:
+``unpinned`` (the default: wherever the scheduler puts them, and it moves
+them), ``shared`` (both on the first CPU this process may use) or ``split``
+(the agent on the first, the device on the second).  Crossbar, this script
+and the noise probe are never pinned.  A child inherits the affinity of the
+thread that starts it, so the agent is started inside :func:`spawning_on`,
+and the device process pins itself before it starts a thread.  Where the
+device runs decides the jitter (``docs/benchmarks.rst``).
 
 The echo device is a :class:`socs_tcp.testing.DeviceEmulator` in a separate
 process (:class:`EmulatorProcess`: ``python -c``, ports read from its
@@ -78,7 +92,11 @@ is used.  Every process started here is stopped before the script exits
 process (at ``R`` Hz for ``--trace-seconds``): a ``sitecustomize`` module,
 put on the agent's ``PYTHONPATH`` for that run only, wraps the poll, each
 ``publish_to_feed`` and ``stats()`` call and listens to the garbage collector
-(``gc.callbacks``); the script prints their distributions and the worst
+(``gc.callbacks``); each poll is timed by the wall clock and by the thread's
+CPU time, and after every fifth poll the module reads, from ``/proc``, the
+CPU that poll ran on and the CPU of the device thread that ran most since
+the last look.  The script prints their distributions, the polls split by
+where the device ran (on the poll's CPU or on another), and the worst
 cycles with what happened around them, including whether a slow window of
 the machine covered them.  This is how the sources of the jitter were told
 apart (``docs/benchmarks.rst``).
@@ -93,12 +111,14 @@ with :func:`latency_rows`.
 Usage::
 
     python bench/agents.py [--samples N] [--soak-seconds S] [--target-ratio 0.75] [--json out.json]
-    python bench/agents.py --trace-rate 700 --trace-seconds 30
+    python bench/agents.py --placement shared [--agent device]
+    python bench/agents.py --trace-rate 700 --trace-seconds 30 [--placement split]
     python bench/agents.py --machine-seconds 60
 """
 
 import argparse
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -157,8 +177,11 @@ sys.stdout.flush()
 
 EMULATOR_CODE = r"""
 import json
+import os
 import sys
 import time
+if len(sys.argv) > 3:   # before any thread exists, so every thread inherits it
+    os.sched_setaffinity(0, {int(c) for c in sys.argv[3].split(",")})
 from socs_tcp.testing import DeviceEmulator
 n, count = int(sys.argv[1]), int(sys.argv[2])
 responses = {f"Q{i}": f"{i + 0.5}" for i in range(n)}
@@ -196,15 +219,18 @@ class EmulatorProcess:
         n_fields (int): how many ``Qi`` queries are known.
         count (int): how many emulators (each on its own port).
         timeout (float): seconds to wait for the process to report its ports.
+        cpus (set): the CPUs the process (all its threads) may run on;
+            ``None``: wherever the scheduler puts it.
 
     Attributes:
         ports (list): the emulators' ports; ``port`` is the first.
     """
 
-    def __init__(self, n_fields=N_FIELDS, count=1, timeout=30.0):
+    def __init__(self, n_fields=N_FIELDS, count=1, timeout=30.0, cpus=None):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be an int >= 1, got {count!r}")
-        self._proc = subprocess.Popen([sys.executable, "-c", EMULATOR_CODE, str(n_fields), str(count)],
+        pin = [] if cpus is None else [",".join(str(c) for c in sorted(cpus))]
+        self._proc = subprocess.Popen([sys.executable, "-c", EMULATOR_CODE, str(n_fields), str(count)] + pin,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, bufsize=0)
         line = b""
         try:
@@ -268,6 +294,46 @@ class EmulatorProcess:
         self.close()
 
 
+#: Where the agent and the echo device run (``--placement``): anywhere (the scheduler decides,
+#: and moves them), both on one CPU, or each on a CPU of its own.
+PLACEMENTS = ("unpinned", "shared", "split")
+
+
+def placement_cpus(name, cpus=None):
+    """``(agent_cpus, device_cpus)`` of placement *name* (see :data:`PLACEMENTS`)
+    over *cpus* (default: the CPUs this process may use); ``None`` is unpinned.
+
+    Raises:
+        ValueError: an unknown name, or ``split`` with fewer than two CPUs.
+    """
+    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if name == "unpinned":
+        return None, None
+    if name == "shared":
+        return {cpus[0]}, {cpus[0]}
+    if name == "split":
+        if len(cpus) < 2:
+            raise ValueError(f"placement 'split' needs two CPUs, this process may use only {cpus}")
+        return {cpus[0]}, {cpus[1]}
+    raise ValueError(f"unknown placement {name!r}: choose one of {', '.join(PLACEMENTS)}")
+
+
+@contextlib.contextmanager
+def spawning_on(cpus):
+    """Processes started inside the block run on *cpus* (``None``: no change):
+    a child inherits the affinity of the thread that starts it, so this
+    thread's is set for the block and restored after it."""
+    if cpus is None:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 class NoiseProbe:
     """The machine's own noise while a run lasts, measured by a separate
     process in a loop: a fixed unit of pure-Python work (about 20 µs), then a
@@ -299,6 +365,47 @@ class NoiseProbe:
             os.killpg(self._proc.pid, signal.SIGKILL)   # its own group: only this process
             self._proc.wait(5)
             return None
+
+
+class MachineProbe:
+    """A :class:`NoiseProbe` pinned to each CPU this process may use, for the
+    length of a run: a slowdown of one CPU (the agent's, say) is seen even
+    while an unpinned probe would run on the other.  :meth:`stop` returns
+    one probe's keys for the machine as a whole (the worst CPU's oversleeps,
+    the slow windows of any CPU, merged), and ``cpus``: each CPU's own result;
+    ``None`` if a probe did not report."""
+
+    def __init__(self, cpus=None):
+        self.cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+        self._started = time.monotonic()
+        self._probes = {cpu: NoiseProbe(cpu) for cpu in self.cpus}
+
+    def stop(self):
+        results = {cpu: probe.stop() for cpu, probe in self._probes.items()}
+        span = time.monotonic() - self._started
+        if any(r is None for r in results.values()):
+            return None
+        return merge_probes(results, span)
+
+
+def merge_probes(results, span):
+    """One result for the machine from per-CPU probe *results* (``{cpu: result}``)
+    over *span* seconds: the worst CPU's oversleep figures, the median unit,
+    and the slow windows of any CPU with overlapping ones merged."""
+    windows = sorted([list(w) for r in results.values() for w in r["slow_windows"]])
+    merged = []
+    for start, length in windows:
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
+        else:
+            merged.append([start, length])
+    units = sorted(r["unit_us"] for r in results.values())
+    return {"n": sum(r["n"] for r in results.values()),
+            **{k: max(r[k] for r in results.values()) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")},
+            "unit_us": units[len(units) // 2], "slow_windows": merged, "slow_count": len(merged),
+            "slow_longest_ms": max((length for _, length in merged), default=0.0) * 1e3,
+            "slow_fraction": min(1.0, sum(length for _, length in merged) / span) if span > 0 else 0.0,
+            "cpus": results}
 
 
 def slow_windows(units, factor=SLOW_FACTOR, step=SLOW_BIN):
@@ -389,9 +496,10 @@ def wait_for(condition, timeout, what):
 
 # ----------------------------------------------------------------------
 # part 1: task latency
-def measure_latency(stack, port, samples, warmup, log):
+def measure_latency(stack, port, samples, warmup, log, agent_cpus=None):
     stack.add_instance("TCPBusAgent", "bench-lat", agent_args(port))
-    stack.start_agent("bench-lat")
+    with spawning_on(agent_cpus):
+        stack.start_agent("bench-lat")
     client = stack.client("bench-lat")
     try:
         if check_ok(client.connect(), "connect")["response"] is not True:
@@ -478,14 +586,15 @@ def acq_instance(port, rate, device_file=None):
                            "--sampling-frequency", rate, "--mode", "idle"]
 
 
-def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
+def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None, agent_cpus=None):
     """Run acq at *rate* for *seconds* on a fresh agent (``DeviceAgent`` if
-    *device_file* is given); returns a result dict."""
+    *device_file* is given; on *agent_cpus* if given); returns a result dict."""
     iid = f"bench-acq-{tag}-{rate_id(rate)}"
     expected = {f"f{i}": i + 0.5 for i in range(N_FIELDS)}
     agent_class, agent_argv = acq_instance(port, rate, device_file)
     stack.add_instance(agent_class, iid, agent_argv)
-    stack.start_agent(iid)
+    with spawning_on(agent_cpus):
+        stack.start_agent(iid)
     client = stack.client(iid)
     result = {"rate_hz": rate, "seconds": seconds, "kind": tag}
     try:
@@ -494,7 +603,7 @@ def run_acq(stack, port, rate, seconds, settle, tag, log, device_file=None):
             raise RuntimeError(f"acq.start failed: {reply}")
         wait_for(lambda: (acq_session(client).get("data") or {}).get("values"), 15, "the first acq values")
         time.sleep(settle)
-        noise = NoiseProbe()
+        noise = NoiseProbe()   # unpinned: one pinned to the agent's CPU would compete with it
         try:
             first = acq_session(client)
             t0 = time.monotonic()
@@ -591,9 +700,12 @@ def find_rate(stack, port, args, deadline, log):
     def time_left():
         return deadline - time.monotonic()
 
+    def acq(rate, seconds, kind):
+        return run_acq(stack, port, rate, seconds, args.settle, kind, log, args.device_file, args.agent_cpus)
+
     probe_cost = args.probe_seconds + args.settle + AGENT_START_STOP
     soak_cost = args.soak_seconds + args.settle + AGENT_START_STOP
-    flat_out = run_acq(stack, port, args.flat_out_rate, args.probe_seconds, args.settle, "flat-out", log, args.device_file)
+    flat_out = acq(args.flat_out_rate, args.probe_seconds, "flat-out")
     # every cycle is late at this rate, and the Poller then pauses BEHIND_PAUSE before the next one
     flat_out["cycle_ms_estimate"] = (1.0 / flat_out["achieved_hz"] - BEHIND_PAUSE) * 1e3 \
         if flat_out["achieved_hz"] > 0 else None
@@ -601,7 +713,7 @@ def find_rate(stack, port, args, deadline, log):
     target = float(math.ceil(args.target_ratio * flat_out["achieved_hz"]))
     best = None
     if target > 0:
-        res = run_acq(stack, port, target, args.soak_seconds, args.settle, "target", log, args.device_file)
+        res = acq(target, args.soak_seconds, "target")
         confirms.append(res)
         if res["passed"]:
             best = target
@@ -611,7 +723,7 @@ def find_rate(stack, port, args, deadline, log):
         if time_left() < probe_cost + soak_cost:
             log("time budget: stopping the ladder")
             break
-        res = run_acq(stack, port, rate, args.probe_seconds, args.settle, "probe", log, args.device_file)
+        res = acq(rate, args.probe_seconds, "probe")
         probes.append(res)
         if res["passed"] != (best is not None):
             break  # climbing: the first failure; descending: the first pass
@@ -623,7 +735,7 @@ def find_rate(stack, port, args, deadline, log):
         if time_left() < soak_cost:
             log("time budget: no further confirmation")
             break
-        res = run_acq(stack, port, rate, args.soak_seconds, args.settle, "confirm", log, args.device_file)
+        res = acq(rate, args.soak_seconds, "confirm")
         confirms.append(res)
         if res["passed"]:
             best = rate
@@ -710,10 +822,43 @@ def measure_overhead(port, seconds=0.5, rounds=12, log=print):
 # --trace-rate: every cycle of one agent, timed from inside its process
 TRACE_SITECUSTOMIZE = r"""
 # loaded by the agent process of bench/agents.py --trace-rate only (PYTHONPATH)
-import builtins, gc, json, os, sys, time
+import builtins, gc, json, os, sys, threading, time
 OUT = os.environ.get("SOCS_TCP_ACQ_TRACE")
+DEVICE = os.environ.get("SOCS_TCP_ACQ_TRACE_DEVICE")   # the echo device's pid
 if OUT:
-    rec = {"poll": [], "pub": [], "stats": [], "gc": []}
+    rec = {"poll": [], "pub": [], "stats": [], "gc": [], "where": []}
+    ticks = {}   # device thread -> its CPU ticks at the last look
+    def cpu_of(stat):
+        # (CPU last run on, user + system ticks) from a /proc/.../stat line
+        fields = stat.rsplit(")", 1)[1].split()
+        return int(fields[36]), int(fields[11]) + int(fields[12])
+    def where():
+        # the CPU of this thread and of the device thread that ran most since the last look
+        with open(f"/proc/self/task/{threading.get_native_id()}/stat") as fh:
+            mine = cpu_of(fh.read())[0]
+        best, busiest = -1, None
+        for tid in os.listdir(f"/proc/{DEVICE}/task"):
+            try:
+                with open(f"/proc/{DEVICE}/task/{tid}/stat") as fh:
+                    cpu, used = cpu_of(fh.read())
+            except OSError:
+                continue
+            if used - ticks.get(tid, 0) > best:
+                best, busiest = used - ticks.get(tid, 0), cpu
+            ticks[tid] = used
+        return mine, busiest
+    def traced_poll(poll):
+        count = [0]
+        def wrapper():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return poll()
+            finally:
+                rec["poll"].append((t0, time.perf_counter() - t0, time.thread_time() - c0))
+                count[0] += 1
+                if DEVICE and count[0] % 5 == 0:
+                    rec["where"].append((t0,) + where())
+        return wrapper
     started = [0.0]
     def on_gc(phase, info):
         if phase == "start":
@@ -738,7 +883,7 @@ if OUT:
             init, run = poller.__init__, poller.run
             def traced_init(self, agent_obj, link, poll, *a, **k):
                 link.stats = timed(link.stats, "stats")
-                init(self, agent_obj, link, timed(poll, "poll"), *a, **k)
+                init(self, agent_obj, link, traced_poll(poll), *a, **k)
                 agent_obj.agent.publish_to_feed = timed(agent_obj.agent.publish_to_feed, "pub")
             def traced_run(self, *a, **k):
                 try:
@@ -753,11 +898,12 @@ if OUT:
 """
 
 
-def trace_acq(rate, seconds, loglevel="info", log=print):
-    """Run one agent's acq at *rate* for *seconds* with the trace module loaded; return the analysis."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="socs_tcp-acq-trace-") as tmp, EmulatorProcess() as device:
+def trace_acq(rate, seconds, loglevel="info", log=print, agent_cpus=None, device_cpus=None):
+    """Run one agent's acq at *rate* for *seconds* with the trace module
+    loaded (the agent on *agent_cpus*, the device on *device_cpus*, if given);
+    return the analysis."""
+    with tempfile.TemporaryDirectory(prefix="socs_tcp-acq-trace-") as tmp, \
+            EmulatorProcess(cpus=device_cpus) as device:
         with open(os.path.join(tmp, "sitecustomize.py"), "w") as fh:
             fh.write(TRACE_SITECUSTOMIZE)
         out = os.path.join(tmp, "trace.json")
@@ -767,7 +913,9 @@ def trace_acq(rate, seconds, loglevel="info", log=print):
             stack.start()
             queries = [f"f{i}=Q{i}" for i in range(N_FIELDS)]
             stack.add_instance("TCPBusAgent", "bench-trace", agent_args(device.port, rate, queries))
-            stack.start_agent("bench-trace", extra_env={"PYTHONPATH": path, "SOCS_TCP_ACQ_TRACE": out})
+            env = {"PYTHONPATH": path, "SOCS_TCP_ACQ_TRACE": out, "SOCS_TCP_ACQ_TRACE_DEVICE": str(device.pid)}
+            with spawning_on(agent_cpus):
+                stack.start_agent("bench-trace", extra_env=env)
             client = stack.client("bench-trace")
             if client.acq.start().status != 0:
                 raise RuntimeError("acq.start failed")
@@ -794,10 +942,21 @@ def analyse_trace(rec, rate, noise=None):
             return None
         return {"n": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
                 "p999_ms": percentile(ms, 99.9), "max_ms": ms[-1]}
-    starts = [t for t, _ in rec["poll"]]
+    starts = [p[0] for p in rec["poll"]]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    result = {"rate_hz": rate, "noise": noise, "poll": dist([d for _, d in rec["poll"]]), "cycle": dist(gaps),
+    result = {"rate_hz": rate, "noise": noise, "poll": dist([p[1] for p in rec["poll"]]), "cycle": dist(gaps),
+              "poll_cpu": dist([p[2] for p in rec["poll"]]),
               "publish": dist([d for _, d in rec["pub"]]), "stats": dist([d for _, d in rec["stats"]])}
+    # every fifth poll: was the device on this poll's CPU, or on another one?
+    by_start = {p[0]: p for p in rec["poll"]}
+    side = {"same": [], "other": []}
+    for t0, mine, device_cpu in rec.get("where", []):
+        if device_cpu is not None and t0 in by_start:
+            side["same" if device_cpu == mine else "other"].append(by_start[t0])
+    result["placement"] = {k: {"polls": len(v), "wall": dist([p[1] for p in v]), "cpu": dist([p[2] for p in v])}
+                           for k, v in side.items()}
+    where_at = [(t0, mine == device_cpu) for t0, mine, device_cpu in rec.get("where", []) if device_cpu is not None]
+    where_t = [t for t, _ in where_at]
     if starts:
         inside = [g for g in rec["gc"] if starts[0] <= g[0] <= starts[-1]]
         result["gc"] = {f"gen{gen}": dist([d for _, d, g in inside if g == gen]) for gen in (0, 1, 2)}
@@ -808,7 +967,9 @@ def analyse_trace(rec, rate, noise=None):
     for i in sorted(range(len(gaps)), key=lambda i: -gaps[i])[:8]:
         a, b = starts[i], starts[i + 1]
         k = bisect.bisect_right(pubs, a) - 1
+        w = bisect.bisect_right(where_t, a) - 1
         worst.append({"cycle_ms": gaps[i] * 1e3, "poll_ms": rec["poll"][i][1] * 1e3,
+                      "device_same_cpu": where_at[w][1] if w >= 0 and a - where_t[w] < 0.05 else None,
                       "since_publish_ms": (a - pubs[k]) * 1e3 if k >= 0 else None,
                       "phase_s": (a - starts[0]) % 1.0,
                       "gc_ms": [d * 1e3 for t, d, _ in rec["gc"] if a <= t <= b],
@@ -821,7 +982,8 @@ def analyse_trace(rec, rate, noise=None):
 def print_trace(result):
     print(f"\nacq trace at {result['rate_hz']:g} Hz, {result.get('span_s', 0):.0f} s (times in ms)")
     print(f"{'piece':<16}{'n':>8}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9}")
-    rows = [("poll (10 queries)", result["poll"]), ("cycle to cycle", result["cycle"]),
+    rows = [("poll (10 queries)", result["poll"]), ("  its CPU time", result.get("poll_cpu")),
+            ("cycle to cycle", result["cycle"]),
             ("publish_to_feed", result["publish"]), ("stats()", result["stats"])]
     rows += [(f"gc {k}", v) for k, v in (result.get("gc") or {}).items()]
     for name, d in rows:
@@ -833,12 +995,22 @@ def print_trace(result):
         if "slow_count" in noise:
             print(f"machine slow windows (probe work >= {SLOW_FACTOR:g}x slower): {noise['slow_count']}, "
                   f"{noise['slow_fraction'] * 100:.1f} % of the time, longest {noise['slow_longest_ms']:.0f} ms")
+    placement = result.get("placement") or {}
+    sampled = sum(v["polls"] for v in placement.values())
+    if sampled:
+        print("polls by where the device ran (every fifth poll), ms:")
+        for key, label in (("same", "device on the poll's CPU"), ("other", "device on another CPU")):
+            v = placement[key]
+            if v["polls"]:
+                print(f"  {label:<26}{v['polls'] / sampled * 100:5.0f} % of polls; wall p50 {v['wall']['p50_ms']:.3f} "
+                      f"p99 {v['wall']['p99_ms']:.3f}, CPU time p50 {v['cpu']['p50_ms']:.3f}")
     print("worst cycles: cycle ms, poll ms, ms since the last publish, phase in the second, "
-          "in a machine slow window, gc pauses")
+          "in a machine slow window, device on the same CPU, gc pauses")
+    yes_no = {None: "-", True: "yes", False: "no"}
     for w in result["worst"]:
         since = "-" if w["since_publish_ms"] is None else f"{w['since_publish_ms']:.1f}"
-        slow = {None: "-", True: "yes", False: "no"}[w.get("in_slow_window")]
-        print(f"  {w['cycle_ms']:8.2f} {w['poll_ms']:8.2f} {since:>8} {w['phase_s']:6.3f} {slow:>4}  "
+        print(f"  {w['cycle_ms']:8.2f} {w['poll_ms']:8.2f} {since:>8} {w['phase_s']:6.3f} "
+              f"{yes_no[w.get('in_slow_window')]:>4} {yes_no[w.get('device_same_cpu')]:>4}  "
               f"{', '.join(f'{g:.2f}' for g in w['gc_ms']) or '-'}")
 
 
@@ -850,12 +1022,12 @@ def probe_machine(seconds):
     'lengths_ms', 'gaps_s'}``: the time slow on both CPUs at once and on
     either, the lengths of the windows of either CPU (merged) and the gaps
     between their starts."""
-    cpus = sorted(os.sched_getaffinity(0))
-    probes = {cpu: NoiseProbe(cpu) for cpu in cpus}
+    probe = MachineProbe()
     time.sleep(seconds)   # the measuring window itself: nothing to wait for
-    results = {cpu: probe.stop() for cpu, probe in probes.items()}
-    if any(r is None for r in results.values()):
+    machine = probe.stop()
+    if machine is None:
         raise RuntimeError("a machine probe did not report")
+    results = machine["cpus"]
     bins = [{round(start / SLOW_BIN) + k for start, length in r["slow_windows"] for k in range(round(length / SLOW_BIN))}
             for r in results.values()]
     both = set.intersection(*bins)
@@ -902,6 +1074,10 @@ def print_report(report):
     if info.get("loadavg_at_start") and info.get("loadavg_at_end"):
         print(f"load average (1 min) at start {info['loadavg_at_start'][0]:.2f}, "
               f"at end {info['loadavg_at_end'][0]:.2f}")
+    settings = report["settings"]
+    cpus = settings.get("cpus") or {}
+    where = ", ".join(f"{who} on CPU {','.join(map(str, c))}" for who, c in cpus.items() if c) or "none pinned"
+    print(f"placement: {settings.get('placement', 'unpinned')} (agents and echo device: {where})")
     lat = report["latency"]
     print(f"\nOCS task round trip (OCSClient -> crossbar -> TCPBusAgent), {lat['noop']['n']} samples each")
     print(f"{'task':<28}{'median ms':>11}{'p99 ms':>10}{'mean ms':>10}{'min ms':>9}{'max ms':>9}")
@@ -998,12 +1174,21 @@ def main(argv=None):
     parser.add_argument("--agent", choices=("tcp_bus", "device"), default="tcp_bus",
                         help="whose acq is measured: TCPBusAgent with ten --acq-query fields (default), or "
                              "DeviceAgent with a ten-query device file")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="unpinned",
+                        help="where the agents and the echo device run: wherever the scheduler puts them "
+                             "(default), both on the first CPU (shared), or the agent on the first and the "
+                             "device on the second (split); crossbar and this script are never pinned")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    try:
+        args.agent_cpus, args.device_cpus = placement_cpus(args.placement)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.trace_rate:
         if not args.trace_rate > 0 or not args.trace_seconds > 0:
             parser.error(f"--trace-rate and --trace-seconds must be > 0, got {args.trace_rate}, {args.trace_seconds}")
-        result = trace_acq(args.trace_rate, args.trace_seconds, args.loglevel)
+        result = trace_acq(args.trace_rate, args.trace_seconds, args.loglevel, agent_cpus=args.agent_cpus,
+                           device_cpus=args.device_cpus)
         print_trace(result)
         if args.json:
             write_json(args.json, result)
@@ -1044,15 +1229,17 @@ def main(argv=None):
 
 
 def _run(args, log, started, deadline):
-    report = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    report = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items()
+                                                      if k not in ("json", "agent_cpus", "device_cpus")}}
     report["settings"]["fields"] = N_FIELDS
-    with EmulatorProcess() as device:
+    report["settings"]["cpus"] = {"agent": sorted(args.agent_cpus or ()), "device": sorted(args.device_cpus or ())}
+    with EmulatorProcess(cpus=args.device_cpus) as device:
         log(f"echo device: pid {device.pid}, port {device.port}")
         stack = Stack(loglevel=args.loglevel)
         try:
             stack.start()
             log(f"crossbar ready on port {stack.port}")
-            report["latency"] = measure_latency(stack, device.port, args.samples, args.warmup, log)
+            report["latency"] = measure_latency(stack, device.port, args.samples, args.warmup, log, args.agent_cpus)
             report["acq"] = find_rate(stack, device.port, args, deadline, log)
         finally:
             stack.stop()

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 
@@ -429,16 +430,74 @@ def test_plots_skip_parts_without_data(tmp_path):
 
 
 def test_acq_trace_analysis_finds_the_worst_cycle_and_what_surrounded_it():
-    rec = {"poll": [(0.000, 0.0005), (0.002, 0.0005), (0.004, 0.0200), (0.026, 0.0005)],
+    # (start, wall, CPU time) of each poll; where: (poll start, the poll's CPU, the device's CPU)
+    rec = {"poll": [(0.000, 0.0005, 0.0002), (0.002, 0.0005, 0.0002), (0.004, 0.0200, 0.0060), (0.026, 0.0005, 0.0002)],
            "pub": [(0.001, 0.0001), (0.003, 0.0001)], "stats": [(0.001, 0.0001)],
-           "gc": [(0.005, 0.001, 0), (9.0, 0.5, 2)]}
+           "gc": [(0.005, 0.001, 0), (9.0, 0.5, 2)],
+           "where": [(0.000, 0, 0), (0.004, 0, 1), (0.026, 1, None)]}
     result = agent_bench.analyse_trace(rec, 500.0)
     assert result["poll"]["n"] == 4 and result["poll"]["max_ms"] == pytest.approx(20.0)
+    assert result["poll_cpu"]["max_ms"] == pytest.approx(6.0)
     assert result["cycle"]["n"] == 3
     worst = result["worst"][0]
     assert worst["cycle_ms"] == pytest.approx(22.0) and worst["poll_ms"] == pytest.approx(20.0)
     assert worst["since_publish_ms"] == pytest.approx(1.0) and worst["gc_ms"] == [pytest.approx(1.0)]
+    assert worst["device_same_cpu"] is False, "the device ran on CPU 1 during the slow poll on CPU 0"
     assert result["gc"]["gen0"]["n"] == 1 and result["gc"]["gen2"] is None, "only collections inside the trace"
+    same, other = result["placement"]["same"], result["placement"]["other"]
+    assert (same["polls"], other["polls"]) == (1, 1), "a look that found no device thread counts in neither"
+    assert other["wall"]["p50_ms"] == pytest.approx(20.0) and same["cpu"]["p50_ms"] == pytest.approx(0.2)
+
+
+def test_placements_name_the_cpus_of_agent_and_device():
+    assert agent_bench.placement_cpus("unpinned", [0, 1]) == (None, None)
+    assert agent_bench.placement_cpus("shared", [3, 1]) == ({1}, {1})
+    assert agent_bench.placement_cpus("split", [3, 1]) == ({1}, {3})
+    with pytest.raises(ValueError, match=r"'split' needs two CPUs.*\[2\]"):
+        agent_bench.placement_cpus("split", [2])
+    with pytest.raises(ValueError, match="unknown placement 'apart'"):
+        agent_bench.placement_cpus("apart", [0, 1])
+
+
+def test_agent_bench_refuses_split_placement_on_one_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(agent_bench.os, "sched_getaffinity", lambda pid: {0})
+    with pytest.raises(SystemExit) as info:
+        agent_bench.main(["--placement", "split"])
+    assert info.value.code == 2 and "needs two CPUs" in capsys.readouterr().err
+
+
+def _affinity_of_child():
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_spawning_on_pins_the_children_and_restores_this_thread():
+    mine = os.sched_getaffinity(0)
+    cpu = max(mine)
+    with agent_bench.spawning_on({cpu}):
+        assert _affinity_of_child() == {cpu}
+    assert os.sched_getaffinity(0) == mine
+    with pytest.raises(RuntimeError, match="inside"):
+        with agent_bench.spawning_on({cpu}):
+            raise RuntimeError("inside")
+    assert os.sched_getaffinity(0) == mine, "restored when the block raises too"
+    with agent_bench.spawning_on(None):
+        assert _affinity_of_child() == mine
+
+
+def test_emulator_process_runs_every_thread_on_the_cpus_given():
+    cpu = max(os.sched_getaffinity(0))
+    with agent_bench.EmulatorProcess(n_fields=1, cpus={cpu}) as device:
+        with socket.create_connection(("127.0.0.1", device.port), timeout=5) as sock:
+            sock.sendall(b"Q0\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += sock.recv(64) or b"(closed)\n"
+            assert reply == b"0.5\n"
+            threads = os.listdir(f"/proc/{device.pid}/task")
+            assert len(threads) > 1, "the emulator serves from threads of its own"
+            assert all(os.sched_getaffinity(int(tid)) == {cpu} for tid in threads)
 
 
 def test_acq_instance_is_tcp_bus_or_the_device_file_agent(tmp_path):
