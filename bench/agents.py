@@ -53,7 +53,7 @@ it with a real ``OCSClient`` and measures, side by side in one run:
    to the agent's CPU wakes there a thousand times a second, and in two
    ``shared`` DeviceAgent runs that way the flat-out rate fell to 511 and
    764 cycles/s, from about 930.  ``--machine-seconds`` pins one to each
-   CPU (:class:`MachineProbe`).  ``acq.status`` is read every ``STATUS_EVERY``
+   CPU.  ``acq.status`` is read every ``STATUS_EVERY``
    (0.5 s) of the measuring window, so each missed cycle is known to that
    precision; ``near slow`` counts those counted in a reading interval that
    a slow window overlaps (or ended at most ``MISS_MARGIN``, 0.15 s, before),
@@ -365,47 +365,6 @@ class NoiseProbe:
             os.killpg(self._proc.pid, signal.SIGKILL)   # its own group: only this process
             self._proc.wait(5)
             return None
-
-
-class MachineProbe:
-    """A :class:`NoiseProbe` pinned to each CPU this process may use, for the
-    length of a run: a slowdown of one CPU (the agent's, say) is seen even
-    while an unpinned probe would run on the other.  :meth:`stop` returns
-    one probe's keys for the machine as a whole (the worst CPU's oversleeps,
-    the slow windows of any CPU, merged), and ``cpus``: each CPU's own result;
-    ``None`` if a probe did not report."""
-
-    def __init__(self, cpus=None):
-        self.cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
-        self._started = time.monotonic()
-        self._probes = {cpu: NoiseProbe(cpu) for cpu in self.cpus}
-
-    def stop(self):
-        results = {cpu: probe.stop() for cpu, probe in self._probes.items()}
-        span = time.monotonic() - self._started
-        if any(r is None for r in results.values()):
-            return None
-        return merge_probes(results, span)
-
-
-def merge_probes(results, span):
-    """One result for the machine from per-CPU probe *results* (``{cpu: result}``)
-    over *span* seconds: the worst CPU's oversleep figures, the median unit,
-    and the slow windows of any CPU with overlapping ones merged."""
-    windows = sorted([list(w) for r in results.values() for w in r["slow_windows"]])
-    merged = []
-    for start, length in windows:
-        if merged and start <= merged[-1][0] + merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
-        else:
-            merged.append([start, length])
-    units = sorted(r["unit_us"] for r in results.values())
-    return {"n": sum(r["n"] for r in results.values()),
-            **{k: max(r[k] for r in results.values()) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")},
-            "unit_us": units[len(units) // 2], "slow_windows": merged, "slow_count": len(merged),
-            "slow_longest_ms": max((length for _, length in merged), default=0.0) * 1e3,
-            "slow_fraction": min(1.0, sum(length for _, length in merged) / span) if span > 0 else 0.0,
-            "cpus": results}
 
 
 def slow_windows(units, factor=SLOW_FACTOR, step=SLOW_BIN):
@@ -1022,12 +981,12 @@ def probe_machine(seconds):
     'lengths_ms', 'gaps_s'}``: the time slow on both CPUs at once and on
     either, the lengths of the windows of either CPU (merged) and the gaps
     between their starts."""
-    probe = MachineProbe()
+    cpus = sorted(os.sched_getaffinity(0))
+    probes = {cpu: NoiseProbe(cpu) for cpu in cpus}
     time.sleep(seconds)   # the measuring window itself: nothing to wait for
-    machine = probe.stop()
-    if machine is None:
+    results = {cpu: probe.stop() for cpu, probe in probes.items()}
+    if any(r is None for r in results.values()):
         raise RuntimeError("a machine probe did not report")
-    results = machine["cpus"]
     bins = [{round(start / SLOW_BIN) + k for start, length in r["slow_windows"] for k in range(round(length / SLOW_BIN))}
             for r in results.values()]
     both = set.intersection(*bins)
